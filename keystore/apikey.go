@@ -1,0 +1,61 @@
+package keystore
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// APIKey is one key as the admin API and the verifiers see it. Its JSON form
+// is the contract's wire form: snake_case names, times in Unix milliseconds.
+type APIKey struct {
+	Object           string          `json:"object"` // always "api_key"
+	ID               string          `json:"id"`
+	Type             string          `json:"type"`
+	Name             string          `json:"name"`
+	Subject          string          `json:"subject"`
+	Description      *string         `json:"description"`
+	Claims           json.RawMessage `json:"claims"` // nil encodes as null
+	Scopes           []string        `json:"scopes"` // never nil on keys the store returns
+	CreatedBy        *string         `json:"created_by"`
+	CreatedAt        int64           `json:"created_at"`
+	UpdatedAt        int64           `json:"updated_at"`
+	Expiration       *int64          `json:"expiration"`
+	Expired          bool            `json:"expired"`
+	Revoked          bool            `json:"revoked"`
+	RevocationReason *string         `json:"revocation_reason"`
+	LastUsedAt       *int64          `json:"last_used_at"`
+
+	// Secret is set only on the key that Create returns.
+	Secret string `json:"secret,omitempty"`
+}
+
+// KeyType is the only key type there is for now.
+const KeyType = "api_key"
+
+// ExpiredAt reports whether the key's expiration is at or before t.
+func (k *APIKey) ExpiredAt(t time.Time) bool {
+	return k.Expiration != nil && *k.Expiration <= t.UnixMilli()
+}
+
+// HasScopes reports whether the key carries every one of the given scopes.
+func (k *APIKey) HasScopes(required ...string) bool {
+	for _, r := range required {
+		found := false
+		for _, s := range k.Scopes {
+			if s == r {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// KeyList is one page of a listing.
+type KeyList struct {
+	Data       []*APIKey `json:"data"`
+	TotalCount int       `json:"total_count"` // every match, not just this page
+}

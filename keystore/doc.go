@@ -1,0 +1,23 @@
+// Package keystore keeps API keys in Redis and verifies them.
+//
+// A key's secret is shown once, by [Store.Create]; Redis holds only its
+// digest. [Store.Verify] checks a secret in one Redis round trip and records
+// the use, which is written to last_used_at in batches.
+//
+//	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+//	store, err := keystore.New(rdb, keystore.Options{})
+//	if err != nil { … }
+//	defer store.Close()
+//
+//	key, err := store.Create(ctx, keystore.CreateParams{Name: "CI", Subject: "user_42"})
+//	fmt.Println(key.Secret) // shown this once
+//
+//	got, err := store.Verify(ctx, key.Secret)
+//	switch {
+//	case errors.Is(err, keystore.ErrUnavailable): // fail closed: 503
+//	case err != nil: // malformed, not found, revoked or expired: 401
+//	default: // got.Subject, got.Scopes …
+//	}
+//
+// The Redis layout is described in README.md beside this file.
+package keystore

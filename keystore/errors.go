@@ -1,0 +1,59 @@
+package keystore
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrMalformed reports a secret that cannot be a key of this store: wrong
+// prefix, length or alphabet, or a checksum that does not match. It is
+// decided without any I/O.
+var ErrMalformed = errors.New("keystore: malformed api key")
+
+// ErrNotFound reports a key ID that the store does not hold, or a secret
+// whose digest does not match the stored one.
+var ErrNotFound = errors.New("keystore: api key not found")
+
+// ErrRevoked reports a key that has been revoked.
+var ErrRevoked = errors.New("keystore: api key revoked")
+
+// ErrExpired reports a key whose expiration is at or before now.
+var ErrExpired = errors.New("keystore: api key expired")
+
+// ErrUnavailable reports a technical failure to reach the store. Unlike the
+// other sentinels it says nothing about the key; callers must fail closed
+// (HTTP 503), never treat it as a refusal or an acceptance.
+var ErrUnavailable = errors.New("keystore: store unavailable")
+
+// ValidationError reports an input that breaks one of the contract's limits.
+// Param is the wire name of the offending field ("scopes", "limit", …).
+type ValidationError struct {
+	Param   string
+	Missing bool   // the field is required and absent
+	Reason  string // human-readable, never contains a secret
+}
+
+func (e *ValidationError) Error() string {
+	if e.Missing {
+		return fmt.Sprintf("%s is missing", e.Param)
+	}
+	if strings.HasPrefix(e.Reason, "[") { // scopes[2] must …
+		return e.Param + e.Reason
+	}
+	return e.Param + " " + e.Reason
+}
+
+func invalid(param, format string, args ...any) error {
+	return &ValidationError{Param: param, Reason: fmt.Sprintf(format, args...)}
+}
+
+func missing(param string) error {
+	return &ValidationError{Param: param, Missing: true}
+}
+
+// unavailable wraps a Redis failure so that errors.Is(err, ErrUnavailable)
+// holds and the cause stays visible to logs.
+func unavailable(op string, err error) error {
+	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+}

@@ -1,0 +1,123 @@
+package keystore
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// lastUsed coalesces successful verifications in memory: one entry per key,
+// holding the newest use, whatever the request rate.
+type lastUsed struct {
+	mu      sync.Mutex
+	pending map[string]int64 // key ID → Unix ms
+}
+
+func (l *lastUsed) record(id string, ms int64) {
+	l.mu.Lock()
+	if ms > l.pending[id] {
+		l.pending[id] = ms
+	}
+	l.mu.Unlock()
+}
+
+// take empties the pending uses and returns them.
+func (l *lastUsed) take() map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.pending) == 0 {
+		return nil
+	}
+	batch := l.pending
+	l.pending = make(map[string]int64, len(batch))
+	return batch
+}
+
+// putBack returns uses that could not be written, for the next flush.
+func (l *lastUsed) putBack(batch map[string]int64) {
+	for id, ms := range batch {
+		l.record(id, ms)
+	}
+}
+
+// touchScript writes a use only if it is newer than the stored one, and
+// never brings back a deleted key.
+var touchScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'last_used_at')
+if not cur then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+elseif tonumber(cur) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
+return 1
+`)
+
+// FlushLastUsed writes the uses recorded since the last flush: one write per
+// key, in one pipeline. Uses that could not be written are kept for the next
+// flush. [Store.Close] calls it; so does a background loop every
+// [Options.LastUsedFlush].
+func (s *Store) FlushLastUsed(ctx context.Context) error {
+	batch := s.lastUsed.take()
+	if len(batch) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(batch))
+	for id := range batch {
+		ids = append(ids, id)
+	}
+	failed, err := s.touch(ctx, ids, batch, touchScript.EvalSha)
+	if len(failed) > 0 && err == nil {
+		// NOSCRIPT: the server has not seen the script yet. EVAL loads it.
+		failed, err = s.touch(ctx, failed, batch, touchScript.Eval)
+	}
+	if err != nil {
+		s.lastUsed.putBack(batch)
+		return unavailable("flushing last-used times", err)
+	}
+	return nil
+}
+
+type evalFunc func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd
+
+// touch runs the touch script for ids in one pipeline and returns the IDs
+// whose script the server did not know.
+func (s *Store) touch(ctx context.Context, ids []string, batch map[string]int64, eval evalFunc) (noScript []string, err error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = eval(ctx, pipe, []string{s.names.record(id)}, batch[id])
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, cmd := range cmds {
+		switch err := cmd.Err(); {
+		case err == nil:
+			delete(batch, ids[i])
+		case redis.HasErrorPrefix(err, "NOSCRIPT"):
+			noScript = append(noScript, ids[i])
+		default:
+			return nil, err
+		}
+	}
+	return noScript, nil
+}
+
+func (s *Store) flushLoop(every time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), every+5*time.Second)
+			if err := s.FlushLastUsed(ctx); err != nil {
+				s.opts.Logger.Warn("flushing last-used times", "err", err)
+			}
+			cancel()
+		}
+	}
+}

@@ -1,0 +1,125 @@
+package keystore
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Field names of a key's record, a Redis hash. A nullable field that is null
+// is absent from the hash.
+const (
+	fName        = "name"
+	fSubject     = "subject"
+	fType        = "type"
+	fDescription = "description"
+	fClaims      = "claims"     // compact JSON object
+	fScopes      = "scopes"     // joined by one space; scopes hold no spaces
+	fCreatedBy   = "created_by" //
+	fCreatedAt   = "created_at" // Unix ms, decimal
+	fUpdatedAt   = "updated_at"
+	fExpiration  = "expiration"
+	fRevoked     = "revoked" // "1" once revoked
+	fReason      = "revocation_reason"
+	fLastUsedAt  = "last_used_at"
+	fDigest      = "digest" // 32 raw bytes of SHA-256 or HMAC-SHA-256
+)
+
+// record is a key as stored: the key and the digest of its secret.
+type record struct {
+	key    *APIKey
+	digest string
+}
+
+// fields returns the hash fields of a new record, as HSET arguments.
+func (r *record) fields() []any {
+	k := r.key
+	f := []any{
+		fName, k.Name,
+		fSubject, k.Subject,
+		fType, k.Type,
+		fCreatedAt, k.CreatedAt,
+		fUpdatedAt, k.UpdatedAt,
+		fDigest, r.digest,
+	}
+	if len(k.Scopes) > 0 {
+		f = append(f, fScopes, strings.Join(k.Scopes, " "))
+	}
+	if k.Description != nil {
+		f = append(f, fDescription, *k.Description)
+	}
+	if k.Claims != nil {
+		f = append(f, fClaims, string(k.Claims))
+	}
+	if k.CreatedBy != nil {
+		f = append(f, fCreatedBy, *k.CreatedBy)
+	}
+	if k.Expiration != nil {
+		f = append(f, fExpiration, *k.Expiration)
+	}
+	return f
+}
+
+// decodeRecord builds the record with the given ID from its hash fields, with
+// Expired computed against now. It reports false for an empty hash (no key).
+func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool) {
+	if len(h) == 0 {
+		return nil, false
+	}
+	k := &APIKey{
+		Object:    KeyType,
+		ID:        id,
+		Type:      h[fType],
+		Name:      h[fName],
+		Subject:   h[fSubject],
+		Scopes:    []string{},
+		CreatedAt: parseMillis(h[fCreatedAt]),
+		UpdatedAt: parseMillis(h[fUpdatedAt]),
+		Revoked:   h[fRevoked] == "1",
+	}
+	if k.Type == "" {
+		k.Type = KeyType
+	}
+	if s := h[fScopes]; s != "" {
+		k.Scopes = strings.Split(s, " ")
+	}
+	if v, ok := h[fDescription]; ok {
+		k.Description = &v
+	}
+	if v, ok := h[fClaims]; ok {
+		k.Claims = json.RawMessage(v)
+	}
+	if v, ok := h[fCreatedBy]; ok {
+		k.CreatedBy = &v
+	}
+	if v, ok := h[fReason]; ok {
+		k.RevocationReason = &v
+	}
+	if v, ok := h[fExpiration]; ok {
+		ms := parseMillis(v)
+		k.Expiration = &ms
+	}
+	if v, ok := h[fLastUsedAt]; ok {
+		ms := parseMillis(v)
+		k.LastUsedAt = &ms
+	}
+	k.Expired = k.ExpiredAt(now)
+	return &record{key: k, digest: h[fDigest]}, true
+}
+
+// hashFromReply turns a script's HGETALL reply into a map.
+func hashFromReply(reply []any) map[string]string {
+	h := make(map[string]string, len(reply)/2)
+	for i := 0; i+1 < len(reply); i += 2 {
+		k, _ := reply[i].(string)
+		v, _ := reply[i+1].(string)
+		h[k] = v
+	}
+	return h
+}
+
+func parseMillis(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}

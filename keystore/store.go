@@ -1,0 +1,549 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Options configure a [Store]. The zero value works.
+type Options struct {
+	// Namespace prefixes every Redis key and channel. Default "keygate".
+	Namespace string
+	// KeyPrefix starts every secret: letters, digits and "_", ending in "_".
+	// Default "ak_".
+	KeyPrefix string
+	// HashKey, when set, makes digests HMAC-SHA-256 under it instead of
+	// SHA-256. Changing it makes every existing key unverifiable.
+	HashKey []byte
+	// LastUsedFlush is how often recorded uses are written to Redis.
+	// Default 1s; negative disables the background flush (call
+	// [Store.FlushLastUsed] yourself; Close still flushes).
+	LastUsedFlush time.Duration
+	// Now is the clock that decides expiry and timestamps. Default time.Now.
+	Now func() time.Time
+	// Logger receives failures of background work. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Namespace == "" {
+		o.Namespace = "keygate"
+	}
+	if o.KeyPrefix == "" {
+		o.KeyPrefix = "ak_"
+	}
+	if o.LastUsedFlush == 0 {
+		o.LastUsedFlush = time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Store keeps API keys in Redis. Its methods are safe for concurrent use.
+//
+// Errors: [ErrNotFound] for an unknown key, a [*ValidationError] for input
+// that breaks the contract's limits, and an error wrapping [ErrUnavailable]
+// when Redis cannot be reached. [Store.Verify] adds [ErrMalformed],
+// [ErrRevoked] and [ErrExpired].
+type Store struct {
+	rdb      redis.UniversalClient
+	opts     Options
+	names    keyNames
+	digest   digester
+	lastUsed lastUsed
+
+	stop     chan struct{}
+	done     chan struct{}
+	closeErr error
+	closing  sync.Once
+
+	// afterChange runs once a key has been revoked, updated or deleted,
+	// before the call returns. The verifier hooks its invalidation here.
+	afterChange func(ctx context.Context, id string)
+}
+
+// New returns a store on rdb, which it does not close. Call [Store.Close]
+// to stop the background flush of last-used times and flush them a last time.
+func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
+	opts = opts.withDefaults()
+	if !validPrefix(opts.KeyPrefix) {
+		return nil, fmt.Errorf("keystore: key prefix %q must be letters, digits and _, ending in _, at most 32 characters", opts.KeyPrefix)
+	}
+	s := &Store{
+		rdb:    rdb,
+		opts:   opts,
+		names:  keyNames{ns: opts.Namespace},
+		digest: newDigester(opts.HashKey),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	s.lastUsed.pending = make(map[string]int64)
+	if opts.LastUsedFlush > 0 {
+		go s.flushLoop(opts.LastUsedFlush)
+	} else {
+		close(s.done)
+	}
+	return s, nil
+}
+
+// Close stops the background flush and writes the last-used times still in
+// memory. It does not close the Redis client.
+func (s *Store) Close() error {
+	s.closing.Do(func() {
+		close(s.stop)
+		<-s.done
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.closeErr = s.FlushLastUsed(ctx)
+	})
+	return s.closeErr
+}
+
+// Namespace is the prefix of the store's Redis keys and channels.
+func (s *Store) Namespace() string { return s.opts.Namespace }
+
+// Client is the Redis client the store uses.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+func (s *Store) now() time.Time { return s.opts.Now() }
+
+// keyNames builds the store's Redis key names; see README.md for the layout.
+type keyNames struct{ ns string }
+
+func (n keyNames) record(id string) string       { return n.ns + ":key:" + id }
+func (n keyNames) subject(subject string) string { return n.ns + ":subject:" + subject }
+func (n keyNames) all() string                   { return n.ns + ":keys" }
+
+// Create stores a new key and returns it with its secret, which is shown
+// this once and never stored.
+func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	secret, err := newSecret(s.opts.KeyPrefix, id)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UnixMilli()
+	k := &APIKey{
+		Object:      KeyType,
+		ID:          id,
+		Type:        KeyType,
+		Name:        p.Name,
+		Subject:     p.Subject,
+		Description: nonEmpty(p.Description),
+		Claims:      p.Claims,
+		Scopes:      append([]string{}, p.Scopes...),
+		CreatedBy:   nonEmpty(p.CreatedBy),
+		CreatedAt:   now,
+		UpdatedAt:   now,
+	}
+	if p.SecondsUntilExpiration != nil {
+		exp := now + *p.SecondsUntilExpiration*1000
+		k.Expiration = &exp
+	}
+	digest := s.digest.sum(secret)
+	rec := record{key: k, digest: string(digest[:])}
+
+	// Index entries first, record second: a crash in between leaves an index
+	// entry without a record, which listing skips and removes, and never a
+	// verifiable key that listing cannot show.
+	z := redis.Z{Score: float64(now), Member: id}
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, s.names.subject(k.Subject), z)
+		p.ZAdd(ctx, s.names.all(), z)
+		return nil
+	}); err != nil {
+		return nil, unavailable("indexing key "+id, err)
+	}
+	if err := s.rdb.HSet(ctx, s.names.record(id), rec.fields()...).Err(); err != nil {
+		return nil, unavailable("writing key "+id, err)
+	}
+	out := *k
+	out.Expired = k.ExpiredAt(s.now())
+	out.Secret = secret
+	return &out, nil
+}
+
+// Get returns the key with the given ID, or [ErrNotFound].
+func (s *Store) Get(ctx context.Context, id string) (*APIKey, error) {
+	rec, err := s.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return rec.key, nil
+}
+
+// load reads one record in one round trip.
+func (s *Store) load(ctx context.Context, id string) (*record, error) {
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
+	h, err := s.rdb.HGetAll(ctx, s.names.record(id)).Result()
+	if err != nil {
+		return nil, unavailable("loading key "+id, err)
+	}
+	rec, ok := decodeRecord(id, h, s.now())
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return rec, nil
+}
+
+// Verify checks a secret and returns its key. The key's use is recorded
+// and written to last_used_at at the next flush.
+//
+// A bad secret is an outcome, not a failure: [ErrMalformed] (decided without
+// I/O), [ErrNotFound], [ErrRevoked] or [ErrExpired]. With the last two the key
+// is returned as well, so that callers can log which key was refused. Only an
+// error wrapping [ErrUnavailable] means the answer is unknown. Verify costs
+// one Redis round trip.
+func (s *Store) Verify(ctx context.Context, secret string) (*APIKey, error) {
+	idHex, err := parseSecret(s.opts.KeyPrefix, secret)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := s.load(ctx, idPrefix+idHex)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	if err := s.check(rec, secret, now); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		return rec.key, err
+	}
+	return s.used(rec.key, now), nil
+}
+
+// check decides a secret against its record at now. The digest is compared
+// first, so that revocation and expiry are told only to the key's holder.
+func (s *Store) check(rec *record, secret string, now time.Time) error {
+	d := s.digest.sum(secret)
+	if !digestsEqual(d[:], stringBytes(rec.digest)) {
+		return ErrNotFound
+	}
+	if rec.key.Revoked {
+		return ErrRevoked
+	}
+	if rec.key.ExpiredAt(now) {
+		return ErrExpired
+	}
+	return nil
+}
+
+// used records a successful verification of k at now and returns k as it
+// will read once the use is flushed.
+func (s *Store) used(k *APIKey, now time.Time) *APIKey {
+	ms := now.UnixMilli()
+	s.lastUsed.record(k.ID, ms)
+	out := *k
+	out.LastUsedAt = &ms
+	return &out
+}
+
+// GetAll is [Store.List] with page numbers instead of an offset.
+func (s *Store) GetAll(ctx context.Context, p GetAllParams) (*KeyList, error) {
+	return s.List(ctx, p.listParams())
+}
+
+// listBatch is how many index entries a listing reads per round trip.
+const listBatch = 256
+
+// danglingGrace is how old an index entry without a record must be before
+// listing removes it: younger ones may belong to a Create in progress.
+const danglingGrace = time.Minute
+
+// List returns one page of keys, newest first, and how many keys match in
+// all. It reads the index of the subject (or of every key) and filters the
+// records; with IncludeInvalid and no Query it reads only the page.
+func (s *Store) List(ctx context.Context, p ListParams) (*KeyList, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	index := s.names.all()
+	if p.Subject != "" {
+		index = s.names.subject(p.Subject)
+	}
+	now := s.now()
+	if p.IncludeInvalid && p.Query == "" {
+		if list, ok, err := s.listPage(ctx, index, p, now); err != nil || ok {
+			return list, err
+		}
+	}
+	query := strings.ToLower(p.Query)
+	list := &KeyList{Data: []*APIKey{}}
+	for start := int64(0); ; start += listBatch {
+		entries, err := s.rdb.ZRevRangeWithScores(ctx, index, start, start+listBatch-1).Result()
+		if err != nil {
+			return nil, unavailable("listing keys", err)
+		}
+		recs, err := s.loadEntries(ctx, index, entries, now)
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range recs {
+			k := rec.key
+			if !p.IncludeInvalid && (k.Revoked || k.Expired) {
+				continue
+			}
+			if query != "" && !strings.Contains(strings.ToLower(k.Name), query) {
+				continue
+			}
+			if list.TotalCount >= p.Offset && len(list.Data) < p.Limit {
+				list.Data = append(list.Data, k)
+			}
+			list.TotalCount++
+		}
+		if len(entries) < listBatch {
+			return list, nil
+		}
+	}
+}
+
+// listPage serves an unfiltered listing from the index alone. It reports
+// false when the page met index entries without records, so that the caller
+// counts by reading every record instead.
+func (s *Store) listPage(ctx context.Context, index string, p ListParams, now time.Time) (*KeyList, bool, error) {
+	var total *redis.IntCmd
+	var page *redis.ZSliceCmd
+	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		total = pipe.ZCard(ctx, index)
+		page = pipe.ZRevRangeWithScores(ctx, index, int64(p.Offset), int64(p.Offset+p.Limit-1))
+		return nil
+	}); err != nil {
+		return nil, false, unavailable("listing keys", err)
+	}
+	entries := page.Val()
+	recs, err := s.loadEntries(ctx, index, entries, now)
+	if err != nil || len(recs) < len(entries) {
+		return nil, false, err
+	}
+	list := &KeyList{Data: make([]*APIKey, 0, len(recs)), TotalCount: int(total.Val())}
+	for _, rec := range recs {
+		list.Data = append(list.Data, rec.key)
+	}
+	return list, true, nil
+}
+
+// loadEntries reads the records of index entries in one round trip, in
+// order, and removes from index the entries whose records are gone.
+func (s *Store) loadEntries(ctx context.Context, index string, entries []redis.Z, now time.Time) ([]*record, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	cmds := make([]*redis.MapStringStringCmd, len(entries))
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, e := range entries {
+			cmds[i] = p.HGetAll(ctx, s.names.record(e.Member.(string)))
+		}
+		return nil
+	}); err != nil {
+		return nil, unavailable("loading keys", err)
+	}
+	recs := make([]*record, 0, len(entries))
+	var dangling []any
+	cutoff := float64(now.Add(-danglingGrace).UnixMilli())
+	for i, e := range entries {
+		id := e.Member.(string)
+		rec, ok := decodeRecord(id, cmds[i].Val(), now)
+		if !ok {
+			if e.Score < cutoff {
+				dangling = append(dangling, id)
+			}
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	if len(dangling) > 0 {
+		if err := s.rdb.ZRem(ctx, index, dangling...).Err(); err != nil {
+			s.opts.Logger.Warn("removing index entries without records", "index", index, "err", err)
+		}
+	}
+	return recs, nil
+}
+
+var updateScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'subject') ~= ARGV[1] then return -1 end
+local n = tonumber(ARGV[3])
+local set = {'updated_at', ARGV[2]}
+for i = 4, 3 + 2 * n do set[#set + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(set))
+for i = 4 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+return redis.call('HGETALL', KEYS[1])
+`)
+
+// Update changes the given fields of a key, atomically, and returns it.
+func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
+	now := s.now().UnixMilli()
+	var set []any
+	var del []any
+	if p.Description != nil {
+		if *p.Description == "" {
+			del = append(del, fDescription)
+		} else {
+			set = append(set, fDescription, *p.Description)
+		}
+	}
+	if p.Claims != nil {
+		if string(p.Claims) == "null" {
+			del = append(del, fClaims)
+		} else {
+			set = append(set, fClaims, string(p.Claims))
+		}
+	}
+	if p.Scopes != nil {
+		if len(*p.Scopes) == 0 {
+			del = append(del, fScopes)
+		} else {
+			set = append(set, fScopes, strings.Join(*p.Scopes, " "))
+		}
+	}
+	switch {
+	case p.NeverExpires:
+		del = append(del, fExpiration)
+	case p.SecondsUntilExpiration != nil:
+		set = append(set, fExpiration, now+*p.SecondsUntilExpiration*1000)
+	}
+	args := append([]any{p.Subject, now, len(set) / 2}, set...)
+	args = append(args, del...)
+	reply, err := updateScript.Run(ctx, s.rdb, []string{s.names.record(id)}, args...).Result()
+	if err != nil {
+		return nil, unavailable("updating key "+id, err)
+	}
+	rec, err := s.scriptRecord(id, reply)
+	if err != nil {
+		return nil, err
+	}
+	s.changed(ctx, id)
+	return rec.key, nil
+}
+
+// scriptRecord decodes a script's reply: 0 for no key, -1 for a subject
+// that does not match, else the key's HGETALL.
+func (s *Store) scriptRecord(id string, reply any) (*record, error) {
+	switch r := reply.(type) {
+	case int64:
+		if r == -1 {
+			return nil, invalid("subject", "does not match the key's subject")
+		}
+		return nil, ErrNotFound
+	case []any:
+		rec, ok := decodeRecord(id, hashFromReply(r), s.now())
+		if !ok {
+			return nil, ErrNotFound
+		}
+		return rec, nil
+	}
+	return nil, ErrNotFound
+}
+
+var revokeScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'revoked') ~= '1' then
+  redis.call('HSET', KEYS[1], 'revoked', '1', 'updated_at', ARGV[1])
+  if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'revocation_reason', ARGV[3]) end
+end
+return redis.call('HGETALL', KEYS[1])
+`)
+
+// Revoke revokes a key and returns it. Revoking a revoked key changes nothing
+// and keeps the first reason. reason may be nil.
+func (s *Store) Revoke(ctx context.Context, id string, reason *string) (*APIKey, error) {
+	if reason != nil {
+		if err := checkText("revocation_reason", *reason, MaxDescriptionLen, false); err != nil {
+			return nil, err
+		}
+	}
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
+	hasReason, text := "0", ""
+	if reason != nil {
+		hasReason, text = "1", *reason
+	}
+	reply, err := revokeScript.Run(ctx, s.rdb, []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
+	if err != nil {
+		return nil, unavailable("revoking key "+id, err)
+	}
+	rec, err := s.scriptRecord(id, reply)
+	if err != nil {
+		return nil, err
+	}
+	s.changed(ctx, id)
+	return rec.key, nil
+}
+
+var deleteScript = redis.NewScript(`
+local subject = redis.call('HGET', KEYS[1], 'subject')
+if not subject then return false end
+redis.call('DEL', KEYS[1])
+return subject
+`)
+
+// Delete removes a key for good.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if !validID(id) {
+		return ErrNotFound
+	}
+	// Record first, index entries second: a crash in between leaves index
+	// entries that listing skips and removes.
+	subject, err := deleteScript.Run(ctx, s.rdb, []string{s.names.record(id)}).Text()
+	if errors.Is(err, redis.Nil) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return unavailable("deleting key "+id, err)
+	}
+	s.changed(ctx, id)
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRem(ctx, s.names.subject(subject), id)
+		p.ZRem(ctx, s.names.all(), id)
+		return nil
+	}); err != nil {
+		// The key is gone; the entries left behind are removed by listing.
+		s.opts.Logger.Warn("removing index entries of a deleted key", "id", id, "err", err)
+	}
+	return nil
+}
+
+func (s *Store) changed(ctx context.Context, id string) {
+	if s.afterChange != nil {
+		s.afterChange(ctx, id)
+	}
+}
+
+func nonEmpty(p *string) *string {
+	if p == nil || *p == "" {
+		return nil
+	}
+	v := *p
+	return &v
+}
+
+func formatMillis(ms int64) string { return strconv.FormatInt(ms, 10) }
