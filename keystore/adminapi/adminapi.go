@@ -1,0 +1,240 @@
+package adminapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/keystore"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// MaxBodyBytes is the largest request body the API reads; a larger one is
+// refused with 413 request_body_too_large.
+const MaxBodyBytes = 64 << 10
+
+// Options configure the handler [New] returns. Store, Verifier and at least
+// one admin token are required; every other field has a working zero value.
+type Options struct {
+	// Store holds the keys. Required.
+	Store *keystore.Store
+	// Verifier answers POST /api_keys/verify, so that a verification through
+	// the API counts as a use and gives the same answer as every other entry
+	// point. Required; it must be the verifier over Store.
+	Verifier *keystore.Verifier
+	// AdminTokens are the bearer tokens that may call the API. Empty strings
+	// are ignored; at least one token is required.
+	AdminTokens []string
+	// Logger receives one line per request. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer receives keygate_admin_requests_total. Default: none.
+	Registerer prometheus.Registerer
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// New returns the admin API handler. It serves the paths of CONTRACT.md §2
+// under /api_keys and /v1/api_keys exactly, and answers 404 to any other
+// path; mount it behind [http.StripPrefix] to serve it under another prefix.
+func New(opts Options) (http.Handler, error) {
+	opts = opts.withDefaults()
+	if opts.Store == nil {
+		return nil, errors.New("adminapi: Options.Store is required")
+	}
+	if opts.Verifier == nil {
+		return nil, errors.New("adminapi: Options.Verifier is required")
+	}
+	tokens := newTokenSet(opts.AdminTokens)
+	if tokens.empty() {
+		return nil, errors.New("adminapi: at least one non-empty admin token is required")
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &handler{
+		store:    opts.Store,
+		verifier: opts.Verifier,
+		tokens:   tokens,
+		log:      opts.Logger,
+		metrics:  m,
+	}, nil
+}
+
+type handler struct {
+	store    *keystore.Store
+	verifier *keystore.Verifier
+	tokens   tokenSet
+	log      *slog.Logger
+	metrics  *metrics
+}
+
+// call is one request on its way through the handler.
+type call struct {
+	r     *http.Request
+	id    string // the {id} of the path, when the route has one
+	keyID string // the key the request concerns, for the log; never a secret
+}
+
+// operation serves one method of one route. It returns the value to send
+// with 200, or an error that [toAPIError] turns into the contract's JSON.
+type operation func(h *handler, c *call) (any, error)
+
+// route is one path pattern and the operations it serves, by method.
+type route struct {
+	pattern string // as the metric and the log label it: "/api_keys/{id}"
+	ops     map[string]operation
+	allow   string // the Allow header of a 405
+}
+
+func newRoute(pattern string, ops map[string]operation) *route {
+	methods := make([]string, 0, len(ops))
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
+		if ops[m] != nil {
+			methods = append(methods, m)
+		}
+	}
+	return &route{pattern: pattern, ops: ops, allow: strings.Join(methods, ", ")}
+}
+
+var (
+	routeKeys = newRoute("/api_keys", map[string]operation{
+		http.MethodGet:  (*handler).list,
+		http.MethodPost: (*handler).create,
+	})
+	routeVerify = newRoute("/api_keys/verify", map[string]operation{
+		http.MethodPost: (*handler).verify,
+	})
+	routeKey = newRoute("/api_keys/{id}", map[string]operation{
+		http.MethodGet:    (*handler).get,
+		http.MethodPatch:  (*handler).update,
+		http.MethodDelete: (*handler).delete,
+	})
+	routeRevoke = newRoute("/api_keys/{id}/revoke", map[string]operation{
+		http.MethodPost: (*handler).revoke,
+	})
+	routeSecret = newRoute("/api_keys/{id}/secret", map[string]operation{
+		http.MethodGet: (*handler).secret,
+	})
+)
+
+// match finds the route of path and its {id}; nil when there is none.
+// /v1/api_keys… is the same route as /api_keys….
+func match(path string) (*route, string) {
+	rest, ok := strings.CutPrefix(strings.TrimPrefix(path, "/v1"), "/api_keys")
+	switch {
+	case !ok:
+		return nil, ""
+	case rest == "":
+		return routeKeys, ""
+	case rest[0] != '/':
+		return nil, ""
+	}
+	segs := strings.Split(rest[1:], "/")
+	for _, s := range segs {
+		if s == "" {
+			return nil, ""
+		}
+	}
+	switch {
+	case len(segs) == 1 && segs[0] == "verify":
+		return routeVerify, ""
+	case len(segs) == 1:
+		return routeKey, segs[0]
+	case len(segs) == 2 && segs[1] == "revoke":
+		return routeRevoke, segs[0]
+	case len(segs) == 2 && segs[1] == "secret":
+		return routeSecret, segs[0]
+	}
+	return nil, ""
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	traceID := apierror.RequestID(r)
+	w.Header().Set("X-Request-Id", traceID)
+
+	rt, id := match(r.URL.Path)
+	label := "unmatched"
+	var op operation
+	if rt != nil {
+		label = rt.pattern
+		if op = rt.ops[r.Method]; op != nil {
+			label = r.Method + " " + rt.pattern
+		}
+	}
+	c := &call{r: r, id: id}
+	resp, err := h.dispatch(w, c, rt, op)
+
+	var body []byte
+	if err == nil {
+		if body, err = json.Marshal(resp); err != nil {
+			err = fmt.Errorf("encoding the response: %w", err)
+		}
+	}
+	status := http.StatusOK
+	var apiErr *apierror.Error
+	if err != nil {
+		apiErr = toAPIError(err)
+		status = apiErr.Status
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="keygate"`)
+		}
+		apierror.Write(w, traceID, apiErr)
+	} else {
+		writeJSON(w, append(body, '\n'))
+	}
+	h.metrics.observe(label, status)
+	h.logRequest(r, label, status, time.Since(start), traceID, c.keyID, apiErr)
+}
+
+// dispatch authenticates the call, then runs op, the operation of its
+// route and method, when there is one.
+func (h *handler) dispatch(w http.ResponseWriter, c *call, rt *route, op operation) (any, error) {
+	switch {
+	case !h.tokens.authorized(c.r.Header.Get("Authorization")):
+		return nil, errUnauthenticated
+	case rt == nil:
+		return nil, &apierror.Error{Status: http.StatusNotFound, Code: "resource_not_found", Message: "not found",
+			LongMessage: "no route for this path: the admin API serves /api_keys and /v1/api_keys"}
+	case op == nil:
+		w.Header().Set("Allow", rt.allow)
+		return nil, &apierror.Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: "method not allowed",
+			LongMessage: c.r.Method + " is not allowed on " + rt.pattern + "; allowed: " + rt.allow}
+	}
+	return op(h, c)
+}
+
+func (h *handler) logRequest(r *http.Request, route string, status int, d time.Duration, traceID, keyID string, e *apierror.Error) {
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.String("route", route),
+		slog.Int("status", status),
+		slog.Duration("duration", d),
+		slog.String("request_id", traceID),
+	}
+	if keyID != "" {
+		attrs = append(attrs, slog.String("key_id", keyID))
+	}
+	level := slog.LevelInfo
+	if e != nil {
+		attrs = append(attrs, slog.String("code", e.Code))
+		if e.Status >= 500 {
+			level = slog.LevelError
+			if e.Err != nil {
+				attrs = append(attrs, slog.String("err", e.Err.Error()))
+			}
+		}
+	}
+	h.log.LogAttrs(r.Context(), level, "admin api request", attrs...)
+}

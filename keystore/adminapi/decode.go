@@ -1,0 +1,195 @@
+package adminapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"reflect"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/keystore"
+)
+
+// readBody reads the request body, at most [MaxBodyBytes]. Whatever the
+// Content-Type says, the body is read as JSON; an empty one reads as {}.
+func readBody(r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, MaxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return nil, &apierror.Error{Status: http.StatusRequestEntityTooLarge, Code: "request_body_too_large",
+			Message: "request body too large", LongMessage: fmt.Sprintf("the request body must be at most %d bytes", MaxBodyBytes)}
+	case err != nil:
+		return nil, badBody("", "reading the request body failed", err)
+	case !utf8.Valid(body):
+		// encoding/json would quietly turn invalid UTF-8 into U+FFFD.
+		return nil, badBody("", "the request body must be valid UTF-8", nil)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return []byte("{}"), nil
+	}
+	return body, nil
+}
+
+// decodeBody reads the request body into dst, a pointer to a struct whose
+// fields carry the wire names. Unknown fields, wrong types, trailing data
+// and anything but a JSON object are request_body_invalid, naming the field
+// when there is one.
+func decodeBody(r *http.Request, dst any) error {
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	if b := bytes.TrimSpace(body); b[0] != '{' {
+		if !json.Valid(b) {
+			return badBody("", "the request body is not valid JSON", nil)
+		}
+		return badBody("", "the request body must be a JSON object", nil)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return decodeError(err, reflect.TypeOf(dst).Elem())
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badBody("", "the request body must hold one JSON object and nothing after it", err)
+	}
+	return nil
+}
+
+// decodeError explains a failure to decode into a struct of type body,
+// without echoing any of the body's values.
+func decodeError(err error, body reflect.Type) error {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badBody("", "the request body is truncated JSON", err)
+	case errors.As(err, &syntax):
+		return badBody("", fmt.Sprintf("the request body is not valid JSON (at byte %d)", syntax.Offset), err)
+	case errors.As(err, &typ):
+		param := topLevel(typ.Field)
+		if param == "" {
+			return badBody("", "the request body must be a JSON object", err)
+		}
+		t := typ.Type
+		if f, ok := fieldByWireName(body, param); ok {
+			t = f.Type // "scopes must be an array of strings", not "…a string"
+		}
+		return badBody(param, fmt.Sprintf("%s must be %s", param, jsonKind(t)), err)
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		name, _ = strconv.Unquote(name)
+		return badBody(name, fmt.Sprintf("unknown field %q", name), err)
+	}
+	return badBody("", "the request body is not valid JSON", err)
+}
+
+// fieldByWireName finds the field of struct type t whose JSON name is name.
+func fieldByWireName(t reflect.Type, name string) (reflect.StructField, bool) {
+	if t.Kind() != reflect.Struct {
+		return reflect.StructField{}, false
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == name {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// topLevel returns the body field a decoding error path starts with:
+// "scopes" for "scopes.2".
+func topLevel(field string) string {
+	name, _, _ := strings.Cut(field, ".")
+	return name
+}
+
+// jsonKind names in JSON terms what a Go type accepts.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		if t.Elem().Kind() == reflect.String {
+			return "an array of strings"
+		}
+		return "an array"
+	case reflect.Pointer:
+		return jsonKind(t.Elem()) + " or null"
+	}
+	return "a JSON object"
+}
+
+// decodeField decodes the raw value of one body field into dst, naming the
+// field when the type is wrong.
+func decodeField(param string, raw json.RawMessage, dst any) error {
+	if err := json.Unmarshal(raw, dst); err != nil {
+		var typ *json.UnmarshalTypeError
+		if errors.As(err, &typ) {
+			return badBody(param, fmt.Sprintf("%s must be %s", param, jsonKind(reflect.TypeOf(dst).Elem())), err)
+		}
+		return badBody(param, param+" is not valid JSON", err)
+	}
+	return nil
+}
+
+// maxOffset bounds offset so that offset+limit cannot overflow.
+const maxOffset = math.MaxInt32
+
+// listParams reads the query of GET /api_keys. include_invalid must be
+// true or false; limit and offset must be decimal integers in range.
+// Unknown parameters are ignored, as Clerk's API ignores them.
+func listParams(q url.Values) (keystore.ListParams, error) {
+	p := keystore.ListParams{
+		Subject: q.Get("subject"),
+		Query:   q.Get("query"),
+		Type:    q.Get("type"),
+		Limit:   keystore.DefaultLimit,
+	}
+	if v, ok := q["include_invalid"]; ok {
+		switch v[0] {
+		case "true":
+			p.IncludeInvalid = true
+		case "false":
+		default:
+			return p, badQuery("include_invalid", "include_invalid must be true or false")
+		}
+	}
+	if v, ok := q["limit"]; ok {
+		n, err := strconv.Atoi(v[0])
+		if err != nil || n < 1 || n > keystore.MaxLimit {
+			return p, badQuery("limit", fmt.Sprintf("limit must be an integer between 1 and %d", keystore.MaxLimit))
+		}
+		p.Limit = n
+	}
+	if v, ok := q["offset"]; ok {
+		n, err := strconv.Atoi(v[0])
+		if err != nil || n < 0 || n > maxOffset {
+			return p, badQuery("offset", fmt.Sprintf("offset must be an integer between 0 and %d", maxOffset))
+		}
+		p.Offset = n
+	}
+	for _, name := range []string{"subject", "query", "type"} {
+		if !utf8.ValidString(q.Get(name)) {
+			return p, badQuery(name, name+" must be valid UTF-8")
+		}
+	}
+	return p, nil
+}

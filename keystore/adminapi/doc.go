@@ -1,0 +1,54 @@
+// Package adminapi serves keygate's admin API (CONTRACT.md §2): create,
+// list, get, update, revoke, delete and verify API keys over HTTP, under
+// both /api_keys and /v1/api_keys, wire-compatible with Clerk's Backend API
+// so that Clerk's SDKs work against it unchanged.
+//
+// [New] returns a plain [http.Handler]. It matches full request paths, so it
+// is mounted on the /api_keys and /v1/api_keys subtrees as they are:
+//
+//	h, err := adminapi.New(adminapi.Options{
+//		Store:       store,
+//		Verifier:    verifier,
+//		AdminTokens: []string{os.Getenv("ADMIN_TOKEN")},
+//	})
+//	if err != nil { … }
+//	mux := http.NewServeMux()
+//	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/"} {
+//		mux.Handle(p, h)
+//	}
+//
+// In Echo, wrap it with echo.WrapHandler:
+//
+//	e := echo.New()
+//	wrapped := echo.WrapHandler(h)
+//	e.Any("/api_keys", wrapped)
+//	e.Any("/api_keys/*", wrapped)
+//	e.Any("/v1/api_keys", wrapped)
+//	e.Any("/v1/api_keys/*", wrapped)
+//
+// Every request needs Authorization: Bearer and one of the admin tokens.
+// Every answer is JSON with Content-Type exactly application/json: 200 on
+// success, and otherwise Clerk's error body, with the request's
+// X-Request-Id (or a fresh one) as clerk_trace_id. A store that cannot be
+// reached is 503 store_unavailable with Retry-After; the API answers no 500.
+//
+// Where the contract is silent:
+//   - A body is read as JSON whatever its Content-Type, and an empty body is
+//     read as {} (Clerk's SDK sends Content-Type: application/json on GET
+//     and DELETE too, and no body when there is nothing to send).
+//   - Invalid UTF-8 anywhere in a body, trailing data after the object, and
+//     a body that is not an object are request_body_invalid.
+//   - In PATCH, null clears description, claims and scopes, and a null
+//     seconds_until_expiration makes the key never expire; an absent field
+//     is left as it is.
+//   - An empty revocation_reason is stored as no reason (null).
+//   - offset is at most 2³¹−1 and limit, when given, 1–100 (limit=0 is
+//     refused, not read as the default); include_invalid is true or false.
+//     Unknown query parameters are ignored.
+//   - Authentication comes first: an unauthenticated request learns
+//     nothing about routes or methods (401 before 404 or 405).
+//   - The route label of keygate_admin_requests_total is "METHOD pattern"
+//     (for example "GET /api_keys/{id}", /v1 folded into the same
+//     pattern), the bare pattern on a 405, and "unmatched" for a path that
+//     is no route.
+package adminapi

@@ -1,0 +1,197 @@
+package adminapi
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/keystore"
+)
+
+// POST /api_keys: the new key, with its secret this once.
+func (h *handler) create(c *call) (any, error) {
+	var p keystore.CreateParams
+	if err := decodeBody(c.r, &p); err != nil {
+		return nil, err
+	}
+	key, err := h.store.Create(c.r.Context(), p)
+	if err != nil {
+		return nil, err
+	}
+	c.keyID = key.ID
+	return key, nil
+}
+
+// GET /api_keys: one page and the count of every match.
+func (h *handler) list(c *call) (any, error) {
+	p, err := listParams(c.r.URL.Query())
+	if err != nil {
+		return nil, err
+	}
+	list, err := h.store.List(c.r.Context(), p)
+	if err != nil {
+		return nil, err
+	}
+	if list.Data == nil {
+		list.Data = []*keystore.APIKey{}
+	}
+	return list, nil
+}
+
+// GET /api_keys/{id}
+func (h *handler) get(c *call) (any, error) {
+	c.keyID = loggableID(c.id)
+	return h.store.Get(c.r.Context(), c.id)
+}
+
+// updateBody keeps each field raw, so that an absent field (nil) is told
+// apart from a null one ("null"), which clears it.
+type updateBody struct {
+	Subject                json.RawMessage `json:"subject"`
+	Description            json.RawMessage `json:"description"`
+	Claims                 json.RawMessage `json:"claims"`
+	Scopes                 json.RawMessage `json:"scopes"`
+	SecondsUntilExpiration json.RawMessage `json:"seconds_until_expiration"`
+}
+
+func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
+
+// params turns the body into the store's parameters: null clears the
+// description, the claims and the scopes, and a null
+// seconds_until_expiration makes the key never expire.
+func (b *updateBody) params() (keystore.UpdateParams, error) {
+	var p keystore.UpdateParams
+	if b.Subject != nil && !isNull(b.Subject) {
+		if err := decodeField("subject", b.Subject, &p.Subject); err != nil {
+			return p, err
+		}
+	}
+	if b.Description != nil {
+		p.Description = new(string)
+		if !isNull(b.Description) {
+			if err := decodeField("description", b.Description, p.Description); err != nil {
+				return p, err
+			}
+		}
+	}
+	if b.Claims != nil {
+		p.Claims = b.Claims // the store checks it is an object or null
+	}
+	if b.Scopes != nil {
+		p.Scopes = &[]string{}
+		if !isNull(b.Scopes) {
+			if err := decodeField("scopes", b.Scopes, p.Scopes); err != nil {
+				return p, err
+			}
+		}
+	}
+	if b.SecondsUntilExpiration != nil {
+		if isNull(b.SecondsUntilExpiration) {
+			p.NeverExpires = true
+		} else {
+			p.SecondsUntilExpiration = new(int64)
+			if err := decodeField("seconds_until_expiration", b.SecondsUntilExpiration, p.SecondsUntilExpiration); err != nil {
+				return p, err
+			}
+		}
+	}
+	return p, nil
+}
+
+// PATCH /api_keys/{id}
+func (h *handler) update(c *call) (any, error) {
+	c.keyID = loggableID(c.id)
+	var b updateBody
+	if err := decodeBody(c.r, &b); err != nil {
+		return nil, err
+	}
+	p, err := b.params()
+	if err != nil {
+		return nil, err
+	}
+	return h.store.Update(c.r.Context(), c.id, p)
+}
+
+// POST /api_keys/{id}/revoke. The body may be empty; an empty reason is
+// no reason. Revoking twice keeps the first reason.
+func (h *handler) revoke(c *call) (any, error) {
+	c.keyID = loggableID(c.id)
+	var b struct {
+		RevocationReason *string `json:"revocation_reason"`
+	}
+	if err := decodeBody(c.r, &b); err != nil {
+		return nil, err
+	}
+	if b.RevocationReason != nil && *b.RevocationReason == "" {
+		b.RevocationReason = nil
+	}
+	return h.store.Revoke(c.r.Context(), c.id, b.RevocationReason)
+}
+
+// deleted is the answer to DELETE, Clerk's DeletedObject.
+type deleted struct {
+	Object  string `json:"object"`
+	ID      string `json:"id"`
+	Deleted bool   `json:"deleted"`
+}
+
+// DELETE /api_keys/{id}
+func (h *handler) delete(c *call) (any, error) {
+	c.keyID = loggableID(c.id)
+	if err := h.store.Delete(c.r.Context(), c.id); err != nil {
+		return nil, err
+	}
+	return &deleted{Object: keystore.KeyType, ID: c.id, Deleted: true}, nil
+}
+
+// GET /api_keys/{id}/secret: keygate stores no secret, only its digest.
+func (h *handler) secret(c *call) (any, error) {
+	c.keyID = loggableID(c.id)
+	return nil, &apierror.Error{Status: http.StatusNotFound, Code: "api_key_secret_unavailable",
+		Message:     "secret unavailable",
+		LongMessage: "an API key's secret is shown once, in the response to create; keygate keeps only its digest"}
+}
+
+// POST /api_keys/verify: the key, through the one verifier, so that the
+// verification counts as a use.
+func (h *handler) verify(c *call) (any, error) {
+	var b struct {
+		Secret string `json:"secret"`
+	}
+	if err := decodeBody(c.r, &b); err != nil {
+		return nil, err
+	}
+	key, err := h.verifier.Verify(c.r.Context(), b.Secret, keystore.SourceAPI)
+	if key != nil {
+		c.keyID = key.ID
+	}
+	if err != nil {
+		return nil, verifyError(err)
+	}
+	out := *key
+	out.Secret = ""
+	return &out, nil
+}
+
+// loggableID returns id when it has the form of a key ID, and "" otherwise,
+// so that a secret pasted where an ID belongs never reaches the log.
+func loggableID(id string) string {
+	const prefix, hexLen = "ak_", 32
+	if len(id) != len(prefix)+hexLen || id[:len(prefix)] != prefix {
+		return ""
+	}
+	for i := len(prefix); i < len(id); i++ {
+		c := id[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return ""
+		}
+	}
+	return id
+}
+
+// writeJSON writes body, already encoded, as a 200 response.
+func writeJSON(w http.ResponseWriter, body []byte) {
+	w.Header().Set("Content-Type", apierror.ContentType)
+	w.WriteHeader(http.StatusOK)
+	w.Write(body)
+}

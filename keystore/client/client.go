@@ -1,0 +1,322 @@
+// Package client calls keygate's admin API (CONTRACT.md §2) from Go. Its
+// surface mirrors the APIKeys object of Clerk's SDKs: Create, GetAll, List,
+// Get, Update, Revoke, Delete and Verify.
+//
+//	c, err := client.New("http://127.0.0.1:8080", os.Getenv("KEYGATE_ADMIN_TOKEN"))
+//	if err != nil { … }
+//	key, err := c.Create(ctx, keystore.CreateParams{Name: "CI", Subject: "user_42"})
+//	fmt.Println(key.Secret) // shown this once
+//
+//	got, err := c.Verify(ctx, secret)
+//	switch {
+//	case errors.Is(err, keystore.ErrUnavailable): // unreachable, or a 5xx: the answer is unknown
+//	case errors.Is(err, keystore.ErrRevoked): // …and the other refusals
+//	case err != nil:
+//	default: // got.Subject, got.Scopes …
+//	}
+//
+// Every error the server answers is an [*APIError]. Those that map cleanly
+// onto an outcome of package keystore match its sentinel with [errors.Is]:
+// 404 api_key_revoked is [keystore.ErrRevoked], api_key_expired
+// [keystore.ErrExpired], api_key_not_found and resource_not_found
+// [keystore.ErrNotFound], api_key_invalid [keystore.ErrMalformed], and any
+// 5xx [keystore.ErrUnavailable]. A server that cannot be reached, or that
+// answers something other than the API's JSON, is an error wrapping
+// [keystore.ErrUnavailable] too. So a command line tool decides its exit
+// status in two checks:
+//
+//	var apiErr *client.APIError
+//	switch {
+//	case err == nil: // 0
+//	case errors.Is(err, keystore.ErrUnavailable): // 3: unreachable or 5xx
+//	case errors.As(err, &apiErr): // 1: the server refused
+//	}
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keygate/keygate/keystore"
+)
+
+// maxResponseBytes bounds what the client reads of a response: a page of
+// 100 keys with the largest claims is under 1 MiB.
+const maxResponseBytes = 16 << 20
+
+// Client calls one keygate admin API. It is safe for concurrent use.
+type Client struct {
+	base      *url.URL // with no trailing slash in its path
+	token     string
+	http      *http.Client
+	userAgent string
+}
+
+// Option configures a [Client].
+type Option func(*Client)
+
+// WithHTTPClient makes the client send its requests with hc. Default: an
+// [http.Client] with a 30 s timeout.
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = hc } }
+
+// WithUserAgent sets the User-Agent of every request. Default
+// "keygate-client".
+func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
+
+// New returns a client for the admin API at baseURL (for example
+// "http://127.0.0.1:8080", or "https://keys.example.com/v1"), authenticated
+// with adminToken.
+func New(baseURL, adminToken string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		return nil, fmt.Errorf("client: parsing base URL: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("client: base URL %q must be http:// or https:// with a host", baseURL)
+	}
+	if adminToken == "" {
+		return nil, errors.New("client: the admin token is empty")
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath, u.RawQuery, u.Fragment = "", "", ""
+	c := &Client{base: u, token: adminToken, userAgent: "keygate-client"}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.http == nil {
+		c.http = &http.Client{Timeout: 30 * time.Second}
+	}
+	return c, nil
+}
+
+// Create creates a key and returns it with its secret, which the server
+// shows this once.
+func (c *Client) Create(ctx context.Context, p keystore.CreateParams) (*keystore.APIKey, error) {
+	return c.key(ctx, http.MethodPost, "/api_keys", p)
+}
+
+// List returns one page of keys, newest first, and the number of every
+// match. A zero Limit is the server's default, 10.
+func (c *Client) List(ctx context.Context, p keystore.ListParams) (*keystore.KeyList, error) {
+	q := url.Values{}
+	if p.Subject != "" {
+		q.Set("subject", p.Subject)
+	}
+	if p.Query != "" {
+		q.Set("query", p.Query)
+	}
+	if p.IncludeInvalid {
+		q.Set("include_invalid", "true")
+	}
+	if p.Type != "" {
+		q.Set("type", p.Type)
+	}
+	if p.Limit != 0 {
+		q.Set("limit", strconv.Itoa(p.Limit))
+	}
+	if p.Offset != 0 {
+		q.Set("offset", strconv.Itoa(p.Offset))
+	}
+	var l keystore.KeyList
+	if err := c.do(ctx, http.MethodGet, "/api_keys", q, nil, &l); err != nil {
+		return nil, err
+	}
+	for _, k := range l.Data {
+		normalize(k)
+	}
+	return &l, nil
+}
+
+// GetAll is [Client.List] with page numbers, as Clerk's SDKs page: page
+// InitialPage (from 1; 0 means 1) of PageSize keys (0 means 10).
+func (c *Client) GetAll(ctx context.Context, p keystore.GetAllParams) (*keystore.KeyList, error) {
+	size := p.PageSize
+	if size == 0 {
+		size = keystore.DefaultLimit
+	}
+	page := p.InitialPage
+	if page == 0 {
+		page = 1
+	}
+	if page < 1 {
+		return nil, fmt.Errorf("client: InitialPage %d must be 1 or more", p.InitialPage)
+	}
+	return c.List(ctx, keystore.ListParams{
+		Subject:        p.Subject,
+		Query:          p.Query,
+		IncludeInvalid: p.IncludeInvalid,
+		Limit:          size,
+		Offset:         (page - 1) * size,
+	})
+}
+
+// Get returns the key with the given ID; [keystore.ErrNotFound] when
+// there is none.
+func (c *Client) Get(ctx context.Context, id string) (*keystore.APIKey, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	return c.key(ctx, http.MethodGet, "/api_keys/"+url.PathEscape(id), nil)
+}
+
+// Update changes the given fields of a key. As in [keystore.UpdateParams],
+// a nil field is left as it is; a pointer to "" clears the description, the
+// JSON literal null clears the claims, a pointer to an empty slice clears
+// the scopes, and NeverExpires removes the expiration.
+func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams) (*keystore.APIKey, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	body := map[string]any{}
+	if p.Subject != "" {
+		body["subject"] = p.Subject
+	}
+	if p.Description != nil {
+		body["description"] = *p.Description
+	}
+	if p.Claims != nil {
+		body["claims"] = p.Claims
+	}
+	if p.Scopes != nil {
+		scopes := *p.Scopes
+		if scopes == nil {
+			scopes = []string{}
+		}
+		body["scopes"] = scopes
+	}
+	switch {
+	case p.NeverExpires:
+		body["seconds_until_expiration"] = nil
+	case p.SecondsUntilExpiration != nil:
+		body["seconds_until_expiration"] = *p.SecondsUntilExpiration
+	}
+	return c.key(ctx, http.MethodPatch, "/api_keys/"+url.PathEscape(id), body)
+}
+
+// Revoke revokes a key, with an optional reason, and returns it. Revoking
+// a revoked key changes nothing and keeps the first reason.
+func (c *Client) Revoke(ctx context.Context, id string, reason *string) (*keystore.APIKey, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	body := struct {
+		RevocationReason *string `json:"revocation_reason"`
+	}{reason}
+	return c.key(ctx, http.MethodPost, "/api_keys/"+url.PathEscape(id)+"/revoke", body)
+}
+
+// Delete removes a key for good.
+func (c *Client) Delete(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	var d struct {
+		Deleted bool `json:"deleted"`
+	}
+	if err := c.do(ctx, http.MethodDelete, "/api_keys/"+url.PathEscape(id), nil, nil, &d); err != nil {
+		return err
+	}
+	if !d.Deleted {
+		return fmt.Errorf("deleting key %s: %w: the answer does not say deleted", id, keystore.ErrUnavailable)
+	}
+	return nil
+}
+
+// Verify checks a secret and returns its key, counting the use. A refused
+// secret is an [*APIError] matching [keystore.ErrMalformed],
+// [keystore.ErrNotFound], [keystore.ErrRevoked] or [keystore.ErrExpired].
+func (c *Client) Verify(ctx context.Context, secret string) (*keystore.APIKey, error) {
+	body := struct {
+		Secret string `json:"secret"`
+	}{secret}
+	return c.key(ctx, http.MethodPost, "/api_keys/verify", body)
+}
+
+// key sends a request whose answer is a key.
+func (c *Client) key(ctx context.Context, method, path string, in any) (*keystore.APIKey, error) {
+	var k keystore.APIKey
+	if err := c.do(ctx, method, path, nil, in, &k); err != nil {
+		return nil, err
+	}
+	normalize(&k)
+	return &k, nil
+}
+
+// normalize makes a decoded key read as the store returns it: null claims
+// are nil, no scopes an empty slice.
+func normalize(k *keystore.APIKey) {
+	if string(k.Claims) == "null" {
+		k.Claims = nil
+	}
+	if k.Scopes == nil {
+		k.Scopes = []string{}
+	}
+}
+
+func checkID(id string) error {
+	if id == "" {
+		return errors.New("client: the key ID is empty")
+	}
+	return nil
+}
+
+// do sends one request and decodes a 200 answer into out. The path and the
+// error messages never carry a secret: secrets travel only in bodies.
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	u := *c.base
+	u.Path += path
+	u.RawQuery = query.Encode()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encoding the request of %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return fmt.Errorf("building %s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.userAgent)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("calling %s %s: %w: %w", method, path, keystore.ErrUnavailable, stripURL(err))
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		return fmt.Errorf("reading the answer to %s %s: %w: %w", method, path, keystore.ErrUnavailable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return newAPIError(resp, raw)
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("decoding the answer to %s %s: %w: not the admin API's JSON (%v)", method, path, keystore.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// stripURL keeps a transport error's cause but not its URL, which the
+// caller's message already names by method and path.
+func stripURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}

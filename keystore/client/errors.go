@@ -1,0 +1,92 @@
+package client
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keygate/keygate/keystore"
+)
+
+// APIError is an error answer of the admin API: its status and the first
+// error of its body. See the package documentation for the sentinels of
+// package keystore that it matches.
+type APIError struct {
+	Status      int    // the HTTP status
+	Code        string // "api_key_revoked", "form_param_invalid", …; "" when the body was not the API's JSON
+	Message     string
+	LongMessage string
+	Param       string // meta.param_name: the field at fault, when there is one
+	TraceID     string // clerk_trace_id: the server's request ID, for its logs
+	// RetryAfter is the server's Retry-After, when it sent one.
+	RetryAfter time.Duration
+}
+
+func (e *APIError) Error() string {
+	msg := e.LongMessage
+	if msg == "" {
+		msg = e.Message
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "keygate: %d", e.Status)
+	if e.Code != "" {
+		b.WriteString(" " + e.Code)
+	}
+	if msg != "" {
+		b.WriteString(": " + msg)
+	}
+	if e.TraceID != "" {
+		b.WriteString(" (trace " + e.TraceID + ")")
+	}
+	return b.String()
+}
+
+// Is makes errors.Is match the keystore sentinel the error stands for.
+func (e *APIError) Is(target error) bool {
+	switch {
+	case e.Status >= 500:
+		return target == keystore.ErrUnavailable
+	case e.Status != http.StatusNotFound:
+		return false
+	}
+	switch e.Code {
+	case "api_key_revoked":
+		return target == keystore.ErrRevoked
+	case "api_key_expired":
+		return target == keystore.ErrExpired
+	case "api_key_not_found", "resource_not_found":
+		return target == keystore.ErrNotFound
+	case "api_key_invalid":
+		return target == keystore.ErrMalformed
+	}
+	return false
+}
+
+// newAPIError reads an error answer. A body that is not the API's JSON (a
+// proxy's error page, say) leaves Code empty and Message the status text.
+func newAPIError(resp *http.Response, raw []byte) *APIError {
+	e := &APIError{Status: resp.StatusCode, Message: http.StatusText(resp.StatusCode)}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
+	var body struct {
+		Errors []struct {
+			Code        string            `json:"code"`
+			Message     string            `json:"message"`
+			LongMessage string            `json:"long_message"`
+			Meta        map[string]string `json:"meta"`
+		} `json:"errors"`
+		ClerkTraceID string `json:"clerk_trace_id"`
+	}
+	if json.Unmarshal(raw, &body) != nil || len(body.Errors) == 0 {
+		return e
+	}
+	first := body.Errors[0]
+	e.Code, e.Message, e.LongMessage = first.Code, first.Message, first.LongMessage
+	e.Param = first.Meta["param_name"]
+	e.TraceID = body.ClerkTraceID
+	return e
+}

@@ -1,0 +1,42 @@
+// Package middleware verifies API keys in front of Go handlers, for net/http
+// ([New], [RequireScopes]) and Echo v4 ([Echo], [EchoRequireScopes]), with
+// one [keystore.Verifier] behind both, so that a key gets the same answer
+// here as from the sidecar, forward-auth and POST /api_keys/verify.
+//
+// With net/http:
+//
+//	auth := middleware.New(verifier, middleware.Options{})
+//	mux := http.NewServeMux()
+//	mux.Handle("GET /reports", middleware.RequireScopes("reports:read")(reports))
+//	http.ListenAndServe(":8080", auth(mux))
+//
+// and in the handler:
+//
+//	key, _ := middleware.FromContext(r.Context())
+//	fmt.Fprintln(w, "hello", key.Subject)
+//
+// With Echo:
+//
+//	e := echo.New()
+//	e.Use(middleware.Echo(verifier, middleware.EchoConfig{}))
+//	e.GET("/reports", reports, middleware.EchoRequireScopes("reports:read"))
+//
+// and in the handler, key, _ := middleware.EchoKey(c).
+//
+// The key is read from "Authorization: Bearer <key>" (the scheme in any case)
+// or X-API-Key, from a query parameter only when [KeyLookup] lists one, and
+// never from the body. The answers are those of CONTRACT.md §3:
+//
+//   - valid: the handler runs with the key in the request context;
+//   - missing: 401, WWW-Authenticate: Bearer realm="keygate";
+//   - malformed, unknown, revoked, expired: 401, WWW-Authenticate:
+//     Bearer realm="keygate", error="invalid_token";
+//   - a valid key without a required scope: 403, WWW-Authenticate:
+//     Bearer realm="keygate", error="insufficient_scope", scope="<required>";
+//   - the store unreachable: 503 with Retry-After, whatever the options:
+//     the request never goes through.
+//
+// The net/http middleware writes refusals with [WriteError] (the contract's
+// JSON error body) unless Options.ErrorHandler says otherwise; the Echo
+// middleware returns them as *echo.HTTPError for Echo's HTTPErrorHandler.
+package middleware

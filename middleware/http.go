@@ -1,0 +1,137 @@
+package middleware
+
+import (
+	"net/http"
+	"slices"
+
+	"github.com/keygate/keygate/keystore"
+)
+
+// Options configure the middleware of [New]. The zero value works: every
+// request needs a valid key, found by [DefaultKeyLookup], and no scope.
+type Options struct {
+	// KeyLookup says where requests carry their key. Default
+	// [DefaultKeyLookup]: a Bearer token, then X-API-Key. A query parameter
+	// is read only when listed here:
+	// MustParseKeyLookup("header:Authorization:Bearer ,query:api_key").
+	KeyLookup KeyLookup
+
+	// Scopes are required of every key; [RequireScopes] adds more per
+	// route. Default none.
+	Scopes []string
+
+	// Optional lets a request that carries no key through, without an
+	// identity, and without counting it in the metrics. A request that
+	// carries a key is still verified, and refused if the key is bad; an
+	// unreachable store is still 503. Default false.
+	Optional bool
+
+	// ErrorHandler answers a refused request; the chain stops there. err is
+	// the outcome of [keystore.Verifier.Verify] (match it with errors.Is:
+	// keystore.ErrMissing, keystore.ErrRevoked, keystore.ErrUnavailable, …;
+	// [Status] and [Challenge] give the contract's status and header). It
+	// also answers the refusals of [RequireScopes] behind this middleware.
+	// Default [WriteError].
+	ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)
+
+	// Skipper lets the requests for which it returns true through untouched:
+	// no key is read and no identity is set. Default: none is skipped.
+	Skipper func(r *http.Request) bool
+}
+
+func (o Options) withDefaults() Options {
+	if o.KeyLookup == nil {
+		o.KeyLookup = MustParseKeyLookup(DefaultKeyLookup)
+	}
+	o.Scopes = slices.Clone(o.Scopes)
+	if o.ErrorHandler == nil {
+		o.ErrorHandler = WriteError
+	}
+	if o.Skipper == nil {
+		o.Skipper = func(*http.Request) bool { return false }
+	}
+	return o
+}
+
+// New returns net/http middleware that verifies every request's key with v,
+// under the source label [keystore.SourceMiddleware], and answers as
+// CONTRACT.md §3 says:
+//
+//   - a valid key holding opts.Scopes: the next handler runs, and
+//     [FromContext] returns the key;
+//   - no key, or a malformed, unknown, revoked or expired one: 401 with
+//     WWW-Authenticate (error="invalid_token" unless the key is missing);
+//   - a valid key lacking one of opts.Scopes: 403 with
+//     error="insufficient_scope" and the required scopes;
+//   - the store unreachable: 503 with Retry-After. The request never goes
+//     through, whatever the options.
+//
+// New panics if v is nil.
+func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
+	if v == nil {
+		panic("middleware: New needs a verifier")
+	}
+	opts = opts.withDefaults()
+	anonymous := &state{onError: opts.ErrorHandler} // shared: it never changes
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if opts.Skipper(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			ctx := r.Context()
+			secret := opts.KeyLookup.Key(r)
+			if secret == "" && opts.Optional {
+				next.ServeHTTP(w, r.WithContext(withState(ctx, anonymous)))
+				return
+			}
+			key, err := v.Verify(ctx, secret, keystore.SourceMiddleware, opts.Scopes...)
+			if err != nil {
+				opts.ErrorHandler(w, r, err)
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(withState(ctx, &state{key: key, onError: opts.ErrorHandler})))
+		})
+	}
+}
+
+// RequireScopes returns middleware that lets a request through only if the
+// key that [New] (or [NewContext]) put in its context holds every one of
+// scopes: use it per route, behind New. Otherwise it answers 403 with
+// WWW-Authenticate error="insufficient_scope" and scope="<scopes>", or 401
+// when there is no key at all (an anonymous request in Optional mode).
+// Refusals are answered by the ErrorHandler of the New in front of it, else
+// by [WriteError]. With no scopes it requires only a key.
+//
+// The check is made on the key already verified for this request: no
+// Redis round trip, and no new count in keygate_verifications_total.
+func RequireScopes(scopes ...string) func(http.Handler) http.Handler {
+	scopes = slices.Clone(scopes)
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			st := stateFrom(r.Context())
+			err := checkScopes(st, scopes)
+			if err == nil {
+				next.ServeHTTP(w, r)
+				return
+			}
+			onError := WriteError
+			if st != nil && st.onError != nil {
+				onError = st.onError
+			}
+			onError(w, r, err)
+		})
+	}
+}
+
+// checkScopes decides a route's scopes on the request's state: nil, a
+// [*keystore.ScopeError], or keystore.ErrMissing.
+func checkScopes(st *state, scopes []string) error {
+	if st == nil || st.key == nil {
+		return keystore.ErrMissing
+	}
+	if !st.key.HasScopes(scopes...) {
+		return &keystore.ScopeError{Required: scopes}
+	}
+	return nil
+}
