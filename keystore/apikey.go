@@ -29,6 +29,19 @@ type APIKey struct {
 	Secret string `json:"secret,omitempty"`
 }
 
+// UnmarshalJSON decodes the wire form. "claims": null decodes to nil
+// Claims, as a key read from the store has, not to the JSON literal null.
+func (k *APIKey) UnmarshalJSON(b []byte) error {
+	type wire APIKey // without this method
+	if err := json.Unmarshal(b, (*wire)(k)); err != nil {
+		return err
+	}
+	if string(k.Claims) == "null" {
+		k.Claims = nil
+	}
+	return nil
+}
+
 // KeyType is the only key type there is for now.
 const KeyType = "api_key"
 

@@ -19,5 +19,21 @@
 //	default: // got.Subject, got.Scopes …
 //	}
 //
-// The Redis layout is described in README.md beside this file.
+// Entry points verify through a [Verifier], which caches the keys it
+// verified and drops them the moment a [Store] anywhere revokes, updates or
+// deletes them:
+//
+//	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{Registerer: reg})
+//	if err != nil { … }
+//	defer v.Close()
+//
+//	key, err := v.Verify(ctx, secret, keystore.SourceMiddleware, "reports:read")
+//	switch {
+//	case errors.Is(err, keystore.ErrUnavailable): // 503
+//	case errors.Is(err, keystore.ErrInsufficientScope): // 403
+//	case err != nil: // 401
+//	}
+//
+// The Redis layout, and how revocation reaches every verifier's cache, are
+// described in README.md beside this file.
 package keystore

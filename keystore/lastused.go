@@ -75,8 +75,9 @@ func (s *Store) FlushLastUsed(ctx context.Context) error {
 	}
 	if err != nil {
 		s.lastUsed.putBack(batch)
-		return unavailable("flushing last-used times", err)
+		return s.unavailable(opFlush, "flushing last-used times", err)
 	}
+	s.metrics.flushes.Inc()
 	return nil
 }
 

@@ -17,6 +17,7 @@ const (
 	MaxScopeLen       = 128
 	DefaultLimit      = 10
 	MaxLimit          = 100
+	MaxOffset         = 1<<31 - 1
 
 	// MaxSecondsUntilExpiration is 100 years; a longer expiry is a typo.
 	MaxSecondsUntilExpiration = 100 * 365 * 24 * 3600
@@ -78,7 +79,7 @@ func (p GetAllParams) listParams() ListParams {
 		lp.Limit = DefaultLimit
 	}
 	if p.InitialPage > 1 {
-		lp.Offset = (p.InitialPage - 1) * lp.Limit
+		lp.Offset = min((p.InitialPage-1)*lp.Limit, MaxOffset+1) // past the cap: refused by validate
 	} else if p.InitialPage < 0 {
 		lp.Offset = -1 // refused by validate
 	}
@@ -161,8 +162,8 @@ func (p *ListParams) validate() error {
 	if p.Limit < 1 || p.Limit > MaxLimit {
 		return invalid("limit", "must be between 1 and %d", MaxLimit)
 	}
-	if p.Offset < 0 {
-		return invalid("offset", "must not be negative")
+	if p.Offset < 0 || p.Offset > MaxOffset {
+		return invalid("offset", "must be between 0 and %d", MaxOffset)
 	}
 	if len(p.Query) > MaxNameLen || !utf8.ValidString(p.Query) {
 		return invalid("query", "must be valid UTF-8 of at most %d characters", MaxNameLen)

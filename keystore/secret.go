@@ -40,8 +40,9 @@ func newID() (string, error) {
 	return idPrefix + hex.EncodeToString(b[:]), nil
 }
 
-// validID reports whether id has the form of a key ID.
-func validID(id string) bool {
+// ValidID reports whether id has the form of a key ID: "ak_" and 32
+// lowercase hex characters.
+func ValidID(id string) bool {
 	if len(id) != len(idPrefix)+idHexLen || id[:len(idPrefix)] != idPrefix {
 		return false
 	}
@@ -53,9 +54,9 @@ func validID(id string) bool {
 	return true
 }
 
-// validPrefix reports whether p can prefix secrets: letters, digits and
+// ValidPrefix reports whether p can prefix secrets: letters, digits and
 // underscores, ending in an underscore, at most 32 characters.
-func validPrefix(p string) bool {
+func ValidPrefix(p string) bool {
 	if p == "" || len(p) > 32 || p[len(p)-1] != '_' {
 		return false
 	}
@@ -128,7 +129,14 @@ func parseSecret(prefix, secret string) (idHex string, err error) {
 // a key when one is configured, SHA-256 otherwise. Secrets carry 256 random
 // bits, so a fast hash is as safe as a slow one and keeps verification cheap.
 type digester struct {
-	pool *sync.Pool // of hash.Hash; nil for plain SHA-256
+	pool *sync.Pool // of *hmacState; nil for plain SHA-256
+}
+
+// hmacState is a reusable HMAC with room for its sum, so that summing
+// allocates nothing.
+type hmacState struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
 }
 
 func newDigester(hmacKey []byte) digester {
@@ -136,19 +144,19 @@ func newDigester(hmacKey []byte) digester {
 		return digester{}
 	}
 	key := append([]byte(nil), hmacKey...)
-	return digester{pool: &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+	return digester{pool: &sync.Pool{New: func() any { return &hmacState{h: hmac.New(sha256.New, key)} }}}
 }
 
 func (d digester) sum(secret string) [sha256.Size]byte {
 	if d.pool == nil {
 		return sha256.Sum256(stringBytes(secret))
 	}
-	h := d.pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write(stringBytes(secret))
-	var out [sha256.Size]byte
-	h.Sum(out[:0])
-	d.pool.Put(h)
+	st := d.pool.Get().(*hmacState)
+	st.h.Reset()
+	st.h.Write(stringBytes(secret))
+	st.h.Sum(st.sum[:0])
+	out := st.sum
+	d.pool.Put(st)
 	return out
 }
 

@@ -75,8 +75,8 @@ func TestValidPrefix(t *testing.T) {
 		"ak_": true, "acme_live_": true, "A1_": true, "_": true,
 		"": false, "ak": false, "ak-": false, "a k_": false, strings.Repeat("a", 32) + "_": false,
 	} {
-		if got := validPrefix(p); got != want {
-			t.Errorf("validPrefix(%q) = %v, want %v", p, got, want)
+		if got := ValidPrefix(p); got != want {
+			t.Errorf("ValidPrefix(%q) = %v, want %v", p, got, want)
 		}
 	}
 }

@@ -8,8 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -31,6 +33,15 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives failures of background work. Default slog.Default().
 	Logger *slog.Logger
+	// InvalidationWait bounds how long [Store.Revoke], [Store.Update] and
+	// [Store.Delete] wait for every live [Verifier], in any process, to
+	// acknowledge that it dropped the key from its cache (CONTRACT.md §3,
+	// KEYGATE_INVALIDATION_WAIT). Default 250ms; negative publishes the
+	// invalidation without waiting.
+	InvalidationWait time.Duration
+	// Registerer receives the store's metrics: keygate_last_used_flushes_total
+	// and keygate_store_errors_total{op}. Default: none.
+	Registerer prometheus.Registerer
 }
 
 func (o Options) withDefaults() Options {
@@ -49,8 +60,13 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.InvalidationWait == 0 {
+		o.InvalidationWait = defaultInvalidationWait
+	}
 	return o
 }
+
+const defaultInvalidationWait = 250 * time.Millisecond
 
 // Store keeps API keys in Redis. Its methods are safe for concurrent use.
 //
@@ -58,12 +74,21 @@ func (o Options) withDefaults() Options {
 // that breaks the contract's limits, and an error wrapping [ErrUnavailable]
 // when Redis cannot be reached. [Store.Verify] adds [ErrMalformed],
 // [ErrRevoked] and [ErrExpired].
+//
+// Revoke, Update and Delete publish an invalidation that every live
+// [Verifier] sharing the Redis (in this process or another) acknowledges
+// before they return; see [Options.InvalidationWait].
 type Store struct {
 	rdb      redis.UniversalClient
 	opts     Options
 	names    keyNames
 	digest   digester
 	lastUsed lastUsed
+	metrics  *storeMetrics
+
+	// invalidationWait is Options.InvalidationWait, which a Verifier may
+	// replace (VerifierOptions.InvalidationWait).
+	invalidationWait atomic.Int64
 
 	stop     chan struct{}
 	done     chan struct{}
@@ -71,25 +96,35 @@ type Store struct {
 	closing  sync.Once
 
 	// afterChange runs once a key has been revoked, updated or deleted,
-	// before the call returns. The verifier hooks its invalidation here.
+	// before the call returns: [Store.invalidate], unless a test replaces it.
 	afterChange func(ctx context.Context, id string)
+	// waited, when set (by tests), learns how long each invalidation waited
+	// for acknowledgements and which instances did not answer.
+	waited func(d time.Duration, missing []string)
 }
 
 // New returns a store on rdb, which it does not close. Call [Store.Close]
 // to stop the background flush of last-used times and flush them a last time.
 func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
-	if !validPrefix(opts.KeyPrefix) {
+	if !ValidPrefix(opts.KeyPrefix) {
 		return nil, fmt.Errorf("keystore: key prefix %q must be letters, digits and _, ending in _, at most 32 characters", opts.KeyPrefix)
 	}
-	s := &Store{
-		rdb:    rdb,
-		opts:   opts,
-		names:  keyNames{ns: opts.Namespace},
-		digest: newDigester(opts.HashKey),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+	m, err := newStoreMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: registering metrics: %w", err)
 	}
+	s := &Store{
+		rdb:     rdb,
+		opts:    opts,
+		names:   keyNames{ns: opts.Namespace},
+		digest:  newDigester(opts.HashKey),
+		metrics: m,
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	s.invalidationWait.Store(int64(opts.InvalidationWait))
+	s.afterChange = s.invalidate
 	s.lastUsed.pending = make(map[string]int64)
 	if opts.LastUsedFlush > 0 {
 		go s.flushLoop(opts.LastUsedFlush)
@@ -126,6 +161,9 @@ type keyNames struct{ ns string }
 func (n keyNames) record(id string) string       { return n.ns + ":key:" + id }
 func (n keyNames) subject(subject string) string { return n.ns + ":subject:" + subject }
 func (n keyNames) all() string                   { return n.ns + ":keys" }
+func (n keyNames) invalidate() string            { return n.ns + ":invalidate" }
+func (n keyNames) verifiers() string             { return n.ns + ":verifiers" }
+func (n keyNames) ack(nonce string) string       { return n.ns + ":ack:" + nonce }
 
 // Create stores a new key and returns it with its secret, which is shown
 // this once and never stored.
@@ -171,10 +209,10 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
 		p.ZAdd(ctx, s.names.all(), z)
 		return nil
 	}); err != nil {
-		return nil, unavailable("indexing key "+id, err)
+		return nil, s.unavailable(opCreate, "indexing key "+id, err)
 	}
 	if err := s.rdb.HSet(ctx, s.names.record(id), rec.fields()...).Err(); err != nil {
-		return nil, unavailable("writing key "+id, err)
+		return nil, s.unavailable(opCreate, "writing key "+id, err)
 	}
 	out := *k
 	out.Expired = k.ExpiredAt(s.now())
@@ -184,21 +222,22 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
 
 // Get returns the key with the given ID, or [ErrNotFound].
 func (s *Store) Get(ctx context.Context, id string) (*APIKey, error) {
-	rec, err := s.load(ctx, id)
+	rec, err := s.load(ctx, id, opGet)
 	if err != nil {
 		return nil, err
 	}
 	return rec.key, nil
 }
 
-// load reads one record in one round trip.
-func (s *Store) load(ctx context.Context, id string) (*record, error) {
-	if !validID(id) {
+// load reads one record in one round trip; op names the caller in
+// keygate_store_errors_total.
+func (s *Store) load(ctx context.Context, id, op string) (*record, error) {
+	if !ValidID(id) {
 		return nil, ErrNotFound
 	}
 	h, err := s.rdb.HGetAll(ctx, s.names.record(id)).Result()
 	if err != nil {
-		return nil, unavailable("loading key "+id, err)
+		return nil, s.unavailable(op, "loading key "+id, err)
 	}
 	rec, ok := decodeRecord(id, h, s.now())
 	if !ok {
@@ -220,44 +259,49 @@ func (s *Store) Verify(ctx context.Context, secret string) (*APIKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec, err := s.load(ctx, idPrefix+idHex)
+	rec, err := s.load(ctx, idPrefix+idHex, opVerify)
 	if err != nil {
 		return nil, err
 	}
-	now := s.now()
-	if err := s.check(rec, secret, now); err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, err
-		}
-		return rec.key, err
-	}
-	return s.used(rec.key, now), nil
+	return s.decide(rec.key, rec.digest, secret, s.now())
 }
 
-// check decides a secret against its record at now. The digest is compared
-// first, so that revocation and expiry are told only to the key's holder.
-func (s *Store) check(rec *record, secret string, now time.Time) error {
+// decide checks secret against a key's record at now and records the use
+// when it verifies. The digest is compared first, in constant time, so that
+// revocation and expiry are told only to the key's holder. A refused key is
+// returned as a copy, with Expired as of now.
+func (s *Store) decide(k *APIKey, digest, secret string, now time.Time) (*APIKey, error) {
 	d := s.digest.sum(secret)
-	if !digestsEqual(d[:], stringBytes(rec.digest)) {
-		return ErrNotFound
+	if !digestsEqual(d[:], stringBytes(digest)) {
+		return nil, ErrNotFound
 	}
-	if rec.key.Revoked {
-		return ErrRevoked
+	if expired := k.ExpiredAt(now); k.Revoked || expired {
+		out := *k
+		out.Expired = expired
+		if k.Revoked {
+			return &out, ErrRevoked
+		}
+		return &out, ErrExpired
 	}
-	if rec.key.ExpiredAt(now) {
-		return ErrExpired
-	}
-	return nil
+	return s.used(k, now), nil
 }
 
-// used records a successful verification of k at now and returns k as it
-// will read once the use is flushed.
+// used records a successful verification of k at now and returns a copy
+// of k as it will read once the use is flushed. The copy shares k's slices
+// and pointers, and costs one allocation.
 func (s *Store) used(k *APIKey, now time.Time) *APIKey {
 	ms := now.UnixMilli()
 	s.lastUsed.record(k.ID, ms)
-	out := *k
-	out.LastUsedAt = &ms
-	return &out
+	u := &usedKey{key: *k, lastUsed: ms}
+	u.key.LastUsedAt = &u.lastUsed
+	u.key.Expired = false
+	return &u.key
+}
+
+// usedKey holds a verified key and its last use in one allocation.
+type usedKey struct {
+	key      APIKey
+	lastUsed int64
 }
 
 // GetAll is [Store.List] with page numbers instead of an offset.
@@ -294,7 +338,7 @@ func (s *Store) List(ctx context.Context, p ListParams) (*KeyList, error) {
 	for start := int64(0); ; start += listBatch {
 		entries, err := s.rdb.ZRevRangeWithScores(ctx, index, start, start+listBatch-1).Result()
 		if err != nil {
-			return nil, unavailable("listing keys", err)
+			return nil, s.unavailable(opList, "listing keys", err)
 		}
 		recs, err := s.loadEntries(ctx, index, entries, now)
 		if err != nil {
@@ -330,7 +374,7 @@ func (s *Store) listPage(ctx context.Context, index string, p ListParams, now ti
 		page = pipe.ZRevRangeWithScores(ctx, index, int64(p.Offset), int64(p.Offset+p.Limit-1))
 		return nil
 	}); err != nil {
-		return nil, false, unavailable("listing keys", err)
+		return nil, false, s.unavailable(opList, "listing keys", err)
 	}
 	entries := page.Val()
 	recs, err := s.loadEntries(ctx, index, entries, now)
@@ -357,7 +401,7 @@ func (s *Store) loadEntries(ctx context.Context, index string, entries []redis.Z
 		}
 		return nil
 	}); err != nil {
-		return nil, unavailable("loading keys", err)
+		return nil, s.unavailable(opList, "loading keys", err)
 	}
 	recs := make([]*record, 0, len(entries))
 	var dangling []any
@@ -392,12 +436,14 @@ for i = 4 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
 return redis.call('HGETALL', KEYS[1])
 `)
 
-// Update changes the given fields of a key, atomically, and returns it.
+// Update changes the given fields of a key, atomically, and returns it
+// once every live [Verifier] has dropped its cached copy (or
+// [Options.InvalidationWait] has passed).
 func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey, error) {
 	if err := p.validate(); err != nil {
 		return nil, err
 	}
-	if !validID(id) {
+	if !ValidID(id) {
 		return nil, ErrNotFound
 	}
 	now := s.now().UnixMilli()
@@ -434,7 +480,7 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 	args = append(args, del...)
 	reply, err := updateScript.Run(ctx, s.rdb, []string{s.names.record(id)}, args...).Result()
 	if err != nil {
-		return nil, unavailable("updating key "+id, err)
+		return nil, s.unavailable(opUpdate, "updating key "+id, err)
 	}
 	rec, err := s.scriptRecord(id, reply)
 	if err != nil {
@@ -473,23 +519,24 @@ return redis.call('HGETALL', KEYS[1])
 `)
 
 // Revoke revokes a key and returns it. Revoking a revoked key changes nothing
-// and keeps the first reason. reason may be nil.
+// and keeps the first reason. reason may be nil; an empty reason is null. Like [Store.Update], it
+// returns once every live [Verifier] has dropped the key from its cache.
 func (s *Store) Revoke(ctx context.Context, id string, reason *string) (*APIKey, error) {
 	if reason != nil {
 		if err := checkText("revocation_reason", *reason, MaxDescriptionLen, false); err != nil {
 			return nil, err
 		}
 	}
-	if !validID(id) {
+	if !ValidID(id) {
 		return nil, ErrNotFound
 	}
 	hasReason, text := "0", ""
-	if reason != nil {
+	if reason != nil && *reason != "" { // an empty reason is no reason, stored as null
 		hasReason, text = "1", *reason
 	}
 	reply, err := revokeScript.Run(ctx, s.rdb, []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
 	if err != nil {
-		return nil, unavailable("revoking key "+id, err)
+		return nil, s.unavailable(opRevoke, "revoking key "+id, err)
 	}
 	rec, err := s.scriptRecord(id, reply)
 	if err != nil {
@@ -506,9 +553,10 @@ redis.call('DEL', KEYS[1])
 return subject
 `)
 
-// Delete removes a key for good.
+// Delete removes a key for good. Like [Store.Update], it returns once every
+// live [Verifier] has dropped the key from its cache.
 func (s *Store) Delete(ctx context.Context, id string) error {
-	if !validID(id) {
+	if !ValidID(id) {
 		return ErrNotFound
 	}
 	// Record first, index entries second: a crash in between leaves index
@@ -518,7 +566,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 		return ErrNotFound
 	}
 	if err != nil {
-		return unavailable("deleting key "+id, err)
+		return s.unavailable(opDelete, "deleting key "+id, err)
 	}
 	s.changed(ctx, id)
 	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -536,6 +584,13 @@ func (s *Store) changed(ctx context.Context, id string) {
 	if s.afterChange != nil {
 		s.afterChange(ctx, id)
 	}
+}
+
+// unavailable counts a failed Redis operation under op and wraps err so
+// that errors.Is(err, ErrUnavailable) holds.
+func (s *Store) unavailable(op, doing string, err error) error {
+	s.metrics.errors.WithLabelValues(op).Inc()
+	return unavailable(doing, err)
 }
 
 func nonEmpty(p *string) *string {

@@ -3,7 +3,10 @@ package keystore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,18 +43,25 @@ func (e *ScopeError) Is(target error) bool { return target == ErrInsufficientSco
 
 // VerifierOptions configure a [Verifier]. The zero value works.
 type VerifierOptions struct {
-	// CacheTTL is the longest a verified key is served from memory.
-	// Default 30s; negative disables the cache.
+	// CacheTTL is the longest a verified key is served from memory
+	// (KEYGATE_CACHE_TTL). Default 30s; negative disables the cache, and
+	// with it the subscription to invalidations: every verification then
+	// reads Redis.
 	CacheTTL time.Duration
 	// CacheSize bounds the number of cached keys. Default 100,000.
 	CacheSize int
-	// InvalidationWait bounds how long revoke, update and delete wait for
-	// every verifier to acknowledge an invalidation. Default 250ms.
+	// InvalidationWait, when not zero, replaces the store's
+	// [Options.InvalidationWait]: how long revoke, update and delete wait
+	// for every verifier to acknowledge an invalidation (default 250ms).
 	InvalidationWait time.Duration
 	// SubscriptionStale is how old the last proof of a live invalidation
-	// subscription may be before the cache is bypassed. Default 2s.
+	// subscription may be before the cache is bypassed
+	// (KEYGATE_SUBSCRIPTION_STALE). Default 2s. The verifier proves its
+	// subscription every quarter of it, at most every second.
 	SubscriptionStale time.Duration
-	// Registerer receives the verifier's metrics. Default: none.
+	// Registerer receives the verifier's metrics: keygate_verifications_total,
+	// keygate_verification_duration_seconds, keygate_cache_invalidations_total
+	// and keygate_cache_entries. Default: none.
 	Registerer prometheus.Registerer
 	// Logger receives failures of background work. Default slog.Default().
 	Logger *slog.Logger
@@ -61,13 +71,10 @@ func (o VerifierOptions) withDefaults() VerifierOptions {
 	if o.CacheTTL == 0 {
 		o.CacheTTL = 30 * time.Second
 	}
-	if o.CacheSize == 0 {
+	if o.CacheSize <= 0 {
 		o.CacheSize = 100_000
 	}
-	if o.InvalidationWait == 0 {
-		o.InvalidationWait = 250 * time.Millisecond
-	}
-	if o.SubscriptionStale == 0 {
+	if o.SubscriptionStale <= 0 {
 		o.SubscriptionStale = 2 * time.Second
 	}
 	if o.Logger == nil {
@@ -79,21 +86,85 @@ func (o VerifierOptions) withDefaults() VerifierOptions {
 // Verifier is the one verification engine behind every entry point: the
 // middleware, the sidecar, forward-auth and POST /api_keys/verify. Its
 // methods are safe for concurrent use.
+//
+// It caches the records of the keys it verified, by key ID, for at most
+// [VerifierOptions.CacheTTL], and still decides every call afresh: the
+// secret's digest is compared in constant time, and revocation and expiry
+// are checked against the store's clock. Revoke, Update and Delete on any
+// [Store] sharing the Redis drop the key from every verifier's cache before
+// they return (see [Options.InvalidationWait]); a verifier whose
+// subscription to those invalidations is not proven live within
+// [VerifierOptions.SubscriptionStale] reads Redis on every call instead.
+// Unknown key IDs are not cached. Malformed secrets never reach Redis.
 type Verifier struct {
 	store   *Store
 	opts    VerifierOptions
 	metrics *verifierMetrics
+	log     *slog.Logger
+	cache   *cache // nil when disabled
+
+	// The subscription to invalidations; unused without a cache.
+	id       string // instance ID
+	channel  string
+	interval time.Duration // of heartbeats and PINGs
+	live     liveness
+	sessions atomic.Uint64 // subscriptions confirmed
+	acks     chan string   // nonces of invalidations handled
+	bg       context.Context
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	closing  sync.Once
+
+	// afterLoad, when set (by tests), runs between loading a record and
+	// caching it.
+	afterLoad func()
 }
 
-// NewVerifier returns a verifier over store.
+// backgroundKey marks the context of the verifier's own Redis commands
+// (heartbeats, acknowledgements), as opposed to verifications.
+type backgroundKey struct{}
+
+// NewVerifier returns a verifier over store, and with a cache, subscribes
+// it to invalidations. Call [Verifier.Close] to unsubscribe.
 func NewVerifier(store *Store, opts VerifierOptions) (*Verifier, error) {
+	if opts.InvalidationWait != 0 {
+		store.invalidationWait.Store(int64(opts.InvalidationWait))
+	}
 	opts = opts.withDefaults()
 	m, err := newVerifierMetrics(opts.Registerer)
 	if err != nil {
+		return nil, fmt.Errorf("keystore: registering metrics: %w", err)
+	}
+	id, err := newInstanceID()
+	if err != nil {
 		return nil, err
 	}
-	return &Verifier{store: store, opts: opts, metrics: m}, nil
+	v := &Verifier{
+		store:    store,
+		opts:     opts,
+		metrics:  m,
+		log:      opts.Logger,
+		id:       id,
+		channel:  store.names.invalidate(),
+		interval: min(max(opts.SubscriptionStale/4, time.Millisecond), time.Second),
+		acks:     make(chan string, 1024),
+		bg:       context.WithValue(context.Background(), backgroundKey{}, true),
+		stop:     make(chan struct{}),
+	}
+	v.live.stale = opts.SubscriptionStale
+	v.live.reset(store.now())
+	if opts.CacheTTL > 0 {
+		v.cache = newCache(opts.CacheSize, opts.CacheTTL, m.entries)
+		v.wg.Add(2)
+		go v.subscribe()
+		go v.acknowledge()
+	}
+	return v, nil
 }
+
+// InstanceID names the verifier in the Redis registry of live verifiers and
+// in the warnings of revokers it did not answer.
+func (v *Verifier) InstanceID() string { return v.id }
 
 // Verify checks secret and that its key holds every one of scopes.
 //
@@ -103,59 +174,134 @@ func NewVerifier(store *Store, opts VerifierOptions) (*Verifier, error) {
 // Only an error wrapping [ErrUnavailable] means the answer is unknown, and
 // callers must then fail closed. Every call counts in
 // keygate_verifications_total under source.
+//
+// A successful call records the use for last_used_at. The returned key
+// shares its slices and pointers (Scopes, Claims, …) with the cache: treat
+// it as read-only.
 func (v *Verifier) Verify(ctx context.Context, secret string, source Source, scopes ...string) (*APIKey, error) {
 	start := time.Now()
-	key, err := v.verify(ctx, secret, scopes)
-	v.metrics.observe(source, Outcome(err), "miss", time.Since(start))
+	key, hit, err := v.verify(ctx, secret, scopes)
+	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
 	return key, err
 }
 
-func (v *Verifier) verify(ctx context.Context, secret string, scopes []string) (*APIKey, error) {
-	if secret == "" {
-		return nil, ErrMissing
+// Authorize checks, without I/O, that key (as [Verifier.Verify] returned
+// it) holds every one of scopes: for scopes that a route adds after the key
+// was verified. It returns nil, or a [*ScopeError] that it also counts in
+// keygate_verifications_total{result="insufficient_scope"} under source.
+// A success counts nothing: the Verify before it did.
+func (v *Verifier) Authorize(key *APIKey, source Source, scopes ...string) error {
+	if key.HasScopes(scopes...) {
+		return nil
 	}
-	key, err := v.store.Verify(ctx, secret)
-	if err != nil {
-		return key, err
-	}
-	if !key.HasScopes(scopes...) {
-		return key, &ScopeError{Required: scopes}
-	}
-	return key, nil
+	err := &ScopeError{Required: append([]string(nil), scopes...)}
+	v.metrics.counter(source, outcomeIndex(err)).Inc()
+	return err
 }
 
-// Ready reports whether the verifier can answer: Redis answers a PING.
+// verify answers from the cache when it may, from Redis otherwise, and
+// reports which.
+func (v *Verifier) verify(ctx context.Context, secret string, scopes []string) (key *APIKey, hit bool, err error) {
+	if secret == "" {
+		return nil, false, ErrMissing
+	}
+	idHex, err := parseSecret(v.store.opts.KeyPrefix, secret)
+	if err != nil {
+		return nil, false, err
+	}
+	now := v.store.now()
+	kid := parseKeyID(idHex)
+	var e *cacheEntry
+	if v.cache != nil && v.live.at(now) {
+		e = v.cache.get(&kid, now)
+	}
+	hit = e != nil
+	if !hit {
+		if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
+			return nil, false, err
+		}
+	}
+	key, err = v.store.decide(e.key, e.digest, secret, now)
+	if err == nil && !key.HasScopes(scopes...) {
+		// A copy, so that scopes does not escape: callers' variadic
+		// arguments stay on their stacks.
+		err = &ScopeError{Required: append([]string(nil), scopes...)}
+	}
+	return key, hit, err
+}
+
+// fill loads a record and caches it, unless the subscription is not live or
+// an invalidation or a flush came while it was loading.
+func (v *Verifier) fill(ctx context.Context, idHex string, kid *keyID, now time.Time) (*cacheEntry, error) {
+	caching := v.cache != nil && v.live.at(now)
+	var gen uint64
+	if caching {
+		gen = v.cache.generation(kid)
+	}
+	rec, err := v.store.load(ctx, idPrefix+idHex, opVerify)
+	if err != nil {
+		return nil, err
+	}
+	if v.afterLoad != nil {
+		v.afterLoad()
+	}
+	e := &cacheEntry{key: rec.key, digest: rec.digest, loaded: now}
+	if caching {
+		v.cache.insert(kid, e, gen)
+	}
+	return e, nil
+}
+
+// Ready reports whether the verifier can answer as the contract says: Redis
+// answers a PING and, with a cache, the invalidation subscription is live.
+// Otherwise it returns an error wrapping [ErrUnavailable].
 func (v *Verifier) Ready(ctx context.Context) error {
+	if v.cache != nil && !v.live.at(v.store.now()) {
+		return fmt.Errorf("invalidation subscription is not live: %w", ErrUnavailable)
+	}
 	if err := v.store.rdb.Ping(ctx).Err(); err != nil {
 		return unavailable("pinging redis", err)
 	}
 	return nil
 }
 
-// Close stops the verifier's background work.
-func (v *Verifier) Close() error { return nil }
+// Close unsubscribes the verifier, removes it from the registry of live
+// verifiers and empties its cache. It does not close the store.
+func (v *Verifier) Close() error {
+	v.closing.Do(func() {
+		close(v.stop)
+		v.wg.Wait()
+		if v.cache != nil {
+			v.cache.flush()
+		}
+	})
+	return nil
+}
 
 // Outcome names the result of a verification as the metrics label it:
 // valid, missing, malformed, not_found, revoked, expired,
 // insufficient_scope or unavailable.
-func Outcome(err error) string {
+func Outcome(err error) string { return outcomes[outcomeIndex(err)] }
+
+// outcomeIndex is the index of err's outcome in outcomes.
+func outcomeIndex(err error) int {
 	switch {
 	case err == nil:
-		return "valid"
+		return 0
 	case errors.Is(err, ErrUnavailable):
-		return "unavailable"
+		return 7
 	case errors.Is(err, ErrMissing):
-		return "missing"
+		return 1
 	case errors.Is(err, ErrMalformed):
-		return "malformed"
+		return 2
 	case errors.Is(err, ErrNotFound):
-		return "not_found"
+		return 3
 	case errors.Is(err, ErrRevoked):
-		return "revoked"
+		return 4
 	case errors.Is(err, ErrExpired):
-		return "expired"
+		return 5
 	case errors.Is(err, ErrInsufficientScope):
-		return "insufficient_scope"
+		return 6
 	}
-	return "unavailable"
+	return 7
 }

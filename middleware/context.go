@@ -13,8 +13,9 @@ type stateKey struct{}
 // key (nil for an anonymous request in Optional mode) and, behind [New], the
 // error handler that [RequireScopes] answers with.
 type state struct {
-	key     *keystore.APIKey
-	onError func(http.ResponseWriter, *http.Request, error)
+	key      *keystore.APIKey
+	onError  func(http.ResponseWriter, *http.Request, error)
+	verifier *keystore.Verifier // counts route-scope refusals; nil behind NewContext
 }
 
 // NewContext returns a copy of ctx that carries the verified key.

@@ -77,7 +77,7 @@ func Echo(v *keystore.Verifier, cfg EchoConfig) echo.MiddlewareFunc {
 			}
 			key, err := v.Verify(r.Context(), secret, keystore.SourceMiddleware, scopes...)
 			if err == nil {
-				c.SetRequest(r.WithContext(NewContext(r.Context(), key)))
+				c.SetRequest(r.WithContext(withState(r.Context(), &state{key: key, verifier: v})))
 				return next(c)
 			}
 			if cfg.ErrorHandler == nil {

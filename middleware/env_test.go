@@ -8,11 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testclock"
 	"github.com/keygate/keygate/keystore"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,24 +29,6 @@ func scopeChallenge(scope string) string {
 	return `Bearer realm="keygate", error="insufficient_scope", scope="` + scope + `"`
 }
 
-// clock is an injectable clock that tests move by hand.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // env is a verifier over a store that holds one key in each state, by name:
 //
 //	reader     valid, subject user_reader, scopes reports:read
@@ -60,7 +42,7 @@ type env struct {
 	store   *keystore.Store
 	v       *keystore.Verifier
 	reg     *prometheus.Registry
-	clock   *clock
+	clock   *testclock.Clock
 	secrets map[string]string
 	down    func() // makes the store unreachable
 }
@@ -88,7 +70,7 @@ var (
 func newEnv(t testing.TB, b backend) *env {
 	t.Helper()
 	rdb, down := b.start(t)
-	c := &clock{now: time.UnixMilli(1_750_000_000_000)}
+	c := testclock.New()
 	store, err := keystore.New(rdb, keystore.Options{Now: c.Now, LastUsedFlush: -1})
 	if err != nil {
 		t.Fatal(err)

@@ -72,7 +72,7 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 		panic("middleware: New needs a verifier")
 	}
 	opts = opts.withDefaults()
-	anonymous := &state{onError: opts.ErrorHandler} // shared: it never changes
+	anonymous := &state{onError: opts.ErrorHandler, verifier: v} // shared: it never changes
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if opts.Skipper(r) {
@@ -90,7 +90,7 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 				opts.ErrorHandler(w, r, err)
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(withState(ctx, &state{key: key, onError: opts.ErrorHandler})))
+			next.ServeHTTP(w, r.WithContext(withState(ctx, &state{key: key, onError: opts.ErrorHandler, verifier: v})))
 		})
 	}
 }
@@ -129,6 +129,9 @@ func RequireScopes(scopes ...string) func(http.Handler) http.Handler {
 func checkScopes(st *state, scopes []string) error {
 	if st == nil || st.key == nil {
 		return keystore.ErrMissing
+	}
+	if st.verifier != nil {
+		return st.verifier.Authorize(st.key, keystore.SourceMiddleware, scopes...)
 	}
 	if !st.key.HasScopes(scopes...) {
 		return &keystore.ScopeError{Required: scopes}

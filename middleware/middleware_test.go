@@ -223,20 +223,24 @@ func TestRequireScopesAlone(t *testing.T) {
 }
 
 // TestMetrics checks that the middlewares count under source="middleware",
-// and that an anonymous request in Optional mode is not counted.
+// that a route's scope refusal counts as insufficient_scope (on top of the
+// valid verification before it), and that an anonymous request in Optional
+// mode is not counted.
 func TestMetrics(t *testing.T) {
 	for _, s := range stacks {
 		t.Run(s.name, func(t *testing.T) {
 			e := newEnv(t, mini)
 			required := s.build(e.v, config{scopes: []string{"reports:write"}})
 			optional := s.build(e.v, config{optional: true})
+			route := s.build(e.v, config{route: []string{"reports:write"}})
 			serve(required, request{header: bearer("admin")}.build(e))
+			serve(route, request{header: bearer("reader")}.build(e)) // valid, then refused by the route
 			serve(required, request{header: bearer("reader")}.build(e))
 			serve(required, request{header: bearer("revoked")}.build(e))
 			serve(required, request{}.build(e))
 			serve(optional, request{}.build(e))
 			got := e.middlewareVerifications(t)
-			want := map[string]float64{"valid": 1, "insufficient_scope": 1, "revoked": 1, "missing": 1}
+			want := map[string]float64{"valid": 2, "insufficient_scope": 2, "revoked": 1, "missing": 1}
 			for result, n := range want {
 				if got[result] != n {
 					t.Errorf("keygate_verifications_total{result=%q,source=\"middleware\"} = %v, want %v", result, got[result], n)

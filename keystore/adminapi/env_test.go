@@ -10,10 +10,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testclock"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,23 +27,6 @@ const (
 )
 
 // clock is the injected clock of the store under test; tests move it by hand.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // syncBuffer collects log output written from any goroutine.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -68,7 +51,7 @@ type env struct {
 	store    *keystore.Store
 	rdb      *redis.Client
 	mr       *miniredis.Miniredis // nil on a real redis-server
-	clock    *clock
+	clock    *testclock.Clock
 	logs     *syncBuffer
 	registry *prometheus.Registry
 }
@@ -82,7 +65,7 @@ func newEnv(t *testing.T) *env {
 
 func newEnvOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client) *env {
 	t.Helper()
-	e := &env{rdb: rdb, mr: mr, clock: &clock{now: time.UnixMilli(1_750_000_000_000)},
+	e := &env{rdb: rdb, mr: mr, clock: testclock.New(),
 		logs: &syncBuffer{}, registry: prometheus.NewRegistry()}
 	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	store, err := keystore.New(rdb, keystore.Options{Now: e.clock.Now, LastUsedFlush: -1, Logger: logger})

@@ -176,17 +176,10 @@ func (h *handler) verify(c *call) (any, error) {
 // loggableID returns id when it has the form of a key ID, and "" otherwise,
 // so that a secret pasted where an ID belongs never reaches the log.
 func loggableID(id string) string {
-	const prefix, hexLen = "ak_", 32
-	if len(id) != len(prefix)+hexLen || id[:len(prefix)] != prefix {
-		return ""
+	if keystore.ValidID(id) {
+		return id
 	}
-	for i := len(prefix); i < len(id); i++ {
-		c := id[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return ""
-		}
-	}
-	return id
+	return ""
 }
 
 // writeJSON writes body, already encoded, as a 200 response.

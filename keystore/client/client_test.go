@@ -15,6 +15,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testclock"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
 	"github.com/keygate/keygate/keystore/client"
@@ -22,23 +23,6 @@ import (
 )
 
 const adminToken = "kg-client-test-token-93a1"
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // served is a request as the server saw it.
 type served struct {
@@ -49,7 +33,7 @@ type served struct {
 type server struct {
 	url   string
 	mr    *miniredis.Miniredis
-	clock *clock
+	clock *testclock.Clock
 	mu    sync.Mutex
 	seen  []served
 }
@@ -61,7 +45,7 @@ func newServer(t *testing.T) *server {
 
 func newServerOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client) *server {
 	t.Helper()
-	s := &server{mr: mr, clock: &clock{now: time.UnixMilli(1_750_000_000_000)}}
+	s := &server{mr: mr, clock: testclock.New()}
 	store, err := keystore.New(rdb, keystore.Options{Now: s.clock.Now, LastUsedFlush: -1})
 	if err != nil {
 		t.Fatal(err)

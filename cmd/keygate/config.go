@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keygate/keygate/internal/embedded"
+	"github.com/keygate/keygate/keystore"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+)
+
+// storeConfig are the flags of every command that talks to Redis.
+type storeConfig struct {
+	redisURL        string
+	redisAddrs      string
+	redisCluster    bool
+	redisMasterName string
+	redisUsername   string
+	redisPassword   string
+	redisTLS        bool
+	dataDir         string
+
+	namespace         string
+	keyPrefix         string
+	hashKey           string
+	cacheTTL          time.Duration
+	lastUsedFlush     time.Duration
+	invalidationWait  time.Duration
+	subscriptionStale time.Duration
+
+	logFormat string
+	logLevel  string
+}
+
+func (c *storeConfig) register(fs *flagSet) {
+	fs.StringVar(&c.redisURL, "redis-url", "", "redis:// or rediss:// URL of a single Redis server")
+	fs.StringVar(&c.redisAddrs, "redis-addrs", "", "comma-separated Redis addresses: a Cluster with --redis-cluster, Sentinels with --redis-master-name")
+	fs.BoolVar(&c.redisCluster, "redis-cluster", false, "--redis-addrs are Redis Cluster nodes")
+	fs.StringVar(&c.redisMasterName, "redis-master-name", "", "Sentinel master name; --redis-addrs are then the Sentinels")
+	fs.StringVar(&c.redisUsername, "redis-username", "", "Redis ACL user (with --redis-addrs)")
+	fs.StringVar(&c.redisPassword, "redis-password", "", "Redis password (with --redis-addrs)")
+	fs.BoolVar(&c.redisTLS, "redis-tls", false, "use TLS to --redis-addrs (a rediss:// URL implies it)")
+	fs.StringVar(&c.dataDir, "data-dir", "./keygate-data", "where the embedded store (used when no Redis is configured) keeps its data")
+	fs.StringVar(&c.namespace, "namespace", "keygate", "prefix of every Redis key and channel")
+	fs.StringVar(&c.keyPrefix, "key-prefix", "ak_", "prefix of every secret: letters, digits and _, ending in _")
+	fs.StringVar(&c.hashKey, "hash-key", "", "HMAC key for secret digests (default: plain SHA-256)")
+	fs.DurationVar(&c.cacheTTL, "cache-ttl", 30*time.Second, "longest a verified key is served from memory; 0 reads Redis on every verification")
+	fs.DurationVar(&c.lastUsedFlush, "last-used-flush", time.Second, "how often last-used times are written to Redis")
+	fs.DurationVar(&c.invalidationWait, "invalidation-wait", 250*time.Millisecond, "how long revoke, update and delete wait for every verifier to acknowledge")
+	fs.DurationVar(&c.subscriptionStale, "subscription-stale", 2*time.Second, "how old a proof of a live invalidation subscription may be before the cache is bypassed")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: json or text")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func (c *storeConfig) check() error {
+	switch {
+	case c.redisURL != "" && c.redisAddrs != "":
+		return usagef("--redis-url and --redis-addrs are exclusive: give one")
+	case c.redisCluster && c.redisAddrs == "":
+		return usagef("--redis-cluster needs --redis-addrs")
+	case c.redisMasterName != "" && c.redisAddrs == "":
+		return usagef("--redis-master-name needs --redis-addrs (the Sentinels)")
+	case c.redisCluster && c.redisMasterName != "":
+		return usagef("--redis-cluster and --redis-master-name are exclusive")
+	case c.namespace == "" || strings.ContainsAny(c.namespace, " \t\r\n"):
+		return usagef("--namespace must be non-empty and hold no white space")
+	case c.cacheTTL < 0:
+		return usagef("--cache-ttl must not be negative")
+	case c.lastUsedFlush <= 0:
+		return usagef("--last-used-flush must be positive")
+	case c.invalidationWait <= 0:
+		return usagef("--invalidation-wait must be positive")
+	case c.subscriptionStale <= 0:
+		return usagef("--subscription-stale must be positive")
+	case !keystore.ValidPrefix(c.keyPrefix):
+		return usagef("--key-prefix %q must be letters, digits and _, ending in _, at most 32 characters", c.keyPrefix)
+	case c.logFormat != "json" && c.logFormat != "text":
+		return usagef("--log-format must be json or text, not %q", c.logFormat)
+	}
+	if c.redisURL != "" {
+		if _, err := redis.ParseURL(c.redisURL); err != nil {
+			return usagef("--redis-url: %v", redactURL(err.Error(), c.redisURL))
+		}
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return usagef("--log-level must be debug, info, warn or error, not %q", c.logLevel)
+	}
+	return nil
+}
+
+// redactURL keeps a Redis URL's password out of an error message.
+func redactURL(msg, url string) string {
+	if url == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, url, "<redis-url>")
+}
+
+func (c *storeConfig) logger(w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(c.logLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// backend is what a command runs on: Redis (or the embedded store), the key
+// store and its verifier, and a metrics registry of the program's own.
+type backend struct {
+	rdb      redis.UniversalClient
+	embedded *embedded.Store // nil with a real Redis
+	store    *keystore.Store
+	verifier *keystore.Verifier
+	registry *prometheus.Registry
+	logger   *slog.Logger
+	closing  sync.Once
+}
+
+// open connects to Redis as configured, or starts the embedded store when
+// none is, and builds the store and verifier on it.
+func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, error) {
+	b := &backend{registry: prometheus.NewRegistry(), logger: logger}
+	b.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	switch {
+	case c.redisURL != "":
+		opts, _ := redis.ParseURL(c.redisURL)
+		failFast(&opts.MaxRetries, &opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+		b.rdb = redis.NewClient(opts)
+	case c.redisAddrs != "":
+		opts := &redis.UniversalOptions{
+			Addrs:         splitList(c.redisAddrs),
+			MasterName:    c.redisMasterName,
+			Username:      c.redisUsername,
+			Password:      c.redisPassword,
+			IsClusterMode: c.redisCluster,
+		}
+		if c.redisTLS {
+			opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		failFast(&opts.MaxRetries, &opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+		b.rdb = redis.NewUniversalClient(opts)
+	case allowEmbedded:
+		e, err := embedded.Open(c.dataDir)
+		if err != nil {
+			return nil, fmt.Errorf("--data-dir %s: %w", c.dataDir, err)
+		}
+		b.embedded, b.rdb = e, e.Client()
+		logger.Warn("no Redis configured: using the embedded store, for ONE instance only; set KEYGATE_REDIS_URL for production", "data_dir", c.dataDir)
+	default:
+		return nil, usagef("no Redis configured: set --redis-url or --redis-addrs")
+	}
+	store, err := keystore.New(b.rdb, keystore.Options{
+		Namespace:     c.namespace,
+		KeyPrefix:     c.keyPrefix,
+		HashKey:       []byte(c.hashKey),
+		LastUsedFlush: c.lastUsedFlush,
+		Logger:        logger,
+		Registerer:    b.registry,
+	})
+	if err != nil {
+		b.Close()
+		return nil, usagef("--key-prefix: %v", err)
+	}
+	b.store = store
+	ttl := c.cacheTTL
+	if ttl == 0 {
+		ttl = -1 // the flag's 0 means no cache; the option's 0 means the default
+	}
+	b.verifier, err = keystore.NewVerifier(store, keystore.VerifierOptions{
+		CacheTTL:          ttl,
+		InvalidationWait:  c.invalidationWait,
+		SubscriptionStale: c.subscriptionStale,
+		Registerer:        b.registry,
+		Logger:            logger,
+	})
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// failFast bounds how long a request waits on an unreachable Redis, so that
+// verifications answer 503 within about two seconds instead of hanging.
+func failFast(retries *int, dial, read, write *time.Duration) {
+	*retries = 1
+	*dial, *read, *write = time.Second, time.Second, time.Second
+}
+
+// Close stops the verifier, flushes last-used times, and closes Redis (or
+// saves and stops the embedded store).
+func (b *backend) Close() { b.closing.Do(b.close) }
+
+func (b *backend) close() {
+	if b.verifier != nil {
+		b.verifier.Close()
+	}
+	if b.store != nil {
+		if err := b.store.Close(); err != nil {
+			b.logger.Error("flushing last-used times at shutdown", "err", err)
+		}
+	}
+	if b.embedded != nil {
+		if err := b.embedded.Close(); err != nil {
+			b.logger.Error("saving the embedded store", "err", err)
+		}
+		return
+	}
+	if b.rdb != nil {
+		b.rdb.Close()
+	}
+}
+
+// ping checks Redis once at start, so that a wrong address is one clear line.
+func (b *backend) ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return b.rdb.Ping(ctx).Err()
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// binary is the keygate binary that TestMain builds for the end-to-end tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "keygate-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "keygate")
+	build := exec.Command("go", "build", "-race", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building keygate:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a keygate process started by a test.
+type proc struct {
+	cmd    *exec.Cmd
+	stdout *syncBuffer
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// start runs keygate with args and env and waits until healthURL answers.
+func start(t *testing.T, env []string, healthURL string, args ...string) *proc {
+	t.Helper()
+	p := &proc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binary, args...)
+	p.cmd.Env = append(cleanEnv(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(healthURL)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("keygate %v exited at start:\n%s%s", args, p.stdout, p.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("keygate %v not healthy after 15s:\n%s", args, p.stderr)
+		}
+	}
+}
+
+// stop sends SIGTERM and returns the exit status.
+func (p *proc) stop(t *testing.T) int {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("keygate did not stop within 30s of SIGTERM")
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// cleanEnv is the environment without KEYGATE_ variables of the caller.
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KEYGATE_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// cli runs "keygate args…" and returns its exit status and output.
+func cli(t *testing.T, env []string, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(cleanEnv(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatal(err)
+		}
+	}
+	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
+}
+
+type createdKey struct {
+	ID         string `json:"id"`
+	Secret     string `json:"secret"`
+	Revoked    bool   `json:"revoked"`
+	LastUsedAt *int64 `json:"last_used_at"`
+}
+
+func mustCLI(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	code, out, errOut := cli(t, env, "", args...)
+	if code != 0 {
+		t.Fatalf("keygate %v: exit %d\n%s%s", args, code, out, errOut)
+	}
+	return out
+}
+
+func decode[T any](t *testing.T, s string) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("decoding %q: %v", s, err)
+	}
+	return v
+}
+
+func forwardAuth(t *testing.T, base, secret string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("GET", base+"/forward-auth?scopes=reports:read", nil)
+	if secret != "" {
+		req.Header.Set("Authorization", "Bearer "+secret)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+// TestWalkthroughEmbedded runs the README's walk-through on the embedded
+// store: serve, create a key, use it, revoke it, restart, and check that
+// the restart kept every key, revocation and last-used time.
+func TestWalkthroughEmbedded(t *testing.T) {
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	base := "http://" + addr
+	env := []string{"KEYGATE_DATA_DIR=" + dataDir, "KEYGATE_URL=" + base, "KEYGATE_LOG_LEVEL=debug"}
+	serve := start(t, env, base+"/healthz", "serve", "--listen", addr)
+
+	if !strings.Contains(serve.stdout.String(), "Generated an admin token") {
+		t.Fatalf("serve did not print the generated admin token:\n%s", serve.stdout)
+	}
+	fi, err := os.Stat(filepath.Join(dataDir, adminTokenFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin token file: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	if !strings.Contains(serve.stderr.String(), "embedded store") {
+		t.Errorf("no start-up warning about the embedded store:\n%s", serve.stderr)
+	}
+	token, _ := os.ReadFile(filepath.Join(dataDir, adminTokenFile))
+
+	key := decode[createdKey](t, mustCLI(t, env, "keys", "create", "--name", "demo", "--subject", "user_1", "--scopes", "reports:read", "--json"))
+	if !strings.HasPrefix(key.Secret, "ak_") {
+		t.Fatalf("create printed no secret: %+v", key)
+	}
+	table := mustCLI(t, env, "keys", "list")
+	if !strings.Contains(table, key.ID) || !strings.Contains(table, "1 of 1") {
+		t.Fatalf("keys list:\n%s", table)
+	}
+
+	resp := forwardAuth(t, base, key.Secret)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Api-Key-Subject") != "user_1" {
+		t.Fatalf("forward-auth with a live key: %d %v", resp.StatusCode, resp.Header)
+	}
+	if code, out, _ := cli(t, env, key.Secret+"\n", "keys", "verify", "-"); code != 0 || !strings.Contains(out, "valid") {
+		t.Fatalf("keys verify - : exit %d\n%s", code, out)
+	}
+
+	mustCLI(t, env, "keys", "revoke", key.ID, "--reason", "walk-through")
+	if resp := forwardAuth(t, base, key.Secret); resp.StatusCode != 401 {
+		t.Fatalf("forward-auth after revoke: %d, want 401", resp.StatusCode)
+	}
+	if code, _, _ := cli(t, env, "", "keys", "verify", key.Secret); code != exitRefused {
+		t.Fatalf("keys verify of a revoked key: exit %d, want %d", code, exitRefused)
+	}
+	if code := serve.stop(t); code != 0 {
+		t.Fatalf("serve exited %d after SIGTERM, want 0:\n%s", code, serve.stderr)
+	}
+	logs := serve.stdout.String() + serve.stderr.String()
+
+	serve = start(t, env, base+"/healthz", "serve", "--listen", addr)
+	if strings.Contains(serve.stdout.String(), "Generated") {
+		t.Fatal("a restart generated a new admin token")
+	}
+	got := decode[createdKey](t, mustCLI(t, env, "keys", "get", key.ID, "--json"))
+	if !got.Revoked || got.LastUsedAt == nil {
+		t.Fatalf("after a restart the key reads %+v; want revoked with last_used_at", got)
+	}
+	serve.stop(t)
+	logs += serve.stdout.String() + serve.stderr.String()
+
+	// The token was printed once, at generation; the secret never.
+	if strings.Contains(logs, key.Secret) || strings.Contains(logs, key.Secret[len(key.Secret)-49:]) {
+		t.Fatal("serve's output contains the key's secret")
+	}
+	if strings.Count(logs, strings.TrimSpace(string(token))) != 1 {
+		t.Fatal("the admin token appears in serve's output other than the one announcement")
+	}
+}
+
+// TestWalkthroughRedisWithSidecar runs serve and a sidecar as separate
+// processes on a real redis-server: a revoke through serve's CLI is refused
+// by the sidecar as soon as the command returns.
+func TestWalkthroughRedisWithSidecar(t *testing.T) {
+	redis := redistest.Start(t)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s auth=%q", r.Header.Get("X-Api-Key-Subject"), r.Header.Get("Authorization"))
+	}))
+	defer upstream.Close()
+
+	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	base := "http://" + addr
+	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=admintok", "KEYGATE_ADMIN_TOKEN=admintok", "KEYGATE_URL=" + base}
+	serve := start(t, env, base+"/readyz", "serve", "--listen", addr)
+	side := start(t, env, "http://"+opsAddr+"/readyz", "sidecar", "--upstream", upstream.URL, "--listen", proxyAddr, "--ops-listen", opsAddr)
+
+	key := decode[createdKey](t, mustCLI(t, env, "keys", "create", "--name", "svc", "--subject", "org_9", "--json"))
+	call := func() (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+proxyAddr+"/anything", nil)
+		req.Header.Set("Authorization", "Bearer "+key.Secret)
+		req.Header.Set("X-Api-Key-Subject", "spoofed")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := call(); code != 200 || body != `hello org_9 auth=""` {
+		t.Fatalf("through the sidecar: %d %q", code, body)
+	}
+	mustCLI(t, env, "keys", "revoke", key.ID)
+	if code, _ := call(); code != 401 {
+		t.Fatalf("sidecar after revoke returned: %d, want 401", code)
+	}
+	if code := side.stop(t); code != 0 {
+		t.Fatalf("sidecar exited %d after SIGTERM", code)
+	}
+	if code := serve.stop(t); code != 0 {
+		t.Fatalf("serve exited %d after SIGTERM", code)
+	}
+	if code, _, _ := cli(t, append(env, "KEYGATE_URL=http://"+freeAddr(t)), "", "keys", "list"); code != exitUnreachable {
+		t.Fatalf("keys list against nothing: exit %d, want %d", code, exitUnreachable)
+	}
+}

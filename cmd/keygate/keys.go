@@ -1,0 +1,399 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/client"
+)
+
+const keysSynopsis = `keygate keys COMMAND [flags]
+
+Commands:
+  create --name N --subject S [--scopes a,b] [--expires-in 720h] [--description D] [--claims JSON]
+  list [--subject S] [--query Q] [--include-invalid] [--limit N] [--offset N]
+  get ID
+  update ID [--description D] [--scopes a,b] [--claims JSON] [--expires-in D | --never-expires]
+  revoke ID [--reason R]
+  delete ID
+  verify SECRET   (or "-" to read the secret from standard input, out of shell history)
+
+They call the admin API at --url (KEYGATE_URL, default http://127.0.0.1:8080)
+with --admin-token (KEYGATE_ADMIN_TOKEN; default: the token the embedded store
+saved in KEYGATE_DATA_DIR, ./keygate-data). --json prints the API's JSON.
+Exit status: 0 success (a valid key for verify), 1 refused or invalid key,
+2 usage error, 3 server unreachable or 5xx.`
+
+// keysCommand is one "keygate keys" subcommand.
+type keysCommand struct {
+	fs      *flagSet
+	args    int // positional arguments it takes (0 or 1)
+	argName string
+	run     func(ctx context.Context, c *client.Client, arg string, out *output) error
+}
+
+func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(stderr, keysSynopsis)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	name := args[0]
+	cmd, ok := keysCommands(stdin)[name]
+	if !ok {
+		fmt.Fprintf(stderr, "keygate keys: unknown command %q\n\n%s\n", name, keysSynopsis)
+		return exitUsage
+	}
+	fs := cmd.fs
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:8080", "base URL of keygate serve")
+	token := fs.String("admin-token", "", "admin bearer token")
+	dataDir := fs.String("data-dir", "./keygate-data", "where to find the embedded store's admin token when --admin-token is unset")
+	asJSON := fs.Bool("json", false, "print the API's JSON")
+	fs.envOnly = map[string]bool{"url": true, "admin-token": true, "data-dir": true}
+
+	positional, err := parseInterleaved(fs, args[1:], getenv)
+	if err != nil {
+		if errors.Is(err, errHelp) {
+			return exitOK
+		}
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
+	if len(positional) != cmd.args {
+		if cmd.args == 0 {
+			fmt.Fprintf(stderr, "keygate keys %s: unexpected argument %q\n", name, positional[0])
+		} else {
+			fmt.Fprintf(stderr, "keygate keys %s: want exactly one %s\n", name, cmd.argName)
+		}
+		return exitUsage
+	}
+	arg := ""
+	if cmd.args == 1 {
+		arg = positional[0]
+	}
+	if *token == "" {
+		if b, err := os.ReadFile(filepath.Join(*dataDir, adminTokenFile)); err == nil {
+			*token = strings.TrimSpace(string(b))
+		}
+	}
+	if *token == "" {
+		fmt.Fprintln(stderr, "keygate keys: no admin token: set KEYGATE_ADMIN_TOKEN (or --admin-token)")
+		return exitUsage
+	}
+	c, err := client.New(*url, *token)
+	if err != nil {
+		fmt.Fprintf(stderr, "keygate keys: --url: %v\n", err)
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out := &output{w: stdout, json: *asJSON}
+	if err := cmd.run(ctx, c, arg, out); err != nil {
+		fmt.Fprintf(stderr, "keygate keys %s: %v\n", name, err)
+		return exitStatus(err)
+	}
+	return exitOK
+}
+
+// exitStatus maps a command's error to the exit statuses of the contract.
+func exitStatus(err error) int {
+	var ue *usageError
+	var ae *client.APIError
+	switch {
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.Is(err, keystore.ErrUnavailable):
+		return exitUnreachable
+	case errors.As(err, &ae) && ae.Status >= 500:
+		return exitUnreachable
+	}
+	return exitRefused
+}
+
+// parseInterleaved parses flags that may stand before or after the
+// positional arguments ("get ID --json" as well as "get --json ID").
+func parseInterleaved(fs *flagSet, args []string, getenv func(string) string) ([]string, error) {
+	var positional []string
+	var flags []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			positional = append(positional, args[i+1:]...)
+			i = len(args)
+		case a == "-" || !strings.HasPrefix(a, "-"):
+			positional = append(positional, a)
+		default:
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if strings.Contains(name, "=") {
+				continue
+			}
+			if f := fs.Lookup(name); f != nil {
+				if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+					continue
+				}
+				if i+1 < len(args) {
+					i++
+					flags = append(flags, args[i])
+				}
+			}
+		}
+	}
+	if err := fs.parse(flags, getenv); err != nil {
+		return nil, err
+	}
+	return positional, nil
+}
+
+func keysCommands(stdin io.Reader) map[string]keysCommand {
+	cmds := map[string]keysCommand{}
+
+	{
+		fs := newFlagSet("keygate keys create", "keygate keys create --name N --subject S [flags]", io.Discard)
+		name := fs.String("name", "", "name of the key (required)")
+		subject := fs.String("subject", "", "user or organisation that owns the key (required)")
+		scopes := fs.String("scopes", "", "comma-separated scopes")
+		expiresIn := fs.Duration("expires-in", 0, "lifetime, e.g. 720h (default: never expires)")
+		description := fs.String("description", "", "description")
+		claims := fs.String("claims", "", "custom claims, a JSON object")
+		createdBy := fs.String("created-by", "", "ID of the user creating the key")
+		cmds["create"] = keysCommand{fs: fs, run: func(ctx context.Context, c *client.Client, _ string, out *output) error {
+			p := keystore.CreateParams{Name: *name, Subject: *subject, Scopes: splitList(*scopes)}
+			if *description != "" {
+				p.Description = description
+			}
+			if *createdBy != "" {
+				p.CreatedBy = createdBy
+			}
+			if *claims != "" {
+				p.Claims = json.RawMessage(*claims)
+			}
+			if *expiresIn != 0 {
+				secs, err := seconds("--expires-in", *expiresIn)
+				if err != nil {
+					return err
+				}
+				p.SecondsUntilExpiration = &secs
+			}
+			k, err := c.Create(ctx, p)
+			if err != nil {
+				return err
+			}
+			return out.created(k)
+		}}
+	}
+	{
+		fs := newFlagSet("keygate keys list", "keygate keys list [flags]", io.Discard)
+		subject := fs.String("subject", "", "only this subject's keys")
+		query := fs.String("query", "", "only keys whose name contains this (case-insensitive)")
+		invalid := fs.Bool("include-invalid", false, "include revoked and expired keys")
+		limit := fs.Int("limit", 10, "keys per page, 1 to 100")
+		offset := fs.Int("offset", 0, "keys to skip")
+		cmds["list"] = keysCommand{fs: fs, run: func(ctx context.Context, c *client.Client, _ string, out *output) error {
+			l, err := c.List(ctx, keystore.ListParams{Subject: *subject, Query: *query, IncludeInvalid: *invalid, Limit: *limit, Offset: *offset})
+			if err != nil {
+				return err
+			}
+			return out.list(l)
+		}}
+	}
+	cmds["get"] = keysCommand{fs: newFlagSet("keygate keys get", "keygate keys get ID", io.Discard), args: 1, argName: "key ID",
+		run: func(ctx context.Context, c *client.Client, id string, out *output) error {
+			k, err := c.Get(ctx, id)
+			if err != nil {
+				return err
+			}
+			return out.key(k)
+		}}
+	{
+		fs := newFlagSet("keygate keys update", "keygate keys update ID [flags]", io.Discard)
+		description := fs.String("description", "", "new description")
+		scopes := fs.String("scopes", "", "new comma-separated scopes")
+		claims := fs.String("claims", "", "new claims, a JSON object (null clears them)")
+		expiresIn := fs.Duration("expires-in", 0, "new lifetime from now, e.g. 720h")
+		never := fs.Bool("never-expires", false, "remove the expiration")
+		cmds["update"] = keysCommand{fs: fs, args: 1, argName: "key ID", run: func(ctx context.Context, c *client.Client, id string, out *output) error {
+			var p keystore.UpdateParams
+			set := map[string]bool{}
+			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			if set["description"] {
+				p.Description = description
+			}
+			if set["scopes"] {
+				s := splitList(*scopes)
+				if s == nil {
+					s = []string{}
+				}
+				p.Scopes = &s
+			}
+			if set["claims"] {
+				p.Claims = json.RawMessage(*claims)
+			}
+			if set["expires-in"] {
+				secs, err := seconds("--expires-in", *expiresIn)
+				if err != nil {
+					return err
+				}
+				p.SecondsUntilExpiration = &secs
+			}
+			p.NeverExpires = *never
+			k, err := c.Update(ctx, id, p)
+			if err != nil {
+				return err
+			}
+			return out.key(k)
+		}}
+	}
+	{
+		fs := newFlagSet("keygate keys revoke", "keygate keys revoke ID [--reason R]", io.Discard)
+		reason := fs.String("reason", "", "why the key is revoked")
+		cmds["revoke"] = keysCommand{fs: fs, args: 1, argName: "key ID", run: func(ctx context.Context, c *client.Client, id string, out *output) error {
+			var r *string
+			if *reason != "" {
+				r = reason
+			}
+			k, err := c.Revoke(ctx, id, r)
+			if err != nil {
+				return err
+			}
+			return out.key(k)
+		}}
+	}
+	cmds["delete"] = keysCommand{fs: newFlagSet("keygate keys delete", "keygate keys delete ID", io.Discard), args: 1, argName: "key ID",
+		run: func(ctx context.Context, c *client.Client, id string, out *output) error {
+			if err := c.Delete(ctx, id); err != nil {
+				return err
+			}
+			if out.json {
+				return out.printJSON(map[string]any{"object": "api_key", "id": id, "deleted": true})
+			}
+			fmt.Fprintf(out.w, "deleted %s\n", id)
+			return nil
+		}}
+	cmds["verify"] = keysCommand{fs: newFlagSet("keygate keys verify", "keygate keys verify SECRET|-", io.Discard), args: 1, argName: `secret (or "-" for standard input)`,
+		run: func(ctx context.Context, c *client.Client, secret string, out *output) error {
+			if secret == "-" {
+				line, err := bufio.NewReader(stdin).ReadString('\n')
+				if err != nil && !errors.Is(err, io.EOF) {
+					return usagef("reading the secret from standard input: %v", err)
+				}
+				secret = strings.TrimSpace(line)
+			}
+			k, err := c.Verify(ctx, secret)
+			if err != nil {
+				return err
+			}
+			if !out.json {
+				fmt.Fprintln(out.w, "valid")
+			}
+			return out.key(k)
+		}}
+	return cmds
+}
+
+// seconds turns a lifetime flag into whole seconds, rounding up.
+func seconds(flagName string, d time.Duration) (int64, error) {
+	if d <= 0 {
+		return 0, usagef("%s must be positive", flagName)
+	}
+	return int64(math.Ceil(d.Seconds())), nil
+}
+
+// output prints keys as tables, or as the API's JSON with --json.
+type output struct {
+	w    io.Writer
+	json bool
+}
+
+func (o *output) printJSON(v any) error {
+	enc := json.NewEncoder(o.w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (o *output) created(k *keystore.APIKey) error {
+	if o.json {
+		return o.printJSON(k)
+	}
+	if err := o.key(k); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.w, "\nsecret (shown this once; store it now):\n\n    %s\n\n", k.Secret)
+	return nil
+}
+
+func (o *output) key(k *keystore.APIKey) error {
+	if o.json {
+		return o.printJSON(k)
+	}
+	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
+	row := func(name, value string) { fmt.Fprintf(tw, "%s\t%s\n", name, value) }
+	row("id", k.ID)
+	row("name", k.Name)
+	row("subject", k.Subject)
+	row("status", status(k))
+	row("scopes", strings.Join(k.Scopes, " "))
+	if k.Description != nil {
+		row("description", *k.Description)
+	}
+	if k.Claims != nil {
+		row("claims", string(k.Claims))
+	}
+	row("created", formatTime(&k.CreatedAt))
+	row("expires", formatTime(k.Expiration))
+	row("last used", formatTime(k.LastUsedAt))
+	if k.RevocationReason != nil {
+		row("revocation reason", *k.RevocationReason)
+	}
+	return tw.Flush()
+}
+
+func (o *output) list(l *keystore.KeyList) error {
+	if o.json {
+		return o.printJSON(l)
+	}
+	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tSUBJECT\tSTATUS\tSCOPES\tEXPIRES\tLAST USED")
+	for _, k := range l.Data {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, k.Subject, status(k),
+			strings.Join(k.Scopes, " "), formatTime(k.Expiration), formatTime(k.LastUsedAt))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(o.w, "%d of %d\n", len(l.Data), l.TotalCount)
+	return nil
+}
+
+func status(k *keystore.APIKey) string {
+	switch {
+	case k.Revoked:
+		return "revoked"
+	case k.Expired:
+		return "expired"
+	}
+	return "active"
+}
+
+func formatTime(ms *int64) string {
+	if ms == nil {
+		return "-"
+	}
+	return time.UnixMilli(*ms).UTC().Format(time.RFC3339)
+}

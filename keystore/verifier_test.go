@@ -1,0 +1,1116 @@
+package keystore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/keygate/keygate/internal/redistest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+)
+
+// newVerifier returns a verifier over e's store, closed at cleanup.
+func newVerifier(t testing.TB, e *env, opts VerifierOptions) *Verifier {
+	t.Helper()
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	v, err := NewVerifier(e.store, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	return v
+}
+
+// waitLive waits, a bounded time, for the verifier's subscription to be
+// confirmed, registered and proven: a real asynchronous event.
+func waitLive(t testing.TB, v *Verifier) {
+	t.Helper()
+	waitFor(t, "the verifier's subscription to be live", func() bool { return v.live.at(v.store.now()) })
+}
+
+// waitSession waits for the verifier's n-th subscription to be live.
+func waitSession(t testing.TB, v *Verifier, n uint64) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("subscription #%d to be live", n), func() bool {
+		return v.sessions.Load() >= n && v.live.at(v.store.now())
+	})
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10s for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// cached reports whether the verifier's cache would answer for id now.
+func cached(v *Verifier, id string) bool {
+	kid := parseKeyID(id[len(idPrefix):])
+	return v.cache.get(&kid, v.store.now()) != nil
+}
+
+// peer returns an env with its own store and client on e's Redis: another
+// process, as far as keygate can tell.
+func peer(t testing.TB, e *env, opts ...func(*Options)) *env {
+	t.Helper()
+	rdb := redis.NewClient(redistest.ClientOptions(e.rdb.Options().Addr))
+	t.Cleanup(func() { rdb.Close() })
+	return newEnv(t, rdb, opts...)
+}
+
+// logBuffer collects log lines from several goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// recordWaits makes s report each wait for acknowledgements.
+func recordWaits(s *Store) func() (waits []time.Duration, missing [][]string) {
+	var mu sync.Mutex
+	var ws []time.Duration
+	var ms [][]string
+	s.waited = func(d time.Duration, m []string) {
+		mu.Lock()
+		ws = append(ws, d)
+		ms = append(ms, m)
+		mu.Unlock()
+	}
+	return func() ([]time.Duration, [][]string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(ws), slices.Clone(ms)
+	}
+}
+
+// commands counts the commands sent for verifications.
+func commands(c *commandCounter) int {
+	names, _ := c.snapshot()
+	return len(names)
+}
+
+func TestVerifierOutcomes(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		ttl  time.Duration
+	}{{"cached", 0}, {"uncached", -1}} {
+		t.Run(mode.name, func(t *testing.T) {
+			_, rdb := redistest.Mini(t)
+			e := newEnv(t, rdb)
+			v := newVerifier(t, e, VerifierOptions{CacheTTL: mode.ttl})
+			if mode.ttl >= 0 {
+				waitLive(t, v)
+			}
+			ctx := context.Background()
+			k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s", Scopes: []string{"read", "write"}, SecondsUntilExpiration: ptr[int64](3600)})
+			revoked := mustCreate(t, e.store, CreateParams{Name: "r", Subject: "s"})
+			if _, err := e.store.Revoke(ctx, revoked.ID, nil); err != nil {
+				t.Fatal(err)
+			}
+			expiring := mustCreate(t, e.store, CreateParams{Name: "x", Subject: "s", SecondsUntilExpiration: ptr[int64](1)})
+			// Every key is verified once before the clock moves, so that the
+			// cached mode answers the expired case from its cache.
+			for _, s := range []string{k.Secret, revoked.Secret, expiring.Secret} {
+				v.Verify(ctx, s, SourceAPI)
+			}
+			e.clock.Advance(time.Second)
+
+			for _, tc := range []struct {
+				name    string
+				secret  string
+				scopes  []string
+				want    error
+				outcome string
+				key     bool // the key is returned along with the outcome
+				redis   bool // may send a command to Redis
+			}{
+				{"valid", k.Secret, nil, nil, "valid", true, true},
+				{"valid with scopes", k.Secret, []string{"read", "write"}, nil, "valid", true, true},
+				{"insufficient scope", k.Secret, []string{"read", "admin"}, ErrInsufficientScope, "insufficient_scope", true, true},
+				{"missing", "", nil, ErrMissing, "missing", false, false},
+				{"garbage", "hello", nil, ErrMalformed, "malformed", false, false},
+				{"bad checksum", k.Secret[:len(k.Secret)-1] + flip(k.Secret[len(k.Secret)-1]), nil, ErrMalformed, "malformed", false, false},
+				{"other prefix", "sk_" + k.Secret[3:], nil, ErrMalformed, "malformed", false, false},
+				{"unknown id", forgeSecret(t, "ak_"+strings.Repeat("0", 32), k.Secret), nil, ErrNotFound, "not_found", false, true},
+				{"wrong digest", forgeSecret(t, k.ID, revoked.Secret), nil, ErrNotFound, "not_found", false, true},
+				{"revoked", revoked.Secret, nil, ErrRevoked, "revoked", true, true},
+				{"expired", expiring.Secret, nil, ErrExpired, "expired", true, true},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					e.cmds.reset()
+					got, err := v.Verify(ctx, tc.secret, SourceMiddleware, tc.scopes...)
+					if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+						t.Fatalf("Verify = %v, want %v", err, tc.want)
+					}
+					if o := Outcome(err); o != tc.outcome {
+						t.Errorf("Outcome = %s, want %s", o, tc.outcome)
+					}
+					if (got != nil) != tc.key {
+						t.Errorf("Verify returned key %v, want one: %v", got, tc.key)
+					}
+					if n := commands(e.cmds); !tc.redis && n != 0 {
+						t.Errorf("a %s secret sent %d commands to Redis", tc.name, n)
+					}
+					if tc.want == ErrInsufficientScope {
+						var se *ScopeError
+						if !errors.As(err, &se) || !slices.Equal(se.Required, tc.scopes) {
+							t.Errorf("Verify = %#v, want a ScopeError requiring %v", err, tc.scopes)
+						}
+					}
+					if got != nil && got.Secret != "" {
+						t.Error("Verify returned the secret")
+					}
+					if tc.name == "expired" && !got.Expired {
+						t.Error("an expired key is returned with expired=false")
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestCacheHitSendsNoCommands(t *testing.T) {
+	backends(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		v := newVerifier(t, e, VerifierOptions{})
+		waitLive(t, v)
+		k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s", Scopes: []string{"read"}})
+		other := mustCreate(t, e.store, CreateParams{Name: "other", Subject: "s"})
+		e.cmds.reset()
+		if _, err := v.Verify(ctx, k.Secret, SourceSidecar); err != nil {
+			t.Fatal(err)
+		}
+		if names, _ := e.cmds.snapshot(); !slices.Equal(names, []string{"hgetall"}) {
+			t.Fatalf("first verification sent %v, want one HGETALL", names)
+		}
+		e.cmds.reset()
+		for i := 0; i < 100; i++ {
+			if _, err := v.Verify(ctx, k.Secret, SourceSidecar, "read"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A hit still compares the digest: another secret for the same ID.
+		if _, err := v.Verify(ctx, forgeSecret(t, k.ID, other.Secret), SourceSidecar); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("forged secret for a cached ID = %v, want ErrNotFound", err)
+		}
+		if names, _ := e.cmds.snapshot(); len(names) != 0 {
+			t.Fatalf("101 cached verifications sent %v", names)
+		}
+		// A hit still records the use.
+		e.clock.Advance(500 * time.Millisecond)
+		got, err := v.Verify(ctx, k.Secret, SourceSidecar)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := e.clock.Now().UnixMilli()
+		if got.LastUsedAt == nil || *got.LastUsedAt != now {
+			t.Fatalf("last_used_at = %v, want %d", got.LastUsedAt, now)
+		}
+		if err := e.store.FlushLastUsed(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if g, _ := e.store.Get(ctx, k.ID); g.LastUsedAt == nil || *g.LastUsedAt != now {
+			t.Fatalf("stored last_used_at = %v, want %d", g.LastUsedAt, now)
+		}
+	})
+}
+
+func TestCacheTTLAndExpiry(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	// A subscription proof that cannot go stale in this test, so that only
+	// the TTL and the expiration decide.
+	v := newVerifier(t, e, VerifierOptions{CacheTTL: 30 * time.Second, SubscriptionStale: time.Hour})
+	waitLive(t, v)
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	short := mustCreate(t, e.store, CreateParams{Name: "short", Subject: "s", SecondsUntilExpiration: ptr[int64](10)})
+	for _, s := range []string{k.Secret, short.Secret} {
+		if _, err := v.Verify(ctx, s, SourceAPI); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		advance  time.Duration
+		secret   string
+		want     error
+		commands int
+	}{
+		{10*time.Second - time.Millisecond, short.Secret, nil, 0},
+		{time.Millisecond, short.Secret, ErrExpired, 0}, // expiry is checked on a hit
+		{20*time.Second - time.Millisecond, k.Secret, nil, 0},
+		{time.Millisecond, k.Secret, nil, 1}, // 30s old: read again
+		{0, k.Secret, nil, 0},
+	} {
+		e.clock.Advance(step.advance)
+		e.cmds.reset()
+		_, err := v.Verify(ctx, step.secret, SourceAPI)
+		if !errors.Is(err, step.want) || step.want == nil && err != nil {
+			t.Fatalf("at +%v: Verify = %v, want %v", step.advance, err, step.want)
+		}
+		if n := commands(e.cmds); n != step.commands {
+			t.Fatalf("at +%v: Verify sent %d commands, want %d", step.advance, n, step.commands)
+		}
+	}
+}
+
+func TestCacheDisabled(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{CacheTTL: -1})
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	e.cmds.reset()
+	for i := 0; i < 3; i++ {
+		if _, err := v.Verify(ctx, k.Secret, SourceAPI); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := commands(e.cmds); n != 3 {
+		t.Fatalf("3 verifications without a cache sent %d commands, want 3", n)
+	}
+	if err := v.Ready(ctx); err != nil {
+		t.Fatalf("Ready = %v", err)
+	}
+	// Without a cache there is nothing to invalidate: no subscription, no
+	// registration for revokers to wait on.
+	subs, _ := rdb.PubSubNumSub(ctx, e.store.names.invalidate()).Result()
+	if subs[e.store.names.invalidate()] != 0 {
+		t.Fatalf("a verifier without a cache subscribed")
+	}
+	if n, _ := rdb.ZCard(ctx, e.store.names.verifiers()).Result(); n != 0 {
+		t.Fatalf("a verifier without a cache registered")
+	}
+}
+
+func TestCacheBounded(t *testing.T) {
+	t.Run("verifier", func(t *testing.T) {
+		_, rdb := redistest.Mini(t)
+		e := newEnv(t, rdb)
+		ctx := context.Background()
+		reg := prometheus.NewRegistry()
+		v := newVerifier(t, e, VerifierOptions{CacheSize: 8, Registerer: reg})
+		waitLive(t, v)
+		var keys []*APIKey
+		for i := 0; i < 20; i++ {
+			k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+			keys = append(keys, k)
+			if _, err := v.Verify(ctx, k.Secret, SourceAPI); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := v.cache.len(); n != 8 {
+			t.Fatalf("cache of 8 holds %d keys", n)
+		}
+		if g := gaugeValue(t, reg, "keygate_cache_entries"); g != 8 {
+			t.Fatalf("keygate_cache_entries = %v, want 8", g)
+		}
+		for _, k := range keys {
+			if _, err := v.Verify(ctx, k.Secret, SourceAPI); err != nil {
+				t.Fatalf("evicted key: %v", err)
+			}
+		}
+	})
+	t.Run("sharded", func(t *testing.T) {
+		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "entries"})
+		c := newCache(1024, time.Minute, g)
+		if len(c.shards) < 2 {
+			t.Fatalf("a cache of 1024 has %d shard", len(c.shards))
+		}
+		for i := 0; i < 5000; i++ {
+			var id keyID
+			id[0], id[1], id[2] = byte(i), byte(i>>8), byte(i>>16)
+			c.insert(&id, &cacheEntry{}, c.generation(&id))
+		}
+		if n := c.len(); n > 1024 || n < 1024-len(c.shards) {
+			t.Fatalf("a cache of 1024 holds %d keys", n)
+		}
+	})
+}
+
+func TestCacheGeneration(t *testing.T) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "entries"})
+	c := newCache(100, time.Minute, g)
+	id := parseKeyID(strings.Repeat("ab", 16))
+	for _, tc := range []struct {
+		name   string
+		during func()
+		want   bool
+	}{
+		{"nothing", func() {}, true},
+		{"invalidated", func() { c.invalidate(&id) }, false},
+		{"flushed", c.flush, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.flush()
+			gen := c.generation(&id)
+			tc.during()
+			t0 := time.Unix(1, 0)
+			if got := c.insert(&id, &cacheEntry{loaded: t0}, gen); got != tc.want {
+				t.Fatalf("insert after %s = %v, want %v", tc.name, got, tc.want)
+			}
+			if got := c.get(&id, t0.Add(time.Second)) != nil; got != tc.want {
+				t.Fatalf("entry present = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestLiveness walks the state that decides whether the cache may answer.
+func TestLiveness(t *testing.T) {
+	t0 := time.UnixMilli(1_750_000_000_000)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	const hold = 1500 * time.Millisecond
+	var l liveness
+	l.stale = 2 * time.Second
+	l.reset(t0)
+	steps := []struct {
+		name string
+		do   func()
+		now  time.Duration
+		want bool
+	}{
+		{"new", func() {}, 0, false},
+		{"answered before confirmation", func() { l.pinging(1, t0); l.pong(1, t0) }, 0, false},
+		{"confirmed, not registered", func() { l.confirm(t0); l.pinging(2, t0); l.pong(2, t0) }, 0, false},
+		{"registered, PING from before", func() { l.registered(t0, true, 4, hold); l.pinging(3, t0); l.pong(3, t0) }, 0, false},
+		{"registered and proven", func() { l.pinging(4, t0); l.pong(4, t0) }, 0, true},
+		{"proof almost stale", func() {}, 1499 * time.Millisecond, true},
+		{"registration held locally no longer", func() {}, hold, false},
+		{"heartbeat after the lapse", func() { l.registered(at(hold), false, 5, hold) }, hold, false},
+		{"proven again", func() { l.pinging(5, at(hold)); l.pong(5, at(hold)) }, hold, true},
+		{"registration lost behind its back", func() { l.registered(at(hold+time.Second), true, 6, hold) }, hold + time.Second, false},
+		{"proven after it", func() { l.pinging(6, at(hold+time.Second)); l.pong(6, at(hold+time.Second)) }, hold + time.Second, true},
+		{"heartbeat only moves the deadline", func() { l.registered(at(hold+2*time.Second), false, 7, hold) }, hold + 3*time.Second - time.Millisecond, true},
+		{"proof stale", func() {}, hold + 3*time.Second, false},
+		{"session over", func() { l.reset(at(hold)) }, hold + time.Second, false},
+	}
+	for _, st := range steps {
+		st.do()
+		if got := l.at(at(st.now)); got != st.want {
+			t.Fatalf("%s: live = %v, want %v", st.name, got, st.want)
+		}
+	}
+}
+
+func TestUnknownIDsAreNotCached(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{})
+	waitLive(t, v)
+	donor := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	unknown := forgeSecret(t, "ak_"+strings.Repeat("7", 32), donor.Secret)
+	e.cmds.reset()
+	for i := 0; i < 2; i++ {
+		if _, err := v.Verify(ctx, unknown, SourceAPI); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Verify(unknown) = %v", err)
+		}
+	}
+	if n := commands(e.cmds); n != 2 {
+		t.Fatalf("two verifications of an unknown ID sent %d commands, want 2 (no negative cache)", n)
+	}
+	// So a key created afterwards verifies at once.
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	if _, err := v.Verify(ctx, k.Secret, SourceAPI); err != nil {
+		t.Fatalf("Verify(new key) = %v", err)
+	}
+}
+
+// TestChangeElsewhereIsInstant revokes, updates and deletes through store A
+// (its own client, as another process would) a key that verifier B has
+// cached, and checks B's very next answer.
+func TestChangeElsewhereIsInstant(t *testing.T) {
+	backends(t, func(t *testing.T, b *env) {
+		ctx := context.Background()
+		a := peer(t, b)
+		waits := recordWaits(a.store)
+		reg := prometheus.NewRegistry()
+		v := newVerifier(t, b, VerifierOptions{Registerer: reg})
+		waitLive(t, v)
+		for i, tc := range []struct {
+			name   string
+			change func(id string) error
+			scopes []string
+			want   error
+		}{
+			{"revoke", func(id string) error { _, err := a.store.Revoke(ctx, id, ptr("leaked")); return err }, nil, ErrRevoked},
+			{"delete", func(id string) error { return a.store.Delete(ctx, id) }, nil, ErrNotFound},
+			{"update scopes", func(id string) error {
+				_, err := a.store.Update(ctx, id, UpdateParams{Scopes: &[]string{"write"}})
+				return err
+			}, []string{"read"}, ErrInsufficientScope},
+			{"update expiration", func(id string) error {
+				_, err := a.store.Update(ctx, id, UpdateParams{SecondsUntilExpiration: ptr[int64](1)})
+				if err == nil {
+					b.clock.Advance(time.Second) // both clocks started together
+				}
+				return err
+			}, nil, ErrExpired},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				k := mustCreate(t, a.store, CreateParams{Name: "n", Subject: "s", Scopes: []string{"read"}})
+				for j := 0; j < 2; j++ {
+					if _, err := v.Verify(ctx, k.Secret, SourceSidecar, tc.scopes...); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if !cached(v, k.ID) {
+					t.Fatal("precondition: B has not cached the key")
+				}
+				if err := tc.change(k.ID); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := v.Verify(ctx, k.Secret, SourceSidecar, tc.scopes...); !errors.Is(err, tc.want) {
+					t.Fatalf("B's first answer after %s returned = %v, want %v", tc.name, err, tc.want)
+				}
+				if got := counterValue(t, reg, "keygate_cache_invalidations_total", nil); got != float64(i+1) {
+					t.Errorf("keygate_cache_invalidations_total = %v, want %d", got, i+1)
+				}
+				_, missing := waits()
+				if len(missing) != i+1 || len(missing[i]) != 0 {
+					t.Errorf("the change did not wait for B's acknowledgement: %v", missing)
+				}
+			})
+		}
+	})
+}
+
+// TestFillRacingInvalidation forces the interleaving where B loads a record,
+// the key is revoked and the invalidation handled, and only then B caches
+// what it loaded.
+func TestFillRacingInvalidation(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	b := newEnv(t, rdb)
+	a := peer(t, b)
+	waits := recordWaits(a.store)
+	ctx := context.Background()
+	v := newVerifier(t, b, VerifierOptions{})
+	waitLive(t, v)
+	k := mustCreate(t, a.store, CreateParams{Name: "n", Subject: "s"})
+	var once sync.Once
+	v.afterLoad = func() {
+		once.Do(func() {
+			if _, err := a.store.Revoke(ctx, k.ID, nil); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	// This call began before the revoke: it may answer valid.
+	if _, err := v.Verify(ctx, k.Secret, SourceAPI); err != nil {
+		t.Fatalf("Verify racing the revoke = %v", err)
+	}
+	if _, missing := waits(); len(missing) != 1 || len(missing[0]) != 0 {
+		t.Fatalf("the revoke did not wait for B's acknowledgement: %v", missing)
+	}
+	v.afterLoad = nil
+	if cached(v, k.ID) {
+		t.Fatal("a load older than the invalidation was cached")
+	}
+	if _, err := v.Verify(ctx, k.Secret, SourceAPI); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("Verify after the revoke returned = %v, want ErrRevoked", err)
+	}
+}
+
+// revokeBehindBack revokes a key without publishing anything: the change a
+// verifier misses while its subscription is down.
+func revokeBehindBack(t *testing.T, rdb *redis.Client, s *Store, id string) {
+	t.Helper()
+	if err := rdb.HSet(context.Background(), s.names.record(id), fRevoked, "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSubscriptionLostMiniredis(t *testing.T) {
+	mr, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{})
+	waitLive(t, v)
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	for i := 0; i < 2; i++ {
+		if _, err := v.Verify(ctx, k.Secret, SourceAPI); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !cached(v, k.ID) {
+		t.Fatal("precondition: key not cached")
+	}
+
+	mr.Close()
+	// However late the verifier notices, its proof is stale once the
+	// clock has moved by SubscriptionStale.
+	e.clock.Advance(2 * time.Second)
+	if _, err := v.Verify(ctx, k.Secret, SourceAPI); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Verify with Redis down = %v, want ErrUnavailable", err)
+	}
+	if err := v.Ready(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Ready with Redis down = %v", err)
+	}
+
+	// The revocation it missed while down.
+	mr.HSet(e.store.names.record(k.ID), fRevoked, "1")
+	if err := mr.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitSession(t, v, 2)
+	if _, err := v.Verify(ctx, k.Secret, SourceAPI); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("Verify after resubscription = %v, want ErrRevoked (cache dropped)", err)
+	}
+	if err := v.Ready(ctx); err != nil {
+		t.Fatalf("Ready after resubscription = %v", err)
+	}
+}
+
+func TestSubscriptionKilled(t *testing.T) {
+	rdb := redistest.Server(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{})
+	waitLive(t, v)
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	v.Verify(ctx, k.Secret, SourceAPI)
+	revokeBehindBack(t, rdb, e.store, k.ID)
+	if _, err := v.Verify(ctx, k.Secret, SourceAPI); err != nil {
+		t.Fatalf("precondition: the cache does not answer: %v", err)
+	}
+	n := v.sessions.Load()
+	killed, err := rdb.ClientKillByFilter(ctx, "TYPE", "pubsub").Result()
+	if err != nil || killed < 1 {
+		t.Fatalf("CLIENT KILL TYPE pubsub = %d, %v", killed, err)
+	}
+	waitSession(t, v, n+1)
+	if _, err := v.Verify(ctx, k.Secret, SourceAPI); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("Verify after resubscription = %v, want ErrRevoked (cache dropped)", err)
+	}
+}
+
+// TestSubscriptionHangs stops forwarding on B's subscription connection
+// without closing it: revokes wait InvalidationWait for B and name it, and B
+// stops answering from its cache once its proof is SubscriptionStale old,
+// then reconnects.
+func TestSubscriptionHangs(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := newHangProxy(t, srv.Addr)
+	direct := redis.NewClient(redistest.ClientOptions(srv.Addr))
+	t.Cleanup(func() { direct.Close() })
+	var logs logBuffer
+	a := newEnv(t, direct, func(o *Options) { o.Logger = logs.logger() })
+	waits := recordWaits(a.store)
+	viaProxy := redis.NewClient(redistest.ClientOptions(proxy.addr))
+	t.Cleanup(func() { viaProxy.Close() })
+	b := newEnv(t, viaProxy)
+	ctx := context.Background()
+	v := newVerifier(t, b, VerifierOptions{})
+	waitLive(t, v)
+	k := mustCreate(t, a.store, CreateParams{Name: "n", Subject: "s"})
+	v.Verify(ctx, k.Secret, SourceSidecar)
+	if !cached(v, k.ID) {
+		t.Fatal("precondition: key not cached")
+	}
+
+	if n := proxy.freezeSubscribers(); n != 1 {
+		t.Fatalf("froze %d subscriber connections, want 1", n)
+	}
+	n := v.sessions.Load()
+	if _, err := a.store.Revoke(ctx, k.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, missing := waits(); len(missing) != 1 || !slices.Equal(missing[0], []string{v.InstanceID()}) {
+		t.Fatalf("instances that did not acknowledge = %v, want [%s]", missing, v.InstanceID())
+	}
+	if !strings.Contains(logs.String(), v.InstanceID()) {
+		t.Fatalf("the revoker's log does not name the silent instance:\n%s", logs.String())
+	}
+	// The hazard the staleness bound exists for: the invalidation never
+	// arrived, and by B's clock its last proof is still fresh.
+	if _, err := v.Verify(ctx, k.Secret, SourceSidecar); err != nil {
+		t.Fatalf("precondition: the hung subscription was noticed without the clock: %v", err)
+	}
+	b.clock.Advance(2*time.Second + time.Millisecond)
+	if _, err := v.Verify(ctx, k.Secret, SourceSidecar); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("Verify with a stale subscription = %v, want ErrRevoked from Redis", err)
+	}
+	waitSession(t, v, n+1)
+	if _, err := v.Verify(ctx, k.Secret, SourceSidecar); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("Verify after reconnecting = %v, want ErrRevoked", err)
+	}
+}
+
+func TestRevokeWaitsOnlyForRegisteredInstances(t *testing.T) {
+	mr, rdb := redistest.Mini(t)
+	var logs logBuffer
+	e := newEnv(t, rdb, func(o *Options) { o.Logger = logs.logger(); o.InvalidationWait = 50 * time.Millisecond })
+	waits := recordWaits(e.store)
+	ctx := context.Background()
+	now := time.Now()
+	mr.ZAdd(e.store.names.verifiers(), float64(now.Add(time.Hour).UnixMilli()), "ghost")
+	mr.ZAdd(e.store.names.verifiers(), float64(now.Add(-time.Second).UnixMilli()), "departed")
+
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	if _, err := e.store.Revoke(ctx, k.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, missing := waits(); len(missing) != 1 || !slices.Equal(missing[0], []string{"ghost"}) {
+		t.Fatalf("unacknowledged = %v, want [[ghost]]", missing)
+	}
+	if l := logs.String(); !strings.Contains(l, "ghost") || strings.Contains(l, "departed") {
+		t.Fatalf("log should name ghost, and only ghost:\n%s", l)
+	}
+
+	// A negative wait publishes without waiting.
+	e.store.invalidationWait.Store(-1)
+	if err := e.store.Delete(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	// No registered verifier: nothing to wait for.
+	e.store.invalidationWait.Store(int64(time.Minute))
+	mr.ZRem(e.store.names.verifiers(), "ghost")
+	k2 := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	if _, err := e.store.Revoke(ctx, k2.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ws, _ := waits(); len(ws) != 1 {
+		t.Fatalf("%d invalidations waited, want only the first", len(ws))
+	}
+}
+
+func TestCloseDeregisters(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	waits := recordWaits(e.store)
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	v := newVerifier(t, e, VerifierOptions{Registerer: reg})
+	waitLive(t, v)
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	v.Verify(ctx, k.Secret, SourceAPI)
+	if _, err := rdb.ZScore(ctx, e.store.names.verifiers(), v.InstanceID()).Result(); err != nil {
+		t.Fatalf("live verifier not registered: %v", err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v.Close()
+	if _, err := rdb.ZScore(ctx, e.store.names.verifiers(), v.InstanceID()).Result(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("closed verifier still registered: %v", err)
+	}
+	if g := gaugeValue(t, reg, "keygate_cache_entries"); g != 0 {
+		t.Fatalf("keygate_cache_entries after Close = %v", g)
+	}
+	if _, err := e.store.Revoke(ctx, k.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ws, _ := waits(); len(ws) != 0 {
+		t.Fatal("a revoke waited for a closed verifier")
+	}
+}
+
+func TestReady(t *testing.T) {
+	mr, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{SubscriptionStale: time.Hour})
+	waitLive(t, v)
+	if err := v.Ready(ctx); err != nil {
+		t.Fatalf("Ready = %v", err)
+	}
+	// Redis answers, but the proof of the subscription is too old (until
+	// the verifier proves it again, within a second of real time).
+	e.clock.Advance(time.Hour)
+	if err := v.Ready(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Ready with a stale subscription = %v, want ErrUnavailable", err)
+	}
+	waitLive(t, v)
+	if err := v.Ready(ctx); err != nil {
+		t.Fatalf("Ready once proven again = %v", err)
+	}
+	mr.Close()
+	if err := v.Ready(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Ready with Redis down = %v, want ErrUnavailable", err)
+	}
+}
+
+// TestCacheKeepsNoSecret checks that nothing the verifier keeps points into
+// the caller's secret.
+func TestCacheKeepsNoSecret(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	v := newVerifier(t, e, VerifierOptions{})
+	waitLive(t, v)
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})
+	secret := string([]byte(k.Secret)) // memory of its own
+	if _, err := v.Verify(context.Background(), secret, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	lo := uintptr(unsafe.Pointer(unsafe.StringData(secret)))
+	inSecret := func(s string) bool {
+		p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+		return len(s) > 0 && p >= lo && p < lo+uintptr(len(secret))
+	}
+	kid := parseKeyID(k.ID[3:])
+	ent := v.cache.get(&kid, v.store.now())
+	if ent == nil {
+		t.Fatal("precondition: key not cached")
+	}
+	kept := []string{ent.key.ID, ent.key.Name, ent.key.Subject, ent.digest}
+	e.store.lastUsed.mu.Lock()
+	for id := range e.store.lastUsed.pending {
+		kept = append(kept, id)
+	}
+	e.store.lastUsed.mu.Unlock()
+	for _, s := range kept {
+		if inSecret(s) {
+			t.Fatalf("the verifier keeps %q, a piece of the caller's secret", s)
+		}
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	mr, rdb := redistest.Mini(t)
+	reg := prometheus.NewPedanticRegistry()
+	e := newEnv(t, rdb, func(o *Options) { o.Registerer = reg })
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{Registerer: reg})
+	// A second store and verifier on the same registry share the series.
+	other := peer(t, e, func(o *Options) { o.Registerer = reg })
+	waitLive(t, newVerifier(t, other, VerifierOptions{Registerer: reg}))
+	waitLive(t, v)
+	k := mustCreate(t, e.store, CreateParams{Name: "secret-name", Subject: "user_secret_subject"})
+	v.Verify(ctx, k.Secret, SourceAPI)
+	v.Verify(ctx, k.Secret, SourceAPI)
+	v.Verify(ctx, "garbage", SourceMiddleware)
+	v.Verify(ctx, k.Secret, Source("custom"))
+	if err := e.store.FlushLastUsed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g := gaugeValue(t, reg, "keygate_cache_entries"); g != 1 {
+		t.Errorf("keygate_cache_entries = %v, want 1", g)
+	}
+	if _, err := other.store.Revoke(ctx, k.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	mr.Close()
+	v.Verify(ctx, k.Secret, SourceForwardAuth)
+
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"keygate_verifications_total", map[string]string{"result": "valid", "source": "api"}, 2},
+		{"keygate_verifications_total", map[string]string{"result": "malformed", "source": "middleware"}, 1},
+		{"keygate_verifications_total", map[string]string{"result": "valid", "source": "custom"}, 1},
+		{"keygate_verifications_total", map[string]string{"result": "unavailable", "source": "forward_auth"}, 1},
+		{"keygate_cache_invalidations_total", nil, 2}, // one per verifier
+		{"keygate_last_used_flushes_total", nil, 1},
+		{"keygate_store_errors_total", map[string]string{"op": "verify"}, 1},
+	} {
+		if got := counterValue(t, reg, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hist *dto.MetricFamily
+	for _, mf := range mfs {
+		if mf.GetName() == "keygate_verification_duration_seconds" {
+			hist = mf
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				for _, bad := range []string{k.ID, k.ID[3:], k.Subject, k.Name, k.Secret[3:20]} {
+					if strings.Contains(l.GetValue(), bad) {
+						t.Errorf("%s has a label %s=%q", mf.GetName(), l.GetName(), l.GetValue())
+					}
+				}
+			}
+		}
+	}
+	if hist == nil {
+		t.Fatal("keygate_verification_duration_seconds missing")
+	}
+	counts := map[string]uint64{}
+	for _, m := range hist.GetMetric() {
+		counts[m.GetLabel()[0].GetValue()] = m.GetHistogram().GetSampleCount()
+	}
+	if counts["hit"] != 2 || counts["miss"] != 3 {
+		t.Errorf("verification durations by cache = %v, want hit 2, miss 3", counts)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
+	if err != nil || len(problems) > 0 {
+		t.Errorf("promlint: %v %v", problems, err)
+	}
+}
+
+// counterValue sums the samples of the family name whose labels include
+// labels.
+func counterValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue metrics
+				}
+			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
+func gaugeValue(t testing.TB, g prometheus.Gatherer, name string) float64 {
+	return counterValue(t, g, name, nil)
+}
+
+// TestTwoInstancesUnderLoad runs two verifiers, each with its own store and
+// client as two sidecars would have, on one real redis-server under
+// concurrent load, and revokes the key they both cached through a third
+// store, round after round. No request that starts after Revoke returned
+// may be accepted by either. The invalidation wait is long, so that a revoke
+// that gives up waiting means a lost acknowledgement, not a slow machine.
+func TestTwoInstancesUnderLoad(t *testing.T) {
+	const (
+		rounds    = 200
+		workers   = 2  // per instance
+		burst     = 32 // verifications between short pauses, as requests come
+		afterEach = 20 // requests per instance that start after each revoke
+	)
+	srv := redistest.Start(t)
+	store := func() *Store {
+		rdb := redis.NewClient(redistest.ClientOptions(srv.Addr))
+		s, err := New(rdb, Options{LastUsedFlush: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close(); rdb.Close() })
+		return s
+	}
+	admin := store()
+	admin.invalidationWait.Store(int64(10 * time.Second))
+	waits := recordWaits(admin)
+	var instances [2]*Verifier
+	for i := range instances {
+		v, err := NewVerifier(store(), VerifierOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { v.Close() })
+		waitLive(t, v)
+		instances[i] = v
+	}
+
+	type round struct {
+		secret  string
+		revoked atomic.Bool // set once Revoke has returned
+		after   [2]atomic.Int64
+	}
+	var (
+		cur        atomic.Pointer[round]
+		accepted   atomic.Int64 // after the revoke: the failures this test is about
+		unexpected atomic.Value
+		total      atomic.Int64
+		stop       = make(chan struct{})
+		wg         sync.WaitGroup
+	)
+	ctx := context.Background()
+	for i, v := range instances {
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := 1; ; n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if n%burst == 0 {
+						time.Sleep(50 * time.Microsecond)
+					}
+					r := cur.Load()
+					if r == nil {
+						time.Sleep(time.Millisecond)
+						continue
+					}
+					startedAfter := r.revoked.Load()
+					_, err := v.Verify(ctx, r.secret, SourceSidecar)
+					total.Add(1)
+					if !startedAfter {
+						continue
+					}
+					r.after[i].Add(1)
+					switch {
+					case err == nil:
+						accepted.Add(1)
+					case !errors.Is(err, ErrRevoked):
+						unexpected.Store(err.Error())
+					}
+				}
+			}()
+		}
+	}
+	var revokeCalls []time.Duration
+	for n := 0; n < rounds && !t.Failed(); n++ {
+		k, err := admin.Create(ctx, CreateParams{Name: "load", Subject: "s"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &round{secret: k.Secret}
+		cur.Store(r)
+		for _, v := range instances {
+			waitFor(t, "both instances to cache the key", func() bool { return cached(v, k.ID) })
+		}
+		start := time.Now()
+		if _, err := admin.Revoke(ctx, k.ID, nil); err != nil {
+			t.Fatal(err)
+		}
+		revokeCalls = append(revokeCalls, time.Since(start))
+		r.revoked.Store(true)
+		waitFor(t, "requests after the revoke on both instances", func() bool {
+			return r.after[0].Load() >= afterEach && r.after[1].Load() >= afterEach
+		})
+	}
+	close(stop)
+	wg.Wait()
+	if n := accepted.Load(); n > 0 {
+		t.Errorf("%d requests that started after Revoke returned were accepted", n)
+	}
+	if err := unexpected.Load(); err != nil {
+		t.Errorf("unexpected outcome after the revoke: %v", err)
+	}
+	ws, missing := waits()
+	for _, m := range missing {
+		if len(m) > 0 {
+			t.Errorf("a revoke gave up waiting for %v", m)
+			break
+		}
+	}
+	if len(ws) != rounds {
+		t.Fatalf("%d revokes waited for acknowledgements, want %d", len(ws), rounds)
+	}
+	t.Logf("%d rounds, %d verifications; wait for acknowledgements p50 %v p99 %v; whole Revoke call p50 %v p99 %v",
+		rounds, total.Load(), percentile(ws, 50), percentile(ws, 99), percentile(revokeCalls, 50), percentile(revokeCalls, 99))
+}
+
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+func BenchmarkVerifyCached(b *testing.B) {
+	for _, bc := range []struct {
+		name    string
+		hashKey []byte
+	}{{"sha256", nil}, {"hmac", []byte("hash key")}} {
+		b.Run(bc.name, func(b *testing.B) {
+			_, rdb := redistest.Mini(b)
+			s, err := New(rdb, Options{LastUsedFlush: -1, HashKey: bc.hashKey})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { s.Close() })
+			v, err := NewVerifier(s, VerifierOptions{Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { v.Close() })
+			waitLive(b, v)
+			ctx := context.Background()
+			k, err := s.Create(ctx, CreateParams{Name: "n", Subject: "s", Scopes: []string{"read"}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			v.Verify(ctx, k.Secret, SourceMiddleware)
+			if !cached(v, k.ID) {
+				b.Fatal("key not cached")
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := v.Verify(ctx, k.Secret, SourceMiddleware, "read"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkVerifyUncached(b *testing.B) {
+	rdb := redistest.Server(b)
+	s, err := New(rdb, Options{LastUsedFlush: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	v, err := NewVerifier(s, VerifierOptions{CacheTTL: -1, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { v.Close() })
+	ctx := context.Background()
+	k, err := s.Create(ctx, CreateParams{Name: "n", Subject: "s", Scopes: []string{"read"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := v.Verify(ctx, k.Secret, SourceMiddleware, "read"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,162 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
+)
+
+// ForwardAuthPath is where [NewForwardAuth]'s handler is mounted: at this
+// path and at every path under ForwardAuthPath + "/".
+const ForwardAuthPath = "/forward-auth"
+
+// ForwardAuthOptions configure [NewForwardAuth]. The zero value works.
+type ForwardAuthOptions struct {
+	// KeyLookup says where the original request carries its key, in the
+	// syntax of [middleware.ParseKeyLookup]. Default
+	// [middleware.DefaultKeyLookup]. Query parameters are read from the
+	// original URI (X-Forwarded-Uri or X-Original-URI), not from the
+	// forward-auth request's own query.
+	KeyLookup string
+	// Logger receives one debug line per decision and an error line per
+	// store outage. Default slog.Default().
+	Logger *slog.Logger
+}
+
+type forwardAuth struct {
+	verifier *keystore.Verifier
+	lookup   middleware.KeyLookup
+	query    bool // the lookup reads a query parameter
+	log      *slog.Logger
+}
+
+// NewForwardAuth returns the forward-auth handler (CONTRACT §4) for nginx
+// auth_request, Traefik ForwardAuth, Caddy forward_auth and Envoy
+// ext_authz. It answers any method on any path it is mounted at and never
+// reads the request body. The key comes from the request's headers (the
+// proxy copies the original request's), verified through v (source
+// forward_auth) with the scopes of the query parameter "scopes" and of the
+// X-Required-Scopes header, each a comma or space separated list.
+//
+// A valid key gets exactly 200, an empty body and the identity headers. A
+// refusal gets 401 or 403 with its WWW-Authenticate challenge, and an
+// unreachable store 503 with Retry-After, each with the contract's short
+// JSON error body. It never answers 400: nginx turns any status but 2xx,
+// 401 and 403 into a 500.
+//
+// The original method and URI (X-Forwarded-Method and X-Forwarded-Uri from
+// Traefik and Caddy, X-Original-Method and X-Original-URI from nginx, or
+// the path below /forward-auth/ from Envoy) are used for logs only.
+//
+// Mount it on both paths:
+//
+//	mux.Handle(sidecar.ForwardAuthPath, fa)
+//	mux.Handle(sidecar.ForwardAuthPath+"/", fa)
+func NewForwardAuth(v *keystore.Verifier, opts ForwardAuthOptions) (http.Handler, error) {
+	if v == nil {
+		return nil, errors.New("sidecar: nil verifier")
+	}
+	lookup, err := middleware.ParseKeyLookup(opts.KeyLookup)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: key lookup: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &forwardAuth{verifier: v, lookup: lookup, query: len(lookup.QueryParams()) > 0, log: opts.Logger}, nil
+}
+
+func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	method, uri := originalRequest(r)
+	scopes := requiredScopes(r)
+	key, err := fa.verifier.Verify(r.Context(), fa.key(r, uri), keystore.SourceForwardAuth, scopes...)
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	if err != nil {
+		if errors.Is(err, keystore.ErrUnavailable) {
+			fa.log.ErrorContext(r.Context(), "forward-auth: key store unavailable", "method", method, "uri", uri, "err", err)
+		} else {
+			fa.log.DebugContext(r.Context(), "forward-auth: refused", "method", method, "uri", uri, "outcome", keystore.Outcome(err))
+		}
+		middleware.WriteError(w, r, err)
+		return
+	}
+	fa.log.DebugContext(r.Context(), "forward-auth: allowed", "method", method, "uri", uri, "key_id", key.ID)
+	setIdentity(h, key)
+	w.WriteHeader(http.StatusOK)
+}
+
+// key finds the key of the original request.
+func (fa *forwardAuth) key(r *http.Request, uri string) string {
+	if !fa.query {
+		return fa.lookup.Key(r)
+	}
+	// Query parameters belong to the original URI, not to ours.
+	orig := &http.Request{Header: r.Header, URL: &url.URL{}}
+	if u, err := url.ParseRequestURI(uri); err == nil {
+		orig.URL = u
+	}
+	return fa.lookup.Key(orig)
+}
+
+// requiredScopes returns the scopes of ?scopes= and X-Required-Scopes.
+func requiredScopes(r *http.Request) []string {
+	var scopes []string
+	add := func(list string) {
+		scopes = append(scopes, strings.FieldsFunc(list, func(c rune) bool {
+			return c == ',' || c == ' ' || c == '\t'
+		})...)
+	}
+	// Parsed by hand: url.ParseQuery drops a pair it cannot unescape, which
+	// would drop a required scope. An undecodable value is kept as it is; no
+	// key holds such a scope, so the request is refused.
+	for pair := range strings.SplitSeq(r.URL.RawQuery, "&") {
+		name, value, _ := strings.Cut(pair, "=")
+		if name != "scopes" {
+			continue
+		}
+		if v, err := url.QueryUnescape(value); err == nil {
+			value = v
+		}
+		add(value)
+	}
+	for _, v := range r.Header.Values(HeaderRequiredScopes) {
+		add(v)
+	}
+	return scopes
+}
+
+// originalRequest returns the method and URI of the request that the proxy
+// asks about, as far as the proxy says.
+func originalRequest(r *http.Request) (method, uri string) {
+	method = firstHeader(r.Header, "X-Forwarded-Method", "X-Original-Method")
+	if method == "" {
+		method = r.Method
+	}
+	uri = firstHeader(r.Header, "X-Forwarded-Uri", "X-Original-Uri")
+	if uri == "" {
+		// Envoy's ext_authz appends the original path to the path prefix.
+		if rest, ok := strings.CutPrefix(r.URL.Path, ForwardAuthPath+"/"); ok {
+			uri = "/" + rest
+			if r.URL.RawQuery != "" {
+				uri += "?" + r.URL.RawQuery
+			}
+		}
+	}
+	return method, uri
+}
+
+func firstHeader(h http.Header, names ...string) string {
+	for _, n := range names {
+		if v := h.Get(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,110 @@
+package sidecar
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/keygate/keygate/keystore"
+)
+
+// The identity headers (CONTRACT §3) that the proxy sends upstream and the
+// forward-auth endpoint answers with.
+const (
+	HeaderKeyID      = "X-Api-Key-Id"      // the key's ID
+	HeaderKeySubject = "X-Api-Key-Subject" // its subject
+	HeaderKeyName    = "X-Api-Key-Name"    // its name
+	HeaderKeyScopes  = "X-Api-Key-Scopes"  // its scopes joined by one space; empty when none
+	HeaderKeyClaims  = "X-Api-Key-Claims"  // its claims as compact JSON; absent when null
+)
+
+// HeaderRequiredScopes is the request header in which a proxy tells the
+// forward-auth endpoint which scopes a route needs, comma or space
+// separated.
+const HeaderRequiredScopes = "X-Required-Scopes"
+
+// identityPrefix starts every identity header, and every header that a
+// client must never be able to send upstream.
+const identityPrefix = "X-Api-Key-"
+
+// stripIdentity removes every header whose name starts with X-Api-Key-,
+// compared case-insensitively. X-Api-Key itself, a credential header, is
+// not matched.
+func stripIdentity(h http.Header) {
+	for name := range h {
+		if len(name) > len(identityPrefix) && strings.EqualFold(name[:len(identityPrefix)], identityPrefix) {
+			delete(h, name)
+		}
+	}
+}
+
+// setIdentity sets the identity headers of key on h, replacing any value
+// already there.
+func setIdentity(h http.Header, key *keystore.APIKey) {
+	// One backing array for the five values: this runs on every request.
+	v := [5]string{
+		headerValue(key.ID),
+		headerValue(key.Subject),
+		headerValue(key.Name),
+		headerValue(strings.Join(key.Scopes, " ")),
+		claimsValue(key.Claims),
+	}
+	vs := v[:]
+	h[HeaderKeyID] = vs[0:1:1]
+	h[HeaderKeySubject] = vs[1:2:2]
+	h[HeaderKeyName] = vs[2:3:3]
+	h[HeaderKeyScopes] = vs[3:4:4]
+	if v[4] != "" {
+		h[HeaderKeyClaims] = vs[4:5:5]
+	} else {
+		delete(h, HeaderKeyClaims)
+	}
+}
+
+// claimsValue returns claims as compact JSON, or "" when they are null.
+func claimsValue(claims json.RawMessage) string {
+	claims = bytes.TrimSpace(claims)
+	if len(claims) == 0 || string(claims) == "null" {
+		return ""
+	}
+	if bytes.ContainsAny(claims, " \t\r\n") {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, claims); err == nil {
+			claims = buf.Bytes()
+		}
+	}
+	// JSON allows a raw DEL inside a string; a header does not. \u007f is
+	// the same JSON value.
+	if bytes.IndexByte(claims, 0x7f) >= 0 {
+		claims = bytes.ReplaceAll(claims, []byte{0x7f}, []byte(`\u007f`))
+	}
+	return string(claims)
+}
+
+// headerValue returns s unchanged when it can travel in an HTTP header, and
+// otherwise with every control character (other than tab) and every invalid
+// UTF-8 byte replaced by U+FFFD: names and subjects may hold any UTF-8, a
+// header field may not.
+func headerValue(s string) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; (b < ' ' && b != '\t') || b == 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean && utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for _, r := range s {
+		if (r < ' ' && r != '\t') || r == 0x7f {
+			r = utf8.RuneError
+		}
+		b.WriteRune(r) // an invalid byte is already utf8.RuneError
+	}
+	return b.String()
+}

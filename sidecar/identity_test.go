@@ -1,0 +1,72 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+
+	"github.com/keygate/keygate/keystore"
+)
+
+func TestStripIdentity(t *testing.T) {
+	h := http.Header{
+		"X-Api-Key-Subject": {"spoof"},
+		"x-api-key-id":      {"spoof"}, // not canonical: a map key set by hand
+		"X-API-KEY-CLAIMS":  {"spoof"},
+		"X-Api-Key-Future":  {"spoof"},
+		"X-Api-Key":         {"credential"}, // the credential header is not an identity header
+		"X-Api-Keys":        {"other"},
+		"Authorization":     {"Bearer x"},
+	}
+	stripIdentity(h)
+	if len(h) != 3 || h.Get("X-Api-Key") != "credential" || h.Get("X-Api-Keys") != "other" || h.Get("Authorization") == "" {
+		t.Fatalf("left %v", h)
+	}
+}
+
+func TestSetIdentity(t *testing.T) {
+	h := http.Header{HeaderKeyClaims: {"spoof"}}
+	setIdentity(h, &keystore.APIKey{
+		ID: "ak_0123", Subject: "org_1\r\nX-Evil: 1", Name: "Zoë's key\x00", Scopes: []string{"a", "b:c"},
+		Claims: json.RawMessage("{ \"note\": \"tab\\there\", \"del\": \"\x7f\" }"),
+	})
+	want := map[string]string{
+		HeaderKeyID:      "ak_0123",
+		HeaderKeySubject: "org_1\uFFFD\uFFFDX-Evil: 1",
+		HeaderKeyName:    "Zoë's key\uFFFD",
+		HeaderKeyScopes:  "a b:c",
+		HeaderKeyClaims:  `{"note":"tab\there","del":"\u007f"}`,
+	}
+	for name, v := range want {
+		got := h.Values(name)
+		if len(got) != 1 || got[0] != v {
+			t.Errorf("%s = %q, want %q", name, got, v)
+		}
+		if !sendable(got[0]) {
+			t.Errorf("%s = %q cannot be sent", name, got[0])
+		}
+	}
+	var claims map[string]string
+	if err := json.Unmarshal([]byte(h.Get(HeaderKeyClaims)), &claims); err != nil || claims["del"] != "\x7f" {
+		t.Errorf("claims header does not decode to the claims: %v %q", err, claims)
+	}
+
+	setIdentity(h, &keystore.APIKey{ID: "ak_1", Scopes: []string{}, Claims: json.RawMessage("null")})
+	if _, ok := h[HeaderKeyClaims]; ok {
+		t.Error("claims header kept for a key with null claims")
+	}
+	if vs := h.Values(HeaderKeyScopes); len(vs) != 1 || vs[0] != "" {
+		t.Errorf("scopes header %q for a key without scopes, want one empty value", vs)
+	}
+}
+
+// sendable reports whether v is a valid header field value: no control
+// character but tab (RFC 9110, section 5.5).
+func sendable(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; (b < ' ' && b != '\t') || b == 0x7f {
+			return false
+		}
+	}
+	return true
+}

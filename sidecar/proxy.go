@@ -1,0 +1,274 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
+)
+
+// ProxyOptions configure [NewProxy]. Only Upstream is required.
+type ProxyOptions struct {
+	// Upstream is where verified requests go: scheme http or https, a host,
+	// and optionally a base path that request paths are appended to.
+	Upstream *url.URL
+	// KeyLookup says where requests carry their key, in the syntax of
+	// [middleware.ParseKeyLookup]. Default [middleware.DefaultKeyLookup].
+	// The headers and query parameters it names are removed before a
+	// verified request is forwarded.
+	KeyLookup string
+	// Public lists path prefixes passed through without a key (--public).
+	// Default none.
+	Public []string
+	// RequireScopes lists per-route scope requirements (--require-scopes),
+	// each "METHOD /prefix=scope1,scope2"; METHOD "*" or left out means any
+	// method, and a GET rule also covers HEAD. Default none.
+	RequireScopes []string
+	// Transport carries requests to the upstream. Default [NewTransport]().
+	Transport http.RoundTripper
+	// Registerer receives keygate_proxy_requests_total{code}. Default: none.
+	Registerer prometheus.Registerer
+	// Logger receives upstream failures and store outages. Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+func (o ProxyOptions) withDefaults() ProxyOptions {
+	if o.Transport == nil {
+		o.Transport = NewTransport()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// proxy is the sidecar's handler: verify, then forward.
+type proxy struct {
+	verifier *keystore.Verifier
+	lookup   middleware.KeyLookup
+	headers  []string // credential headers, removed before forwarding
+	params   []string // credential query parameters, likewise
+	router   *router
+	rp       *httputil.ReverseProxy
+	upstream *url.URL
+	requests *statusCounter
+	log      *slog.Logger
+}
+
+// NewProxy returns the sidecar's reverse proxy (CONTRACT §5). Every request
+// outside a public prefix is verified through v (source sidecar) with the
+// scopes its route requires; a refused one is answered as §3 says with the
+// contract's JSON error, and a verified one is forwarded with its
+// credentials removed, every client-supplied X-Api-Key-* header removed,
+// the identity headers set, and X-Forwarded-For, -Host and -Proto set
+// (X-Forwarded-For to the client's address only: what a client claims is
+// dropped). The upstream sees the Host the client sent. Requests on a
+// public prefix are forwarded as they came, except that X-Api-Key-*
+// headers are removed there too. Rules match the path as the upstream
+// will resolve it (decoded, dot segments and double slashes resolved); a
+// path with a ".." segment that survives that ("..;") is a 400
+// (request_path_invalid). Bodies stream both ways,
+// and each write of the response is flushed at once, so server-sent events
+// pass. An upstream that cannot be reached is a 502 (code
+// upstream_unavailable); one that accepts the connection but sends no
+// response header within the transport's timeout is a 504
+// (upstream_timeout).
+//
+// It returns an error, naming the option, when opts is invalid.
+func NewProxy(v *keystore.Verifier, opts ProxyOptions) (http.Handler, error) {
+	if v == nil {
+		return nil, errors.New("sidecar: nil verifier")
+	}
+	opts = opts.withDefaults()
+	u := opts.Upstream
+	if u == nil {
+		return nil, errors.New("sidecar: upstream: required")
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("sidecar: upstream %q: want http://host[:port] or https://host[:port]", u.Redacted())
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("sidecar: upstream %q: credentials in the URL are not supported", u.Redacted())
+	}
+	lookup, err := middleware.ParseKeyLookup(opts.KeyLookup)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: key lookup: %w", err)
+	}
+	rt, err := newRouter(opts.Public, opts.RequireScopes)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
+	}
+	p := &proxy{
+		verifier: v,
+		lookup:   lookup,
+		headers:  lookup.Headers(),
+		params:   lookup.QueryParams(),
+		router:   rt,
+		upstream: u,
+		log:      opts.Logger,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:       p.rewrite,
+		Transport:     opts.Transport,
+		FlushInterval: -1,
+		BufferPool:    bufferPool{},
+		ErrorHandler:  p.upstreamError,
+		ModifyResponse: func(resp *http.Response) error {
+			p.requests.inc(resp.StatusCode)
+			return nil
+		},
+		ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+	}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "keygate",
+		Name:      "proxy_requests_total",
+		Help:      "Requests answered by the sidecar proxy, by HTTP status: denials, upstream responses and upstream failures.",
+	}, []string{"code"})
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(requests); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("sidecar: registering metrics: %w", err)
+			}
+			requests = are.ExistingCollector.(*prometheus.CounterVec)
+		}
+	}
+	p.requests = &statusCounter{vec: requests}
+	return p, nil
+}
+
+type proxyKeyContextKey struct{}
+
+func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	routed, publicOK, ok := routePath(r)
+	if !ok {
+		p.requests.inc(http.StatusBadRequest)
+		apierror.Write(w, apierror.RequestID(r), &apierror.Error{
+			Status: http.StatusBadRequest, Code: "request_path_invalid",
+			LongMessage: "the request path has a dot-dot segment that cannot be resolved",
+		})
+		return
+	}
+	public, scopes := p.router.match(r.Method, routed, publicOK)
+	if public {
+		p.rp.ServeHTTP(w, r)
+		return
+	}
+	key, err := p.verifier.Verify(r.Context(), p.lookup.Key(r), keystore.SourceSidecar, scopes...)
+	if err != nil {
+		if errors.Is(err, keystore.ErrUnavailable) {
+			p.log.ErrorContext(r.Context(), "sidecar: key store unavailable", "method", r.Method, "path", routed, "err", err)
+		}
+		p.requests.inc(middleware.Status(err))
+		middleware.WriteError(w, r, err)
+		return
+	}
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), proxyKeyContextKey{}, key)))
+}
+
+// rewrite builds the outbound request. Out starts as a copy of In without
+// hop-by-hop and X-Forwarded-* headers.
+func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
+	host := pr.In.Host
+	pr.SetURL(p.upstream)
+	pr.Out.Host = host // the upstream sees the Host the client asked for
+	pr.SetXForwarded()
+	stripIdentity(pr.Out.Header)
+	key, _ := pr.In.Context().Value(proxyKeyContextKey{}).(*keystore.APIKey)
+	if key == nil { // a public prefix
+		return
+	}
+	for _, h := range p.headers {
+		delete(pr.Out.Header, h) // canonical already: ParseKeyLookup made them so
+	}
+	if len(p.params) > 0 && pr.Out.URL.RawQuery != "" {
+		q := pr.Out.URL.Query()
+		found := false
+		for _, name := range p.params {
+			if q.Has(name) {
+				q.Del(name)
+				found = true
+			}
+		}
+		if found {
+			pr.Out.URL.RawQuery = q.Encode()
+		}
+	}
+	setIdentity(pr.Out.Header, key)
+}
+
+// upstreamError answers a request whose upstream round trip failed before
+// any response header was written.
+func (p *proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	e := &apierror.Error{
+		Status: http.StatusBadGateway, Code: "upstream_unavailable",
+		LongMessage: "the upstream server could not be reached", Err: err,
+	}
+	var op *net.OpError
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client went away; nobody reads this answer.
+		p.log.DebugContext(r.Context(), "sidecar: client gone before the upstream answered", "method", r.Method, "path", r.URL.Path)
+	case errors.As(err, &op) && op.Op == "dial":
+		p.log.WarnContext(r.Context(), "sidecar: upstream unreachable", "upstream", p.upstream.Host, "err", err)
+	case errors.As(err, &ne) && ne.Timeout():
+		e.Status, e.Code, e.LongMessage = http.StatusGatewayTimeout, "upstream_timeout", "the upstream server did not answer in time"
+		p.log.WarnContext(r.Context(), "sidecar: upstream timed out", "upstream", p.upstream.Host, "method", r.Method, "path", r.URL.Path, "err", err)
+	default:
+		p.log.WarnContext(r.Context(), "sidecar: upstream failed", "upstream", p.upstream.Host, "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	p.requests.inc(e.Status)
+	apierror.Write(w, apierror.RequestID(r), e)
+}
+
+// statusCounter counts responses by status code. It is fed where each
+// status is decided (a denial, the upstream's response, an upstream
+// failure), so the response writer is not wrapped, and it resolves each
+// code's counter once.
+type statusCounter struct {
+	vec   *prometheus.CounterVec
+	codes [600]atomic.Pointer[counterRef]
+}
+
+type counterRef struct{ prometheus.Counter }
+
+func (c *statusCounter) inc(code int) {
+	if code < 0 || code >= len(c.codes) {
+		c.vec.WithLabelValues(strconv.Itoa(code)).Inc()
+		return
+	}
+	ref := c.codes[code].Load()
+	if ref == nil {
+		ref = &counterRef{c.vec.WithLabelValues(strconv.Itoa(code))}
+		c.codes[code].Store(ref)
+	}
+	ref.Inc()
+}
+
+// bufferPool recycles the 32 KiB buffers that copy response bodies, which
+// the ReverseProxy otherwise allocates per request.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (bufferPool) Get() []byte { return buffers.Get().(*[32 << 10]byte)[:] }
+func (bufferPool) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		buffers.Put((*[32 << 10]byte)(b[:32<<10]))
+	}
+}
