@@ -92,6 +92,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/"} {
 		mux.Handle(p, admin)
 	}
+	forwardAuth = accessLog(forwardAuth, logger, "forward-auth")
 	mux.Handle("/forward-auth", forwardAuth)
 	mux.Handle("/forward-auth/", forwardAuth)
 	for _, p := range []string{"/metrics", "/healthz", "/readyz"} {

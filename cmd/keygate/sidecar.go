@@ -75,7 +75,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 		fmt.Fprintf(stderr, "keygate sidecar: --ops-listen %s: %v\n", *opsListen, err)
 		return exitUsage
 	}
-	proxySrv := withLog(sidecar.NewProxyServer(*listen, proxy), logger)
+	proxySrv := withLog(sidecar.NewProxyServer(*listen, accessLog(proxy, logger, "sidecar")), logger)
 	opsSrv := withLog(sidecar.NewServer(*opsListen, sidecar.NewOps(b.verifier, b.registry)), logger)
 	logger.Info("keygate sidecar listening", "addr", ln.Addr().String(), "ops", opsLn.Addr().String(), "upstream", up.Redacted())
 	return runServers(logger, b, server{proxySrv, ln}, server{opsSrv, opsLn})
