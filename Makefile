@@ -4,31 +4,71 @@ SHELL := /bin/bash
 
 GO ?= go
 BIN := bin/keygate
+IMAGE ?= ghcr.io/keygate/keygate
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test test-unit bench lint build clean
+.PHONY: run test bench fuzz test-faults lint build image clean
 
 build:
-	$(GO) build -trimpath -o $(BIN) ./cmd/keygate
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/keygate
 
 run: build
 	./$(BIN) serve
 
-# Every test, race detector on, including the integration tests on a real
-# redis-server (they fail, with an install hint, when it is missing).
+# Every test, race detector on: unit tests on miniredis, integration tests on
+# real redis-server processes (single, Cluster, Sentinel), a real nginx, and
+# Clerk's SDK (npm ci --prefix interop/clerk first). A missing server fails
+# the run with an install hint; nothing is skipped.
 test:
 	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install -y redis-server (or run .ci/run)"; exit 1; }
+	@command -v nginx >/dev/null || { echo "nginx is missing: apt-get install -y nginx-light (or run .ci/run)"; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -v ./... 2>&1 | tee test.log | grep -E '^(--- |ok |FAIL|panic:|\s+--- (FAIL|SKIP))' || true
 	@! grep -q -- '--- SKIP' test.log || { echo "skipped tests:"; grep -- '--- SKIP' test.log; exit 1; }
 	@! grep -qE '^(FAIL|--- FAIL|panic:)' test.log
 	@echo "$$(grep -c -- '--- PASS' test.log) passed, $$(grep -c -- '--- FAIL' test.log || true) failed"
 
+# Measures keygate against same-run baselines on loopback (needs redis-server,
+# redis-benchmark, nginx); prints the table and writes BENCHMARKS.md. About 2 minutes.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install -y redis-server"; exit 1; }
+	$(GO) run ./internal/benchcmd -out BENCHMARKS.md
+
+FUZZTIME ?= 20s
+FUZZ_TARGETS := \
+	./keystore:FuzzParseSecret ./keystore:FuzzSecretRoundTrip \
+	./keystore/adminapi:FuzzAdminAPI ./keystore/adminapi:FuzzAdminAPIList \
+	./keystore/adminapi:FuzzDecodeBody ./keystore/adminapi:FuzzListParams \
+	./middleware:FuzzParseKeyLookup ./middleware:FuzzDefaultKeyLookup \
+	./sidecar:FuzzForwardAuth ./internal/throttle:FuzzClientIP
+
+# Each fuzz target for FUZZTIME (make test runs their seed corpora).
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg || exit 1; \
+	done
+
+# The fault tests alone (also part of make test).
+test-faults:
+	$(GO) test -race -count=1 -v -run '^TestFault' ./sidecar/
 
 lint:
 	$(GO) vet ./...
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Container image (deploy/Dockerfile). Where no Docker engine answers (CI,
+# machines with only the docker client) it says so and succeeds.
+image:
+	@if ! command -v docker >/dev/null 2>&1; then \
+		echo "make image: skipped: docker is not installed (see deploy/README.md)"; exit 0; \
+	fi; \
+	if ! docker info >/dev/null 2>&1; then \
+		echo "make image: skipped: no Docker engine answers ('docker info' fails); run it where dockerd runs"; exit 0; \
+	fi; \
+	docker build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):dev . && \
+	echo "make image: built $(IMAGE):$(VERSION) and $(IMAGE):dev"
 
 clean:
 	rm -rf bin test.log

@@ -40,11 +40,13 @@ type cacheShard struct {
 // encode. Keying the cache by value copies nothing of the secret.
 type keyID [idHexLen / 2]byte
 
-// cacheEntry is immutable once inserted.
+// cacheEntry is immutable once inserted, but for recorded.
 type cacheEntry struct {
 	key    *APIKey
 	digest string    // as stored: 32 raw bytes
 	loaded time.Time // by the store's clock, when the load began
+	// recorded is the last use recorded for last_used_at (Unix ms).
+	recorded atomic.Int64
 }
 
 func newCache(size int, ttl time.Duration, entries prometheus.Gauge) *cache {

@@ -42,6 +42,15 @@ type Options struct {
 	// Registerer receives the store's metrics: keygate_last_used_flushes_total
 	// and keygate_store_errors_total{op}. Default: none.
 	Registerer prometheus.Registerer
+	// ReplicaWait, when positive, makes [Store.Revoke], [Store.Update] and
+	// [Store.Delete] wait up to this long for a replica of the key's master
+	// to confirm the change (Redis WAIT 1), so that a failover right after
+	// they return cannot undo it. Default 0: no wait. Set it only where every
+	// master has a replica (Sentinel, Cluster with replicas): without one,
+	// every change waits all of it. A change no replica confirmed in time
+	// still succeeds (it is in effect on the master), logged as a warning
+	// and counted in keygate_store_errors_total{op="replica_wait"}.
+	ReplicaWait time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -478,7 +487,7 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 	}
 	args := append([]any{p.Subject, now, len(set) / 2}, set...)
 	args = append(args, del...)
-	reply, err := updateScript.Run(ctx, s.rdb, []string{s.names.record(id)}, args...).Result()
+	reply, err := updateScript.Run(ctx, s.writer(), []string{s.names.record(id)}, args...).Result()
 	if err != nil {
 		return nil, s.unavailable(opUpdate, "updating key "+id, err)
 	}
@@ -534,7 +543,7 @@ func (s *Store) Revoke(ctx context.Context, id string, reason *string) (*APIKey,
 	if reason != nil && *reason != "" { // an empty reason is no reason, stored as null
 		hasReason, text = "1", *reason
 	}
-	reply, err := revokeScript.Run(ctx, s.rdb, []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
+	reply, err := revokeScript.Run(ctx, s.writer(), []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
 	if err != nil {
 		return nil, s.unavailable(opRevoke, "revoking key "+id, err)
 	}
@@ -561,7 +570,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	}
 	// Record first, index entries second: a crash in between leaves index
 	// entries that listing skips and removes.
-	subject, err := deleteScript.Run(ctx, s.rdb, []string{s.names.record(id)}).Text()
+	subject, err := deleteScript.Run(ctx, s.writer(), []string{s.names.record(id)}).Text()
 	if errors.Is(err, redis.Nil) {
 		return ErrNotFound
 	}
@@ -590,6 +599,7 @@ func (s *Store) changed(ctx context.Context, id string) {
 // that errors.Is(err, ErrUnavailable) holds.
 func (s *Store) unavailable(op, doing string, err error) error {
 	s.metrics.errors.WithLabelValues(op).Inc()
+	s.refreshTopology(err)
 	return unavailable(doing, err)
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,6 +104,11 @@ type Verifier struct {
 	metrics *verifierMetrics
 	log     *slog.Logger
 	cache   *cache // nil when disabled
+	loads   *loader
+	// wallClock is set when the store's clock is [time.Now], the default:
+	// then the time Verify starts at is also the time it decides at, and
+	// reading the clock once less is a tenth of a cached verification.
+	wallClock bool
 
 	// The subscription to invalidations; unused without a cache.
 	id       string // instance ID
@@ -119,6 +126,13 @@ type Verifier struct {
 	// caching it.
 	afterLoad func()
 }
+
+// maxLoadsOnWire is how many cache-miss loads (single, or pipelines of
+// those that queued) a verifier has on the wire at once: one per core, at
+// least two. A round trip's cost is mostly the client's system calls, so
+// more in flight than cores only adds calls; a queue that waits instead
+// goes as one pipeline. See [loader].
+func maxLoadsOnWire() int { return max(2, runtime.GOMAXPROCS(0)) }
 
 // backgroundKey marks the context of the verifier's own Redis commands
 // (heartbeats, acknowledgements), as opposed to verifications.
@@ -140,16 +154,18 @@ func NewVerifier(store *Store, opts VerifierOptions) (*Verifier, error) {
 		return nil, err
 	}
 	v := &Verifier{
-		store:    store,
-		opts:     opts,
-		metrics:  m,
-		log:      opts.Logger,
-		id:       id,
-		channel:  store.names.invalidate(),
-		interval: min(max(opts.SubscriptionStale/4, time.Millisecond), time.Second),
-		acks:     make(chan string, 1024),
-		bg:       context.WithValue(context.Background(), backgroundKey{}, true),
-		stop:     make(chan struct{}),
+		store:     store,
+		wallClock: reflect.ValueOf(store.opts.Now).Pointer() == reflect.ValueOf(time.Now).Pointer(),
+		opts:      opts,
+		loads:     newLoader(store, maxLoadsOnWire()),
+		metrics:   m,
+		log:       opts.Logger,
+		id:        id,
+		channel:   store.names.invalidate(),
+		interval:  min(max(opts.SubscriptionStale/4, time.Millisecond), time.Second),
+		acks:      make(chan string, 1024),
+		bg:        context.WithValue(context.Background(), backgroundKey{}, true),
+		stop:      make(chan struct{}),
 	}
 	v.live.stale = opts.SubscriptionStale
 	v.live.reset(store.now())
@@ -180,7 +196,7 @@ func (v *Verifier) InstanceID() string { return v.id }
 // it as read-only.
 func (v *Verifier) Verify(ctx context.Context, secret string, source Source, scopes ...string) (*APIKey, error) {
 	start := time.Now()
-	key, hit, err := v.verify(ctx, secret, scopes)
+	key, hit, err := v.verify(ctx, secret, start, scopes)
 	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
 	return key, err
 }
@@ -201,33 +217,84 @@ func (v *Verifier) Authorize(key *APIKey, source Source, scopes ...string) error
 
 // verify answers from the cache when it may, from Redis otherwise, and
 // reports which.
-func (v *Verifier) verify(ctx context.Context, secret string, scopes []string) (key *APIKey, hit bool, err error) {
+//
+// A cached key is tried before the secret's form is checked: the digest
+// covers the whole secret, so a match proves it is the secret that was
+// issued, which is well-formed and has a good checksum. Only when nothing
+// matches is the form checked, so that a typo is still told as malformed.
+func (v *Verifier) verify(ctx context.Context, secret string, start time.Time, scopes []string) (key *APIKey, hit bool, err error) {
 	if secret == "" {
 		return nil, false, ErrMissing
 	}
-	idHex, err := parseSecret(v.store.opts.KeyPrefix, secret)
+	now := start
+	if !v.wallClock {
+		now = v.store.now()
+	}
+	prefix := v.store.opts.KeyPrefix
+	var kid keyID
+	var e *cacheEntry
+	if len(secret) == len(prefix)+bodyLen && secret[:len(prefix)] == prefix {
+		// Any 32 characters make an ID here; only a checked one is loaded.
+		kid = parseKeyID(secret[len(prefix) : len(prefix)+idHexLen])
+		if v.cache != nil && v.live.at(now) {
+			e = v.cache.get(&kid, now)
+		}
+	}
+	if e != nil {
+		d := v.store.digest.sum(secret)
+		if digestsEqual(d[:], stringBytes(e.digest)) {
+			key, err = v.admit(e, now)
+			return key, true, v.scoped(key, err, scopes)
+		}
+	}
+	idHex, err := parseSecret(prefix, secret)
 	if err != nil {
 		return nil, false, err
 	}
-	now := v.store.now()
-	kid := parseKeyID(idHex)
-	var e *cacheEntry
-	if v.cache != nil && v.live.at(now) {
-		e = v.cache.get(&kid, now)
+	if e != nil {
+		return nil, true, ErrNotFound // a well-formed secret, not the key's
 	}
-	hit = e != nil
-	if !hit {
-		if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
-			return nil, false, err
-		}
+	if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
+		return nil, false, err
 	}
 	key, err = v.store.decide(e.key, e.digest, secret, now)
+	return key, false, v.scoped(key, err, scopes)
+}
+
+// admit is [Store.decide] for a cached key whose digest matched. It
+// records a use once per key and millisecond, not once per call: the flush
+// writes only the newest anyway, and a hot key then spares every core the
+// lock of the pending uses.
+func (v *Verifier) admit(e *cacheEntry, now time.Time) (*APIKey, error) {
+	k := e.key
+	if expired := k.ExpiredAt(now); k.Revoked || expired {
+		out := *k
+		out.Expired = expired
+		if k.Revoked {
+			return &out, ErrRevoked
+		}
+		return &out, ErrExpired
+	}
+	ms := now.UnixMilli()
+	if e.recorded.Load() != ms {
+		e.recorded.Store(ms)
+		v.store.lastUsed.record(k.ID, ms)
+	}
+	u := &usedKey{key: *k, lastUsed: ms} // as Store.used returns it
+	u.key.LastUsedAt = &u.lastUsed
+	u.key.Expired = false
+	return &u.key, nil
+}
+
+// scoped returns err, or for a valid key lacking one of scopes a
+// [*ScopeError].
+func (v *Verifier) scoped(key *APIKey, err error, scopes []string) error {
 	if err == nil && !key.HasScopes(scopes...) {
 		// A copy, so that scopes does not escape: callers' variadic
 		// arguments stay on their stacks.
-		err = &ScopeError{Required: append([]string(nil), scopes...)}
+		return &ScopeError{Required: append([]string(nil), scopes...)}
 	}
-	return key, hit, err
+	return err
 }
 
 // fill loads a record and caches it, unless the subscription is not live or
@@ -238,7 +305,7 @@ func (v *Verifier) fill(ctx context.Context, idHex string, kid *keyID, now time.
 	if caching {
 		gen = v.cache.generation(kid)
 	}
-	rec, err := v.store.load(ctx, idPrefix+idHex, opVerify)
+	rec, err := v.loads.load(ctx, idPrefix+idHex)
 	if err != nil {
 		return nil, err
 	}

@@ -27,6 +27,11 @@ type ForwardAuthOptions struct {
 	// Logger receives one debug line per decision and an error line per
 	// store outage. Default slog.Default().
 	Logger *slog.Logger
+	// Throttle limits failed verifications per client IP. It is off unless
+	// both FailuresPerMinute and TrustedProxies are set: every request
+	// comes from the proxy, so only its X-Forwarded-For tells clients
+	// apart.
+	Throttle ThrottleOptions
 }
 
 type forwardAuth struct {
@@ -34,6 +39,7 @@ type forwardAuth struct {
 	lookup   middleware.KeyLookup
 	query    bool // the lookup reads a query parameter
 	log      *slog.Logger
+	throttle *throttler // nil: off
 }
 
 // NewForwardAuth returns the forward-auth handler (CONTRACT §4) for nginx
@@ -69,7 +75,11 @@ func NewForwardAuth(v *keystore.Verifier, opts ForwardAuthOptions) (http.Handler
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &forwardAuth{verifier: v, lookup: lookup, query: len(lookup.QueryParams()) > 0, log: opts.Logger}, nil
+	fa := &forwardAuth{verifier: v, lookup: lookup, query: len(lookup.QueryParams()) > 0, log: opts.Logger}
+	if len(opts.Throttle.TrustedProxies) > 0 {
+		fa.throttle = newThrottler(opts.Throttle, opts.Logger)
+	}
+	return fa, nil
 }
 
 func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -78,16 +88,20 @@ func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key, err := fa.verifier.Verify(r.Context(), fa.key(r, uri), keystore.SourceForwardAuth, scopes...)
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
+	path := logPath(uri) // the query may carry a key
 	if err != nil {
 		if errors.Is(err, keystore.ErrUnavailable) {
-			fa.log.ErrorContext(r.Context(), "forward-auth: key store unavailable", "method", method, "uri", uri, "err", err)
+			fa.log.ErrorContext(r.Context(), "forward-auth: key store unavailable", "method", method, "uri", path, "err", err)
 		} else {
-			fa.log.DebugContext(r.Context(), "forward-auth: refused", "method", method, "uri", uri, "outcome", keystore.Outcome(err))
+			fa.log.DebugContext(r.Context(), "forward-auth: refused", "method", method, "uri", path, "outcome", keystore.Outcome(err))
+		}
+		if fa.throttle.deny(w, r, err) {
+			return
 		}
 		middleware.WriteError(w, r, err)
 		return
 	}
-	fa.log.DebugContext(r.Context(), "forward-auth: allowed", "method", method, "uri", uri, "key_id", key.ID)
+	fa.log.DebugContext(r.Context(), "forward-auth: allowed", "method", method, "uri", path, "key_id", key.ID)
 	setIdentity(h, key)
 	w.WriteHeader(http.StatusOK)
 }
@@ -150,6 +164,13 @@ func originalRequest(r *http.Request) (method, uri string) {
 		}
 	}
 	return method, uri
+}
+
+// logPath returns uri without its query, which may carry a key: what the
+// log may say of the original request.
+func logPath(uri string) string {
+	path, _, _ := strings.Cut(uri, "?")
+	return path
 }
 
 func firstHeader(h http.Header, names ...string) string {

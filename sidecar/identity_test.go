@@ -70,3 +70,17 @@ func sendable(v string) bool {
 	}
 	return true
 }
+
+func TestClaimsValueCompacts(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`{"org":"Acme Inc","n":1}`, `{"org":"Acme Inc","n":1}`}, // spaces inside strings stay
+		{`{"a": [1, 2]}`, `{"a":[1,2]}`},
+		{"{\"a\":\n1}", `{"a":1}`},
+		{`{"q":"say \"hi there\"", "b":2}`, `{"q":"say \"hi there\"","b":2}`}, // escaped quotes do not end the string
+		{`{"p":"C:\\ ", "b":2}`, `{"p":"C:\\ ","b":2}`},                       // an escaped backslash escapes nothing more
+	} {
+		if got := claimsValue(json.RawMessage(tc.in)); got != tc.want {
+			t.Errorf("claimsValue(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}

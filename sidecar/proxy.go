@@ -44,6 +44,8 @@ type ProxyOptions struct {
 	// Logger receives upstream failures and store outages. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Throttle limits failed verifications per client IP. Default: off.
+	Throttle ThrottleOptions
 }
 
 func (o ProxyOptions) withDefaults() ProxyOptions {
@@ -67,6 +69,7 @@ type proxy struct {
 	upstream *url.URL
 	requests *statusCounter
 	log      *slog.Logger
+	throttle *throttler // nil: off
 }
 
 // NewProxy returns the sidecar's reverse proxy (CONTRACT §5). Every request
@@ -120,6 +123,7 @@ func NewProxy(v *keystore.Verifier, opts ProxyOptions) (http.Handler, error) {
 		router:   rt,
 		upstream: u,
 		log:      opts.Logger,
+		throttle: newThrottler(opts.Throttle, opts.Logger),
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:       p.rewrite,
@@ -157,6 +161,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	routed, publicOK, ok := routePath(r)
 	if !ok {
 		p.requests.inc(http.StatusBadRequest)
+		closeUnread(w, r)
 		apierror.Write(w, apierror.RequestID(r), &apierror.Error{
 			Status: http.StatusBadRequest, Code: "request_path_invalid",
 			LongMessage: "the request path has a dot-dot segment that cannot be resolved",
@@ -172,6 +177,11 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		if errors.Is(err, keystore.ErrUnavailable) {
 			p.log.ErrorContext(r.Context(), "sidecar: key store unavailable", "method", r.Method, "path", routed, "err", err)
+		}
+		closeUnread(w, r)
+		if p.throttle.deny(w, r, err) {
+			p.requests.inc(http.StatusTooManyRequests)
+			return
 		}
 		p.requests.inc(middleware.Status(err))
 		middleware.WriteError(w, r, err)

@@ -29,31 +29,37 @@ const (
 	DialTimeout           = 5 * time.Second
 	TLSHandshakeTimeout   = 5 * time.Second
 	ResponseHeaderTimeout = 60 * time.Second
+	// MaxHeaderBytes bounds the request line and headers a client may
+	// send, on every server (431 beyond it); net/http's default is 1 MiB.
+	MaxHeaderBytes = 64 << 10
 	// DefaultDrain is how long [Serve] lets in-flight requests finish at
 	// shutdown when not told otherwise.
 	DefaultDrain = 25 * time.Second
 )
 
 // NewProxyServer returns the server for the proxy listener. It has
-// [ReadHeaderTimeout] and [IdleTimeout] but no ReadTimeout and no
-// WriteTimeout: either would cut a slow upload or a server-sent event
-// stream in the middle. A client that stops sending a body it started
-// holds its request until the client or the upstream gives up; the
-// upstream request is cancelled as soon as the client hangs up.
+// [ReadHeaderTimeout], [IdleTimeout] and [MaxHeaderBytes] but no
+// ReadTimeout and no WriteTimeout: either would cut a slow upload or a
+// server-sent event stream in the middle. A verified client that stops
+// sending a body it started holds its request until the client or the
+// upstream gives up; the upstream request is cancelled as soon as the
+// client hangs up. A refused request's connection is closed without
+// reading its body, so an unverified client cannot hold one.
 func NewProxyServer(addr string, h http.Handler) *http.Server {
 	return &http.Server{
 		Addr:              addr,
 		Handler:           h,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
 	}
 }
 
 // NewServer returns a server for short exchanges: the ops listener, the
-// forward-auth endpoint, an admin API. Besides [ReadHeaderTimeout] and
-// [IdleTimeout] it bounds reading a whole request and writing a whole
-// response by [RequestTimeout].
+// forward-auth endpoint, an admin API. Besides [ReadHeaderTimeout],
+// [IdleTimeout] and [MaxHeaderBytes] it bounds reading a whole request and
+// writing a whole response by [RequestTimeout].
 func NewServer(addr string, h http.Handler) *http.Server {
 	return &http.Server{
 		Addr:              addr,
@@ -62,6 +68,7 @@ func NewServer(addr string, h http.Handler) *http.Server {
 		ReadTimeout:       RequestTimeout,
 		WriteTimeout:      RequestTimeout,
 		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
 	}
 }

@@ -35,6 +35,7 @@ type storeConfig struct {
 	lastUsedFlush     time.Duration
 	invalidationWait  time.Duration
 	subscriptionStale time.Duration
+	replicaWait       time.Duration
 
 	logFormat string
 	logLevel  string
@@ -56,6 +57,7 @@ func (c *storeConfig) register(fs *flagSet) {
 	fs.DurationVar(&c.lastUsedFlush, "last-used-flush", time.Second, "how often last-used times are written to Redis")
 	fs.DurationVar(&c.invalidationWait, "invalidation-wait", 250*time.Millisecond, "how long revoke, update and delete wait for every verifier to acknowledge")
 	fs.DurationVar(&c.subscriptionStale, "subscription-stale", 2*time.Second, "how old a proof of a live invalidation subscription may be before the cache is bypassed")
+	fs.DurationVar(&c.replicaWait, "replica-wait", 0, "how long revoke, update and delete wait for a replica to confirm (Redis WAIT), so a failover cannot undo them; 0 = no wait; set only where every master has a replica")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: json or text")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
@@ -78,6 +80,8 @@ func (c *storeConfig) check() error {
 		return usagef("--last-used-flush must be positive")
 	case c.invalidationWait <= 0:
 		return usagef("--invalidation-wait must be positive")
+	case c.replicaWait < 0:
+		return usagef("--replica-wait must not be negative")
 	case c.subscriptionStale <= 0:
 		return usagef("--subscription-stale must be positive")
 	case !keystore.ValidPrefix(c.keyPrefix):
@@ -165,6 +169,7 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 		KeyPrefix:     c.keyPrefix,
 		HashKey:       []byte(c.hashKey),
 		LastUsedFlush: c.lastUsedFlush,
+		ReplicaWait:   c.replicaWait,
 		Logger:        logger,
 		Registerer:    b.registry,
 	})

@@ -26,6 +26,7 @@ func TestBadConfigurationIsOneLine(t *testing.T) {
 		{"bad duration flag", []string{"serve", "--cache-ttl", "soon"}, env(), "cache-ttl"},
 		{"bad duration env", []string{"serve"}, env("KEYGATE_CACHE_TTL", "soon"), "KEYGATE_CACHE_TTL"},
 		{"negative ttl", []string{"serve", "--cache-ttl=-1s"}, env(), "--cache-ttl"},
+		{"negative replica wait", []string{"serve", "--replica-wait=-1s"}, env(), "--replica-wait"},
 		{"zero flush", []string{"serve", "--last-used-flush=0s"}, env(), "--last-used-flush"},
 		{"bad log format", []string{"serve", "--log-format", "xml"}, env(), "--log-format"},
 		{"bad log level", []string{"serve"}, env("KEYGATE_LOG_LEVEL", "loud"), "--log-level"},

@@ -38,8 +38,14 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	cfg.register(fs)
 	listen := fs.String("listen", ":8080", "address to serve on")
 	adminTokens := fs.String("admin-tokens", "", "comma-separated admin bearer tokens (embedded store: generated and saved in --data-dir when unset)")
+	var thr throttleConfig
+	thr.register(fs, true)
 	if code, ok := parseFlags(fs, args, getenv, &cfg, stderr); !ok {
 		return code
+	}
+	throttleOpts, err := thr.options()
+	if err != nil {
+		return startError(stderr, "keygate serve", err)
 	}
 	logger := cfg.logger(stderr)
 
@@ -82,7 +88,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	if err != nil {
 		return startError(stderr, "keygate serve", err)
 	}
-	forwardAuth, err := sidecar.NewForwardAuth(b.verifier, sidecar.ForwardAuthOptions{Logger: logger})
+	forwardAuth, err := sidecar.NewForwardAuth(b.verifier, sidecar.ForwardAuthOptions{Logger: logger, Throttle: throttleOpts})
 	if err != nil {
 		return startError(stderr, "keygate serve", err)
 	}

@@ -30,8 +30,14 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 	var public, requireScopes listFlag
 	fs.Var(&public, "public", "path prefix passed through without a key (repeatable; ';' between values in the environment)")
 	fs.Var(&requireScopes, "require-scopes", `scopes a route needs: 'METHOD /prefix=scope1,scope2' (repeatable; ';' between values in the environment)`)
+	var thr throttleConfig
+	thr.register(fs, false)
 	if code, ok := parseFlags(fs, args, getenv, &cfg, stderr); !ok {
 		return code
+	}
+	throttleOpts, err := thr.options()
+	if err != nil {
+		return startError(stderr, "keygate sidecar", err)
 	}
 	if *upstream == "" {
 		fmt.Fprintln(stderr, "keygate sidecar: --upstream (KEYGATE_UPSTREAM) is required, e.g. http://127.0.0.1:3000")
@@ -59,6 +65,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 		RequireScopes: requireScopes,
 		Logger:        logger,
 		Registerer:    b.registry,
+		Throttle:      throttleOpts,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "keygate sidecar: %v\n", err)

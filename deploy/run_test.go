@@ -1,0 +1,331 @@
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
+)
+
+// unreachableRedis is a loopback port nothing listens on: the binary starts,
+// and its store is down.
+const unreachableRedis = "127.0.0.1:1"
+
+// proc is a keygate process started from an invocation.
+type proc struct {
+	inv    *invocation
+	listen string // the address it serves on (loopback, free port)
+	ops    string // the sidecar's ops address
+	cmd    *exec.Cmd
+	out    *lockedBuffer
+	done   chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// start runs the invocation exactly as configured (its flags and its
+// environment), except for what must differ on a test machine: the Redis
+// URL's address becomes redisAddr, the listen addresses become free loopback
+// ports (given as flags, which win over the environment), and extra flags
+// are appended.
+func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *proc {
+	t.Helper()
+	p := &proc{inv: inv, listen: freeAddr(t), out: &lockedBuffer{}, done: make(chan struct{})}
+	env := cleanEnv()
+	for _, k := range sortedKeys(inv.env) {
+		v := inv.env[k]
+		if k == "KEYGATE_REDIS_URL" {
+			u, err := url.Parse(v)
+			if err != nil {
+				t.Fatalf("%s: KEYGATE_REDIS_URL %q: %v", inv.where, v, err)
+			}
+			u.Host = redisAddr
+			v = u.String()
+		}
+		env = append(env, k+"="+v)
+	}
+	args := append([]string{inv.cmd}, inv.args...)
+	args = append(args, "--listen", p.listen)
+	if inv.cmd == "sidecar" {
+		p.ops = freeAddr(t)
+		args = append(args, "--ops-listen", p.ops)
+	}
+	args = append(args, extra...)
+	p.cmd = exec.Command(keygate, args...)
+	p.cmd.Env = env
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	health := "http://" + p.addrOf(inv.healthFlag()) + "/healthz"
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if resp, err := http.Get(health); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s: keygate %s exited at start (status %d):\n%s", inv.where, strings.Join(args, " "), p.cmd.ProcessState.ExitCode(), p.out)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s did not answer 200 within 20s:\n%s", inv.where, health, p.out)
+		}
+	}
+}
+
+// addrOf is the test address of a listen flag.
+func (p *proc) addrOf(flag string) string {
+	if flag == "ops-listen" {
+		return p.ops
+	}
+	return p.listen
+}
+
+// addrOfPort maps a port of the configuration (a probe's, a Service's) to
+// the test address of the listener the configuration gives that port.
+func (p *proc) addrOfPort(port int) (string, bool) {
+	for _, flag := range []string{"listen", "ops-listen"} {
+		if _, ok := commands[p.inv.cmd].flags[flag]; ok && p.inv.port(flag) == port {
+			return p.addrOf(flag), true
+		}
+	}
+	return "", false
+}
+
+// stop sends SIGTERM, as Docker, the kubelet and systemd do, and checks the
+// process drains and exits 0.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: no exit within 30s of SIGTERM", p.inv.where)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("%s: exit status %d after SIGTERM, want 0:\n%s", p.inv.where, code, p.out)
+	}
+}
+
+// probe is a health check a configuration points at a keygate process.
+type probe struct {
+	where string // for messages
+	kind  string // "liveness", "readiness" or "metrics"
+	path  string
+	port  int
+}
+
+// checkProbes starts inv with its store down and asks every probe: liveness
+// must answer 200 (a Redis outage must not restart keygate), readiness 503
+// (the path really checks the store), metrics 200 with keygate's metrics.
+func checkProbes(t *testing.T, inv *invocation, probes []probe) {
+	t.Helper()
+	p := start(t, inv, unreachableRedis)
+	for _, pr := range probes {
+		addr, ok := p.addrOfPort(pr.port)
+		if !ok {
+			t.Errorf("%s: %s port %d is none of keygate %s's listeners", pr.where, pr.kind, pr.port, inv.cmd)
+			continue
+		}
+		status, body := get(t, "http://"+addr+pr.path, "")
+		switch pr.kind {
+		case "liveness":
+			if status != http.StatusOK {
+				t.Errorf("%s: liveness %s answers %d with Redis down, want 200 (a Redis outage would restart every pod)", pr.where, pr.path, status)
+			}
+		case "readiness":
+			if status != http.StatusServiceUnavailable {
+				t.Errorf("%s: readiness %s answers %d with Redis down, want 503 (it must take the instance out of rotation)", pr.where, pr.path, status)
+			}
+		case "metrics":
+			if status != http.StatusOK || !strings.Contains(body, "keygate_") {
+				t.Errorf("%s: metrics %s answers %d without keygate_ metrics", pr.where, pr.path, status)
+			}
+		}
+	}
+	p.stop(t)
+}
+
+// get sends a GET with an optional bearer key and returns status and body.
+func get(t *testing.T, rawURL, key string) (int, string) {
+	t.Helper()
+	status, body, _ := do(t, "GET", rawURL, key, "")
+	return status, body
+}
+
+func do(t *testing.T, method, rawURL, bearer, body string) (int, string, http.Header) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, rawURL, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, rawURL, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+// upstream is a test application that records what reached it.
+type upstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	last http.Header
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.last = r.Header.Clone()
+		u.mu.Unlock()
+		io.WriteString(w, "hello from the app\n")
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *upstream) lastHeader() http.Header {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.last
+}
+
+// createdKey is the part of the admin API's create answer the sessions use.
+type createdKey struct {
+	ID     string `json:"id"`
+	Secret string `json:"secret"`
+}
+
+func createKey(t *testing.T, serveAddr, adminToken, body string) createdKey {
+	t.Helper()
+	status, resp, _ := do(t, "POST", "http://"+serveAddr+"/api_keys", adminToken, body)
+	if status != http.StatusOK {
+		t.Fatalf("POST /api_keys with the configured admin token: %d %s", status, resp)
+	}
+	var k createdKey
+	if err := json.Unmarshal([]byte(resp), &k); err != nil || k.ID == "" || k.Secret == "" {
+		t.Fatalf("POST /api_keys answered %s (%v)", resp, err)
+	}
+	return k
+}
+
+// session is deploy/README.md's curl session, run against a serve and a
+// sidecar configured as a deployment file configures them, on one test
+// redis-server: create a key through the admin API, call the upstream
+// through the sidecar without and with it, revoke it, and see 401. It
+// proves that the two agree on Redis, namespace, key prefix and hash key,
+// and that the configured admin token works.
+func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc, up *upstream, redisAddr string) {
+	t.Helper()
+	redisAddr = redistest.Start(t).Addr
+	up = newUpstream(t)
+	serve = start(t, serveInv, redisAddr)
+	sidecar = start(t, sidecarInv, redisAddr, "--upstream", up.URL)
+	for _, p := range []*proc{serve, sidecar} {
+		if status, body := get(t, "http://"+p.addrOf(p.inv.healthFlag())+"/readyz", ""); status != http.StatusOK {
+			t.Fatalf("%s: /readyz with Redis up: %d %s", p.inv.where, status, body)
+		}
+	}
+	admin := strings.Split(serveInv.value("admin-tokens"), ",")[0]
+	key := createKey(t, serve.listen, admin, `{"name":"deploy test","subject":"user_42"}`)
+
+	proxy := "http://" + sidecar.listen + "/"
+	if status, _ := get(t, proxy, ""); status != http.StatusUnauthorized {
+		t.Errorf("through the sidecar without a key: %d, want 401", status)
+	}
+	if status, body := get(t, proxy, key.Secret); status != http.StatusOK {
+		t.Fatalf("through %s with the key serve created: %d %s, want 200 (do serve and sidecar share Redis, namespace and hash key?)", sidecarInv.where, status, body)
+	}
+	h := up.lastHeader()
+	if h.Get("X-Api-Key-Id") != key.ID || h.Get("X-Api-Key-Subject") != "user_42" {
+		t.Errorf("the app got identity %q %q, want %q user_42", h.Get("X-Api-Key-Id"), h.Get("X-Api-Key-Subject"), key.ID)
+	}
+	if h.Get("Authorization") != "" {
+		t.Error("the app got the client's Authorization header")
+	}
+	status, body, _ := do(t, "POST", "http://"+serve.listen+"/api_keys/"+key.ID+"/revoke", admin, `{"revocation_reason":"deploy test"}`)
+	if status != http.StatusOK {
+		t.Fatalf("revoke: %d %s", status, body)
+	}
+	if status, _ := get(t, proxy, key.Secret); status != http.StatusUnauthorized {
+		t.Errorf("through the sidecar with the revoked key: %d, want 401", status)
+	}
+	return serve, sidecar, up, redisAddr
+}
+
+// mustOne returns the only invocation of a command in invs.
+func mustOne(t *testing.T, invs []*invocation, cmd string) *invocation {
+	t.Helper()
+	var found []*invocation
+	for _, inv := range invs {
+		if inv.cmd == cmd {
+			found = append(found, inv)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want one keygate %s, found %d", cmd, len(found))
+	}
+	return found[0]
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/keystore"
+)
+
+// bigSubject owns the keys of the list row.
+const bigSubject = "user_2xUq8ZtRk9vLbN3mWc4eBIGBIGB"
+
+// memoryAndList stores -keys keys, up to 10,000 of them under one subject
+// and the others 100 per subject, and reports what a key costs in Redis
+// and how long listing that subject's first page takes.
+func memoryAndList(ctx context.Context, e *env) ([]row, error) {
+	if err := e.fresh(ctx); err != nil {
+		return nil, err
+	}
+	rdb := e.client(64)
+	defer rdb.Close()
+	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1})
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	n := e.cfg.keys
+	big := min(10_000, n)
+	before, err := usedMemory(ctx, rdb)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	keys, err := createKeys(ctx, store, n, 32, func(i int) string {
+		if i < big {
+			return bigSubject
+		}
+		return subjectOf(1 + (i-big)/100)
+	})
+	if err != nil {
+		return nil, err
+	}
+	progress("memory: %d keys created in %s", n, time.Since(t0).Round(100*time.Millisecond))
+	after, err := usedMemory(ctx, rdb)
+	if err != nil {
+		return nil, err
+	}
+
+	// MEMORY USAGE of a sample of records, and of every index.
+	ns := store.Namespace()
+	sample := min(n, 1000)
+	recCmds := make([]*redis.IntCmd, sample)
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range recCmds {
+			recCmds[i] = p.MemoryUsage(ctx, ns+":key:"+keys[i*n/sample].ID, 0)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var rec []float64
+	for _, c := range recCmds {
+		rec = append(rec, float64(c.Val()))
+	}
+	indexes, err := scanKeys(ctx, rdb, ns+":subject:*")
+	if err != nil {
+		return nil, err
+	}
+	indexes = append(indexes, ns+":keys")
+	idxCmds := make([]*redis.IntCmd, len(indexes))
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range indexes {
+			idxCmds[i] = p.MemoryUsage(ctx, k, 0)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var idx int64
+	for _, c := range idxCmds {
+		idx += c.Val()
+	}
+	allIdx := idxCmds[len(idxCmds)-1].Val() // <ns>:keys, appended last
+	recMedian := median(rec)
+	perKey := recMedian + float64(idx)/float64(n)
+	perKeyInfo := float64(after-before) / float64(n)
+
+	// A key in use also holds last_used_at: the same sample, once used.
+	usedCmds := make([]*redis.IntCmd, sample)
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range usedCmds {
+			id := ns + ":key:" + keys[i*n/sample].ID
+			p.HSet(ctx, id, "last_used_at", time.Now().UnixMilli())
+			usedCmds[i] = p.MemoryUsage(ctx, id, 0)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var used []float64
+	for _, c := range usedCmds {
+		used = append(used, float64(c.Val()))
+	}
+
+	// Listing the big subject's first page: as the API does by default
+	// (valid keys only, which reads every record of the subject), and with
+	// include_invalid (the index alone gives the page and the count).
+	calls := 3 * e.cfg.runs
+	list := func(p keystore.ListParams) ([]time.Duration, error) {
+		var ds []time.Duration
+		for i := 0; i < calls; i++ {
+			t := time.Now()
+			l, err := store.List(ctx, p)
+			if err != nil {
+				return nil, err
+			}
+			ds = append(ds, time.Since(t))
+			if len(l.Data) != min(10, big) || l.TotalCount != big {
+				return nil, fmt.Errorf("listing gave %d keys of %d, want 10 of %d", len(l.Data), l.TotalCount, big)
+			}
+		}
+		slices.Sort(ds)
+		return ds, nil
+	}
+	valid, err := list(keystore.ListParams{Subject: bigSubject, Limit: 10})
+	if err != nil {
+		return nil, err
+	}
+	all, err := list(keystore.ListParams{Subject: bigSubject, Limit: 10, IncludeInvalid: true})
+	if err != nil {
+		return nil, err
+	}
+	return []row{{
+		measure: fmt.Sprintf("memory per stored key, %dk keys", n/1000),
+		keygate: fmt.Sprintf("%.0f bytes: record %.0f (%.0f once used), subject index %.0f, all-keys index %.0f (used_memory grew %.0f bytes per key)",
+			perKey, recMedian, median(used), float64(idx-allIdx)/float64(n), float64(allIdx)/float64(n), perKeyInfo),
+		baseline: "—",
+		goal:     "≤ 600 bytes",
+		verdict:  verdict(perKey <= 600),
+		note: fmt.Sprintf("%d keys of a typical shape (a 17-character name, a 32-character subject and creator, two scopes, "+
+			"claims `{\"plan\":\"pro\"}`, no description, no expiry), %d under one subject and 100 under each other; "+
+			"`MEMORY USAGE … SAMPLES 0` of %d records (median; again once they hold a last_used_at) plus every index sorted set "+
+			"divided by the number of keys. Redis rounds each allocation up to a jemalloc size class (…, 320, 384, 448 bytes), "+
+			"so a record's size moves in steps of 64 bytes. "+
+			"used_memory (`INFO memory`) before and after, divided by the number of keys, adds Redis's own keyspace overhead.",
+			n, big, sample),
+	}, {
+		measure:  fmt.Sprintf("list a subject with %dk keys, page of 10", big/1000),
+		keygate:  fmt.Sprintf("p50 %s, p99 %s (default: valid keys only); p50 %s, p99 %s (include_invalid)", dur(percentile(valid, 50).Seconds()), dur(percentile(valid, 99).Seconds()), dur(percentile(all, 50).Seconds()), dur(percentile(all, 99).Seconds())),
+		baseline: "—",
+		goal:     "report",
+		verdict:  "report",
+		note: fmt.Sprintf("`Store.List` of the first page of 10 of the subject with %d keys, %d calls each, one at a time: "+
+			"without include_invalid (the API's default) it reads every record of the subject to hide revoked and expired keys and "+
+			"count the rest; with include_invalid the page and the count come from the subject's index.", big, calls),
+	}}, nil
+}
+
+// usedMemory returns Redis's used_memory.
+func usedMemory(ctx context.Context, rdb *redis.Client) (int64, error) {
+	info, err := rdb.Info(ctx, "memory").Result()
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no used_memory in INFO memory")
+}
+
+// scanKeys returns the keys matching pattern.
+func scanKeys(ctx context.Context, rdb *redis.Client, pattern string) ([]string, error) {
+	var out []string
+	iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		out = append(out, iter.Val())
+	}
+	return out, iter.Err()
+}

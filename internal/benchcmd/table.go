@@ -1,0 +1,123 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// row is one line of the table.
+type row struct {
+	measure  string
+	keygate  string // keygate's figure, medians
+	baseline string // the baseline's, same run; "—" when there is none
+	compare  string // ratio or difference to the baseline
+	goal     string
+	verdict  string // met, missed, or "report" for a measure without a goal
+	note     string // how it was measured; printed under the table
+}
+
+func render(machine string, c config, rows []row, took time.Duration) string {
+	var b strings.Builder
+	b.WriteString("# keygate benchmarks\n\n")
+	b.WriteString("Produced by `make bench` (`go run ./internal/benchcmd`); every figure below comes from one run of it,\n")
+	b.WriteString("on loopback, with keygate and its baseline taking turns in the same run.\n\n")
+	fmt.Fprintf(&b, "Machine: %s.  \n", machine)
+	fmt.Fprintf(&b, "Run: %s, %d runs per measure (medians quoted), took %s.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), c.runs, took.Round(time.Second))
+	b.WriteString("| measure | keygate | baseline (same run) | keygate vs baseline | goal | met? |\n")
+	b.WriteString("|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n",
+			cell(r.measure), cell(r.keygate), cell(r.baseline), cell(r.compare), cell(r.goal), cell(r.verdict))
+	}
+	b.WriteString("\nHow each row is measured:\n\n")
+	for _, r := range rows {
+		if r.note != "" {
+			fmt.Fprintf(&b, "- **%s**: %s\n", r.measure, r.note)
+		}
+	}
+	return b.String()
+}
+
+func cell(s string) string {
+	if s == "" {
+		return "—"
+	}
+	return strings.ReplaceAll(s, "|", `\|`)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count), or 0 for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// percentile returns the p-th percentile (0–100) of sorted, nearest rank.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted))*p/100+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// ratios divides a[i] by b[i].
+func ratios(a, b []float64) []float64 {
+	out := make([]float64, min(len(a), len(b)))
+	for i := range out {
+		out[i] = a[i] / b[i]
+	}
+	return out
+}
+
+// seconds turns durations into seconds, for median.
+func seconds(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = d.Seconds()
+	}
+	return out
+}
+
+// dur formats a duration in seconds for a table cell: 3 significant
+// digits, in the unit that fits.
+func dur(s float64) string {
+	switch {
+	case s < 1e-6:
+		return fmt.Sprintf("%.0f ns", s*1e9)
+	case s < 1e-3:
+		return fmt.Sprintf("%.3g µs", s*1e6)
+	case s < 1:
+		return fmt.Sprintf("%.3g ms", s*1e3)
+	}
+	return fmt.Sprintf("%.3g s", s)
+}
+
+// rate formats operations per second.
+func rate(r float64) string {
+	switch {
+	case r >= 1e6:
+		return fmt.Sprintf("%.2fM/s", r/1e6)
+	case r >= 1e4:
+		return fmt.Sprintf("%.1fk/s", r/1e3)
+	}
+	return fmt.Sprintf("%.0f/s", r)
+}
