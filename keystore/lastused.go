@@ -45,13 +45,13 @@ func (l *lastUsed) putBack(batch map[string]int64) {
 // touchScript writes a use only if it is newer than the stored one, and
 // never brings back a deleted key.
 var touchScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'last_used_at')
+local cur = redis.call('HGET', KEYS[1], 'lu')
 if not cur then
   if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 elseif tonumber(cur) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'lu', ARGV[1])
 return 1
 `)
 

@@ -436,9 +436,9 @@ func (s *Store) loadEntries(ctx context.Context, index string, entries []redis.Z
 
 var updateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'subject') ~= ARGV[1] then return -1 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 's') ~= ARGV[1] then return -1 end
 local n = tonumber(ARGV[3])
-local set = {'updated_at', ARGV[2]}
+local set = {'ua', ARGV[2]}
 for i = 4, 3 + 2 * n do set[#set + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(set))
 for i = 4 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
@@ -520,9 +520,9 @@ func (s *Store) scriptRecord(id string, reply any) (*record, error) {
 
 var revokeScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'revoked') ~= '1' then
-  redis.call('HSET', KEYS[1], 'revoked', '1', 'updated_at', ARGV[1])
-  if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'revocation_reason', ARGV[3]) end
+if redis.call('HGET', KEYS[1], 'r') ~= '1' then
+  redis.call('HSET', KEYS[1], 'r', '1', 'ua', ARGV[1])
+  if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'rr', ARGV[3]) end
 end
 return redis.call('HGETALL', KEYS[1])
 `)
@@ -556,7 +556,7 @@ func (s *Store) Revoke(ctx context.Context, id string, reason *string) (*APIKey,
 }
 
 var deleteScript = redis.NewScript(`
-local subject = redis.call('HGET', KEYS[1], 'subject')
+local subject = redis.call('HGET', KEYS[1], 's')
 if not subject then return false end
 redis.call('DEL', KEYS[1])
 return subject
