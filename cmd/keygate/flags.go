@@ -25,13 +25,17 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flagSet {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		stderr := fs.Output()
-		fmt.Fprintf(stderr, "Usage: %s\n\n%s\nFlags (each also read from its environment variable):\n", name, synopsis)
+		fmt.Fprintf(stderr, "Usage: %s\n\n%s\nFlags (a flag shown with a KEYGATE_ variable also reads it from the environment):\n", name, synopsis)
 		fs.VisitAll(func(f *flag.Flag) {
 			def := ""
 			if f.DefValue != "" && f.DefValue != "[]" {
 				def = fmt.Sprintf(" (default %s)", f.DefValue)
 			}
-			fmt.Fprintf(stderr, "  --%s  %s\n      %s%s\n", f.Name, envName(f.Name), f.Usage, def)
+			env := ""
+			if fs.envOnly == nil || fs.envOnly[f.Name] {
+				env = "  " + envName(f.Name)
+			}
+			fmt.Fprintf(stderr, "  --%s%s\n      %s%s\n", f.Name, env, f.Usage, def)
 		})
 	}
 	return fs
