@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/keygate/keygate/internal/redistest"
 )
@@ -28,25 +29,8 @@ type proc struct {
 	listen string // the address it serves on (loopback, free port)
 	ops    string // the sidecar's ops address
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *syncbuf.Buffer
 	done   chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func freeAddr(t *testing.T) string {
@@ -66,7 +50,7 @@ func freeAddr(t *testing.T) string {
 // are appended.
 func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *proc {
 	t.Helper()
-	p := &proc{inv: inv, listen: freeAddr(t), out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{inv: inv, listen: freeAddr(t), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	env := cleanEnv()
 	for _, k := range sortedKeys(inv.env) {
 		v := inv.env[k]

@@ -284,6 +284,17 @@ func (s *Store) decide(k *APIKey, digest, secret string, now time.Time) (*APIKey
 	if !digestsEqual(d[:], stringBytes(digest)) {
 		return nil, ErrNotFound
 	}
+	return s.admit(k, now, nil)
+}
+
+// admit decides a key whose digest matched: revoked, expired, or valid. A
+// valid key's use is recorded, unless lastRecorded (the cache entry's memo,
+// nil without one) says it already was in this millisecond: the flush writes
+// only the newest use anyway, and a hot cached key then spares every core
+// the lock of the pending uses. admit
+// returns a copy of k as it will read once the use is flushed. The copy
+// shares k's slices and pointers, and costs one allocation.
+func (s *Store) admit(k *APIKey, now time.Time, lastRecorded *atomic.Int64) (*APIKey, error) {
 	if expired := k.ExpiredAt(now); k.Revoked || expired {
 		out := *k
 		out.Expired = expired
@@ -292,19 +303,17 @@ func (s *Store) decide(k *APIKey, digest, secret string, now time.Time) (*APIKey
 		}
 		return &out, ErrExpired
 	}
-	return s.used(k, now), nil
-}
-
-// used records a successful verification of k at now and returns a copy
-// of k as it will read once the use is flushed. The copy shares k's slices
-// and pointers, and costs one allocation.
-func (s *Store) used(k *APIKey, now time.Time) *APIKey {
 	ms := now.UnixMilli()
-	s.lastUsed.record(k.ID, ms)
+	if lastRecorded == nil || lastRecorded.Load() != ms {
+		if lastRecorded != nil {
+			lastRecorded.Store(ms)
+		}
+		s.lastUsed.record(k.ID, ms)
+	}
 	u := &usedKey{key: *k, lastUsed: ms}
 	u.key.LastUsedAt = &u.lastUsed
 	u.key.Expired = false
-	return &u.key
+	return &u.key, nil
 }
 
 // usedKey holds a verified key and its last use in one allocation.

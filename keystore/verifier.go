@@ -243,7 +243,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, start time.Time, s
 	if e != nil {
 		d := v.store.digest.sum(secret)
 		if digestsEqual(d[:], stringBytes(e.digest)) {
-			key, err = v.admit(e, now)
+			key, err = v.store.admit(e.key, now, &e.recorded)
 			return key, true, v.scoped(key, err, scopes)
 		}
 	}
@@ -259,31 +259,6 @@ func (v *Verifier) verify(ctx context.Context, secret string, start time.Time, s
 	}
 	key, err = v.store.decide(e.key, e.digest, secret, now)
 	return key, false, v.scoped(key, err, scopes)
-}
-
-// admit is [Store.decide] for a cached key whose digest matched. It
-// records a use once per key and millisecond, not once per call: the flush
-// writes only the newest anyway, and a hot key then spares every core the
-// lock of the pending uses.
-func (v *Verifier) admit(e *cacheEntry, now time.Time) (*APIKey, error) {
-	k := e.key
-	if expired := k.ExpiredAt(now); k.Revoked || expired {
-		out := *k
-		out.Expired = expired
-		if k.Revoked {
-			return &out, ErrRevoked
-		}
-		return &out, ErrExpired
-	}
-	ms := now.UnixMilli()
-	if e.recorded.Load() != ms {
-		e.recorded.Store(ms)
-		v.store.lastUsed.record(k.ID, ms)
-	}
-	u := &usedKey{key: *k, lastUsed: ms} // as Store.used returns it
-	u.key.LastUsedAt = &u.lastUsed
-	u.key.Expired = false
-	return &u.key, nil
 }
 
 // scoped returns err, or for a valid key lacking one of scopes a

@@ -1,7 +1,6 @@
 package keystore
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,25 +77,8 @@ func peer(t testing.TB, e *env, opts ...func(*Options)) *env {
 	return newEnv(t, rdb, opts...)
 }
 
-// logBuffer collects log lines from several goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger {
+// logTo returns a logger that writes to l.
+func logTo(l *syncbuf.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
@@ -627,8 +611,8 @@ func TestSubscriptionHangs(t *testing.T) {
 	proxy := newHangProxy(t, srv.Addr)
 	direct := redis.NewClient(redistest.ClientOptions(srv.Addr))
 	t.Cleanup(func() { direct.Close() })
-	var logs logBuffer
-	a := newEnv(t, direct, func(o *Options) { o.Logger = logs.logger() })
+	var logs syncbuf.Buffer
+	a := newEnv(t, direct, func(o *Options) { o.Logger = logTo(&logs) })
 	waits := recordWaits(a.store)
 	viaProxy := redis.NewClient(redistest.ClientOptions(proxy.addr))
 	t.Cleanup(func() { viaProxy.Close() })
@@ -672,8 +656,8 @@ func TestSubscriptionHangs(t *testing.T) {
 
 func TestRevokeWaitsOnlyForRegisteredInstances(t *testing.T) {
 	mr, rdb := redistest.Mini(t)
-	var logs logBuffer
-	e := newEnv(t, rdb, func(o *Options) { o.Logger = logs.logger(); o.InvalidationWait = 50 * time.Millisecond })
+	var logs syncbuf.Buffer
+	e := newEnv(t, rdb, func(o *Options) { o.Logger = logTo(&logs); o.InvalidationWait = 50 * time.Millisecond })
 	waits := recordWaits(e.store)
 	ctx := context.Background()
 	now := time.Now()

@@ -6,7 +6,6 @@ package sidecar_test
 // ./sidecar/` runs them alone.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/syncbuf"
+
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/internal/redistest"
@@ -35,24 +36,6 @@ import (
 )
 
 const faultAdminToken = "fault-admin-token"
-
-// faultLog collects log output from any goroutine.
-type faultLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *faultLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *faultLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // faultClient is a Redis client as keygate builds one (cmd/keygate's
 // failFast): one retry, 1 s dial, read and write timeouts.
@@ -70,8 +53,8 @@ func faultClient(t *testing.T, addr string) *redis.Client {
 type faultInstance struct {
 	store    *keystore.Store
 	verifier *keystore.Verifier
-	logs     *faultLog // the instance's log, JSON
-	srvLog   *faultLog // the HTTP servers' own errors (panics would land here)
+	logs     *syncbuf.Buffer // the instance's log, JSON
+	srvLog   *syncbuf.Buffer // the HTTP servers' own errors (panics would land here)
 	proxy    *httptest.Server
 	fa       *httptest.Server
 	mw       *httptest.Server
@@ -81,7 +64,7 @@ type faultInstance struct {
 
 func newFaultInstance(t *testing.T, addr string, upstream string) *faultInstance {
 	t.Helper()
-	inst := &faultInstance{logs: &faultLog{}, srvLog: &faultLog{}}
+	inst := &faultInstance{logs: &syncbuf.Buffer{}, srvLog: &syncbuf.Buffer{}}
 	logger := slog.New(slog.NewJSONHandler(inst.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	store, err := keystore.New(faultClient(t, addr), keystore.Options{Logger: logger})
 	if err != nil {
@@ -525,7 +508,7 @@ func TestFaultSubscriptionKilledDuringRevokes(t *testing.T) {
 	b := newFaultInstance(t, srv.Addr, upstream.URL)
 	a.waitReady(t)
 	b.waitReady(t)
-	revokerLog := &faultLog{}
+	revokerLog := &syncbuf.Buffer{}
 	revoker, err := keystore.New(faultClient(t, srv.Addr), keystore.Options{
 		Logger: slog.New(slog.NewJSONHandler(revokerLog, nil)),
 	})

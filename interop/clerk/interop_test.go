@@ -10,9 +10,10 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
@@ -34,7 +35,7 @@ func TestClerkSDK(t *testing.T) {
 	}
 
 	rdb := redistest.Server(t)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	store, err := keystore.New(rdb, keystore.Options{Logger: logger})
 	if err != nil {
@@ -105,21 +106,4 @@ func apiVerifications(t *testing.T, reg *prometheus.Registry) float64 {
 		}
 	}
 	return n
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -8,8 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/keygate/keygate/internal/redistest"
@@ -26,25 +27,6 @@ const (
 	testSubject = "user_42"
 )
 
-// clock is the injected clock of the store under test; tests move it by hand.
-// syncBuffer collects log output written from any goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is the admin API on a store, with everything a test inspects.
 type env struct {
 	h        http.Handler
@@ -52,7 +34,7 @@ type env struct {
 	rdb      *redis.Client
 	mr       *miniredis.Miniredis // nil on a real redis-server
 	clock    *testclock.Clock
-	logs     *syncBuffer
+	logs     *syncbuf.Buffer
 	registry *prometheus.Registry
 }
 
@@ -66,7 +48,7 @@ func newEnv(t *testing.T) *env {
 func newEnvOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client) *env {
 	t.Helper()
 	e := &env{rdb: rdb, mr: mr, clock: testclock.New(),
-		logs: &syncBuffer{}, registry: prometheus.NewRegistry()}
+		logs: &syncbuf.Buffer{}, registry: prometheus.NewRegistry()}
 	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	store, err := keystore.New(rdb, keystore.Options{Now: e.clock.Now, LastUsedFlush: -1, Logger: logger})
 	if err != nil {

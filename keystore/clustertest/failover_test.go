@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/syncbuf"
+
 	"github.com/keygate/keygate/keystore"
 	"github.com/redis/go-redis/v9"
 )
@@ -359,7 +361,7 @@ func testFailover(t *testing.T, ft failoverTarget) {
 		ft.name, requests[0], failed[0], requests[1], failed[1], failedElsewhere, secs(firstFailure-killAt), secs(lastFailureStart-killAt))
 	t.Logf("FIGURES %s: recovered (first valid direct answer after the last failure) %.2fs after the kill; wrong answers %d; failures while the old master restarted empty and rejoined %d; revocations acknowledged just before the kill: %d, lost %d without ReplicaWait and %d with ReplicaWait=500ms",
 		ft.name, secs(recoveredAt-killAt), wrongAnswers, failedRejoining, want[late], lost[false], lost[true])
-	for name, logs := range map[string]*logBuffer{"admin": adminLogs, "admin with ReplicaWait": waitingLogs} {
+	for name, logs := range map[string]*syncbuf.Buffer{"admin": adminLogs, "admin with ReplicaWait": waitingLogs} {
 		if strings.Contains(logs.String(), "no replica confirmed") {
 			t.Logf("%s: a change no replica confirmed:\n%s", name, logs.String())
 		}

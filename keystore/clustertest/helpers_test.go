@@ -1,7 +1,6 @@
 package clustertest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,31 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/syncbuf"
+
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
-// logBuffer collects a store's or verifier's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+// logTo returns a logger that writes to l.
+func logTo(l *syncbuf.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
 // instance is one keygate process, as far as Redis can tell: a store and a
 // caching verifier on their own client.
@@ -43,14 +27,14 @@ type instance struct {
 	store    *keystore.Store
 	verifier *keystore.Verifier
 	reg      *prometheus.Registry
-	logs     *logBuffer
+	logs     *syncbuf.Buffer
 }
 
 // newStore returns a store in namespace ns on rdb, closed at cleanup.
-func newStore(t testing.TB, rdb redis.UniversalClient, ns string, opts ...func(*keystore.Options)) (*keystore.Store, *logBuffer) {
+func newStore(t testing.TB, rdb redis.UniversalClient, ns string, opts ...func(*keystore.Options)) (*keystore.Store, *syncbuf.Buffer) {
 	t.Helper()
-	logs := &logBuffer{}
-	o := keystore.Options{Namespace: ns, Logger: logs.logger(), Registerer: prometheus.NewRegistry()}
+	logs := &syncbuf.Buffer{}
+	o := keystore.Options{Namespace: ns, Logger: logTo(logs), Registerer: prometheus.NewRegistry()}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -69,7 +53,7 @@ func newInstance(t testing.TB, rdb redis.UniversalClient, ns string, opts ...fun
 	in := &instance{reg: prometheus.NewRegistry()}
 	in.store, in.logs = newStore(t, rdb, ns, opts...)
 	v, err := keystore.NewVerifier(in.store, keystore.VerifierOptions{
-		CacheTTL: time.Minute, Registerer: in.reg, Logger: in.logs.logger(),
+		CacheTTL: time.Minute, Registerer: in.reg, Logger: logTo(in.logs),
 	})
 	if err != nil {
 		t.Fatal(err)
