@@ -174,6 +174,15 @@ func (n keyNames) invalidate() string            { return n.ns + ":invalidate" }
 func (n keyNames) verifiers() string             { return n.ns + ":verifiers" }
 func (n keyNames) ack(nonce string) string       { return n.ns + ":ack:" + nonce }
 
+// IsEphemeral reports whether the Redis key belongs to the invalidation
+// machinery of the namespace (verifier registry, acknowledgements): state
+// that the verifiers recreate when they start, which a persistence layer
+// need not save. Everything else in the namespace is durable.
+func IsEphemeral(namespace, key string) bool {
+	n := keyNames{namespace}
+	return key == n.verifiers() || strings.HasPrefix(key, n.ns+":ack:")
+}
+
 // Create stores a new key and returns it with its secret, which is shown
 // this once and never stored.
 func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
