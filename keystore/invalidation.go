@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -18,193 +17,414 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Instant revocation (CONTRACT.md §3), as README.md lays it out in Redis:
+// Revocation that holds under faults. docs/revocation.md states the
+// guarantee and walks through every fault; in short:
 //
-//   - Every verifier with a cache subscribes to <ns>:invalidate, and while its
-//     subscription is confirmed it registers its instance ID in the sorted
-//     set <ns>:verifiers, scored by a deadline in the Redis server's clock
-//     that its heartbeat pushes forward.
-//   - Revoke, Update and Delete run one script on <ns>:verifiers that reads
-//     the registered instances and publishes "<key id> <nonce>" on
-//     <ns>:invalidate, atomically. They then wait, with BLPOP on the list
-//     <ns>:ack:<nonce>, until every instance read has pushed its ID there, or
-//     until the invalidation wait is over, and log the instances missing.
-//   - A verifier that receives an invalidation drops the key from its cache,
-//     fails every fill of the key in progress, and pushes its ID to the ack
-//     list.
-//   - A verifier serves from its cache only while it is registered and a
-//     PING on its subscription connection, sent after it registered, came
-//     back within SubscriptionStale. Pub/sub delivers in order on one
-//     connection, so that answer also proves that every invalidation
-//     published before the registration has been handled.
+//   - A change (revoke, update, delete) first announces itself: a script
+//     adds a nonce to <ns>:{inv}:open, scored by the server's clock. Then it
+//     writes the record. Then one script publishes "<id> <seq> <nonce>" on
+//     <ns>:invalidate, where seq is the next value of <ns>:{inv}:seq, removes
+//     the announcement, and copies the registered verifiers whose
+//     registration has not lapsed into <ns>:{inv}:pending:<nonce>; it returns
+//     them with their deadlines.
+//   - A verifier that receives the invalidation drops the key and
+//     acknowledges: a script removes it from the pending set, and the one
+//     that empties the set pushes to <ns>:{inv}:done:<nonce>. The change
+//     waits on that list with BLPOP: all acknowledged, in one round trip
+//     whatever the number of verifiers. A verifier that does not answer is
+//     waited for until its registration's deadline, past which it cannot be
+//     serving from its cache; only then does the change answer.
+//   - A verifier serves from its cache only until a local deadline that it
+//     pushes forward at each heartbeat, and always short of the deadline the
+//     heartbeat set in the registry (<ns>:{inv}:verifiers, by the server's
+//     clock). A heartbeat pushes it forward only once a PING sent on the
+//     subscription after it has come back, and only if by then the verifier
+//     has received every invalidation up to the sequence number the
+//     heartbeat read: so a heartbeat after a publish cannot extend a cache
+//     that missed it. A gap in the sequence, a sequence that went back (a
+//     failover), an announcement left unpublished for longer than
+//     publishBound (a changer cut off after its write), or a registration
+//     that had lapsed empties the cache.
+//   - A publish that fails is retried until publishBound after the
+//     announcement; then the change answers [ErrInvalidationUnconfirmed]:
+//     the verifiers see the stale announcement at their next heartbeat and
+//     empty their caches, or stop using them when their registrations lapse.
 //
-// Every Redis command touches one key (or none), so all of it works on
-// Redis Cluster, where PUBLISH reaches subscribers on every node.
+// The invalidation keys share the hash tag {inv}, so that the scripts that
+// touch several of them work on Redis Cluster; PUBLISH reaches subscribers
+// on every node.
 
-// publishScript returns the registered verifiers and publishes the
-// invalidation in ARGV[2] on the channel ARGV[1], with nothing in between: a
-// verifier that registers afterwards was already subscribed, so it receives
-// the invalidation before it can serve from its cache.
+// announceScript records that a change to a key is about to be written,
+// by the server's clock, and returns that time (Unix ms).
+var announceScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[1])
+return now
+`)
+
+// publishScript publishes the invalidation of key ARGV[2] under the nonce
+// ARGV[3] on the channel ARGV[1], numbered by the sequence KEYS[2]; it
+// removes the announcement from KEYS[3] and copies the verifiers
+// registered in KEYS[1] whose deadlines are still ahead into the pending
+// set KEYS[4] (kept ARGV[4] ms). It returns the server's time, the
+// sequence number, and the verifiers with their deadlines. Nothing happens
+// in between: a verifier that registers afterwards was already subscribed
+// and receives the invalidation before any heartbeat of its can count.
 var publishScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%.0f', now), '+inf')
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return live
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', now), '+inf', 'WITHSCORES')
+local seq = redis.call('INCR', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+local ids = {}
+for i = 1, #live, 2 do
+  ids[#ids + 1] = live[i]
+  if #ids == 1000 then
+    redis.call('SADD', KEYS[4], unpack(ids))
+    ids = {}
+  end
+end
+if #ids > 0 then redis.call('SADD', KEYS[4], unpack(ids)) end
+if #live > 0 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. seq .. ' ' .. ARGV[3])
+return {now, seq, live}
 `)
 
-// heartbeatScript registers the instance ARGV[1] until ARGV[2] ms from now
+// ackScript acknowledges an invalidation for the verifier ARGV[1]: it
+// leaves the pending set KEYS[1], and the last to leave tells the waiting
+// changer through the list KEYS[2] (kept ARGV[2] ms).
+var ackScript = redis.NewScript(`
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 0
+`)
+
+// heartbeatScript registers the verifier ARGV[1] until ARGV[2] ms from now
 // by the server's clock, so that clock skew between hosts does not matter,
-// and forgets instances gone for a minute. It returns 1 when the instance
-// was not registered (the first time, or after a lapse, a failover or a
-// flush), 0 when it only moved the deadline.
+// and forgets verifiers and announcements a minute old. It returns whether
+// the verifier was not registered (the first time, or after a lapse, a
+// failover or a flush), the current sequence number, and the server time
+// of the newest announcement older than ARGV[3] ms that was never
+// published (0 when none).
 var heartbeatScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local added = redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - 60000))
-return added
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('(%.0f', now - 60000))
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local lost = redis.call('ZREVRANGEBYSCORE', KEYS[3], string.format('(%.0f', now - tonumber(ARGV[3])), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local lostAt = 0
+if #lost == 2 then lostAt = tonumber(lost[2]) end
+return {added, seq, lostAt}
 `)
 
 const (
-	// ackTTL is how long an acknowledgement list outlives its last push,
-	// for acknowledgements that come after the revoker stopped waiting.
-	ackTTL = time.Minute
-	// publishTimeout bounds the publish of an invalidation, which runs even
-	// when the caller's context is done: the change is already in Redis.
-	publishTimeout = 5 * time.Second
+	// publishBound is how long after its announcement a change keeps
+	// trying to publish its invalidation; verifiers treat an announcement
+	// older than that as lost and empty their caches.
+	publishBound = time.Second
+	// pendingTTL is how long the acknowledgement keys of one invalidation
+	// live.
+	pendingTTL = time.Minute
 	// deregisterTimeout bounds the removal of a verifier from the registry.
 	deregisterTimeout = time.Second
+	// withdrawTimeout bounds the removal of an announcement whose change
+	// found no key.
+	withdrawTimeout = time.Second
+	// maxBlock is the longest single BLPOP: go-redis's read timeout (3s by
+	// default) must cover it.
+	maxBlock = 900 * time.Millisecond
 	// Backoff between subscription attempts.
 	minBackoff = 10 * time.Millisecond
 	maxBackoff = 2 * time.Second
 )
 
-// invalidate publishes an invalidation of the key id and waits for the
-// acknowledgements of every registered verifier. It is the store's
-// afterChange: the change is already in Redis, so failures are logged and
-// counted, not returned.
-func (s *Store) invalidate(ctx context.Context, id string) {
+// ErrInvalidationUnconfirmed reports a change (revoke, update, delete) that
+// is stored but whose cache invalidation could not be confirmed: the
+// publish failed for [publishBound], or the caller's context ended while
+// waiting. Every verifier applies the change within its stale window (see
+// [VerifierOptions.SubscriptionStale]) plus a second; repeating the call
+// publishes again and succeeds once confirmed. It is not [ErrUnavailable]:
+// the change itself happened.
+var ErrInvalidationUnconfirmed = errors.New("keystore: cache invalidation unconfirmed")
+
+// announcement is a change announced in <ns>:{inv}:open.
+type announcement struct {
+	nonce string
+}
+
+// announce records a change about to be written to a key.
+func (s *Store) announce(ctx context.Context) (announcement, error) {
 	nonce, err := randomHex(16)
 	if err != nil {
-		s.opts.Logger.Error("publishing a cache invalidation", "id", id, "err", err)
-		return
+		return announcement{}, err
 	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
-	live, err := publishScript.Run(pctx, s.rdb, []string{s.names.verifiers()}, s.names.invalidate(), id+" "+nonce).StringSlice()
-	cancel()
+	if err := announceScript.Run(ctx, s.rdb, []string{s.names.open()}, nonce).Err(); err != nil {
+		return announcement{}, err
+	}
+	return announcement{nonce: nonce}, nil
+}
+
+// withdraw removes an announcement whose change found nothing to change.
+// If it cannot, verifiers empty their caches once, after publishBound.
+func (s *Store) withdraw(ctx context.Context, a announcement) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), withdrawTimeout)
+	defer cancel()
+	if err := s.rdb.ZRem(ctx, s.names.open(), a.nonce).Err(); err != nil {
+		s.opts.Logger.Debug("withdrawing a change announcement", "err", err)
+	}
+}
+
+// published is what publishScript returned.
+type published struct {
+	received time.Time        // local, when the reply came
+	now      int64            // server time of the publish, Unix ms
+	live     map[string]int64 // registered verifier -> deadline, server Unix ms
+}
+
+// invalidate publishes the invalidation of the key id, announced by a, and
+// waits until no verifier can serve the key's old state from its cache:
+// each has acknowledged, or its registration's deadline has passed. It
+// returns nil, or an error wrapping [ErrInvalidationUnconfirmed].
+func (s *Store) invalidate(ctx context.Context, id string, a announcement) error {
+	p, err := s.publish(ctx, id, a)
 	if err != nil {
 		s.metrics.errors.WithLabelValues(opInvalidate).Inc()
-		s.opts.Logger.Error("publishing a cache invalidation: verifiers may serve the key from their caches until their subscriptions go stale",
+		s.opts.Logger.Error("publishing a cache invalidation: the change is stored; verifiers apply it within their stale window",
 			"id", id, "err", err)
-		return
+		return fmt.Errorf("publishing the invalidation of %s: %w: %w", id, ErrInvalidationUnconfirmed, err)
 	}
 	wait := time.Duration(s.invalidationWait.Load())
-	if len(live) == 0 || wait < 0 {
-		return
+	if len(p.live) == 0 || wait < 0 {
+		return nil
 	}
 	start := time.Now()
-	missing, err := s.awaitAcks(ctx, s.names.ack(nonce), live, start.Add(wait))
+	missing, err := s.await(ctx, a.nonce, p, start.Add(wait))
 	waited := time.Since(start)
 	if s.waited != nil {
 		s.waited(waited, missing)
 	}
-	if len(missing) > 0 {
-		args := []any{"id", id, "waited", waited, "instances", missing}
-		if err != nil {
-			args = append(args, "err", err)
+	if err != nil {
+		return fmt.Errorf("waiting for verifiers to drop %s: %w: %w", id, ErrInvalidationUnconfirmed, err)
+	}
+	return nil
+}
+
+// publish runs publishScript until it succeeds or publishBound has passed.
+// The caller's cancellation does not stop it: the change is already
+// written. (A write slower than publishBound, under ReplicaWait say, makes
+// verifiers see its announcement as lost and empty their caches once:
+// harmless.)
+func (s *Store) publish(ctx context.Context, id string, a announcement) (*published, error) {
+	deadline := time.Now().Add(publishBound)
+	pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	n := s.names
+	keys := []string{n.verifiers(), n.seq(), n.open(), n.pending(a.nonce)}
+	for {
+		reply, err := publishScript.Run(pctx, s.rdb, keys, n.invalidate(), id, a.nonce, pendingTTL.Milliseconds()).Slice()
+		if err == nil {
+			return parsePublished(reply)
 		}
-		s.opts.Logger.Warn("verifiers did not acknowledge a cache invalidation", args...)
+		if pctx.Err() != nil {
+			return nil, err
+		}
+		select {
+		case <-pctx.Done():
+			return nil, err
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
 
-// awaitAcks pops acknowledgements from key until every instance of live has
-// answered or deadline has passed, and returns the instances that did not.
-func (s *Store) awaitAcks(ctx context.Context, key string, live []string, deadline time.Time) ([]string, error) {
-	pending := make(map[string]bool, len(live))
-	for _, id := range live {
-		pending[id] = true
+func parsePublished(reply []any) (*published, error) {
+	p := &published{received: time.Now()}
+	if len(reply) != 3 {
+		return nil, fmt.Errorf("publish script replied %d values", len(reply))
 	}
-	var err error
-	for len(pending) > 0 {
-		left := time.Until(deadline)
-		if left <= 0 {
-			break
-		}
-		var got []string
-		if left >= time.Second {
-			// BLPop extends the read timeout by the block time, but only
-			// takes whole seconds.
-			got, err = s.rdb.BLPop(ctx, time.Second, key).Result()
-		} else {
-			secs := strconv.FormatFloat(max(left.Seconds(), 0.001), 'f', 3, 64)
-			got, err = s.rdb.Do(ctx, "blpop", key, secs).StringSlice()
-		}
-		if errors.Is(err, redis.Nil) {
-			err = nil
-			continue
-		}
-		if err != nil {
-			s.metrics.errors.WithLabelValues(opInvalidate).Inc()
-			break
-		}
-		if len(got) == 2 {
-			delete(pending, got[1])
-		}
+	now, ok := reply[0].(int64)
+	live, ok2 := reply[2].([]any)
+	if !ok || !ok2 || len(live)%2 != 0 {
+		return nil, fmt.Errorf("publish script replied %T, %T", reply[0], reply[2])
 	}
-	missing := make([]string, 0, len(pending))
-	for id := range pending {
-		missing = append(missing, id)
+	p.now = now
+	p.live = make(map[string]int64, len(live)/2)
+	for i := 0; i < len(live); i += 2 {
+		id, _ := live[i].(string)
+		score, _ := live[i+1].(string)
+		deadline, err := strconv.ParseFloat(score, 64)
+		if id == "" || err != nil {
+			return nil, fmt.Errorf("publish script replied a bad registration %v %v", live[i], live[i+1])
+		}
+		p.live[id] = int64(deadline)
+	}
+	return p, nil
+}
+
+// lapse is when, by the local clock, the registration of a verifier that
+// publish read can no longer be in force. The deadline was read at the
+// server's time p.now, before the reply came: counting from the reply
+// errs on the late side.
+func (p *published) lapse(id string) time.Time {
+	return p.received.Add(time.Duration(p.live[id]-p.now) * time.Millisecond)
+}
+
+// await waits for the acknowledgements of the verifiers p read, until
+// ackDeadline; then for those that did not answer, until their
+// registrations lapse. It returns the verifiers that did not answer by
+// ackDeadline. It costs one BLPOP when every verifier answers in time, and
+// a SMEMBERS and at most a few more BLPOPs otherwise (one per maxBlock),
+// whatever the number of verifiers. An error means ctx ended first.
+func (s *Store) await(ctx context.Context, nonce string, p *published, ackDeadline time.Time) ([]string, error) {
+	var last time.Time
+	for id := range p.live {
+		last = latest(last, p.lapse(id))
+	}
+	done := s.names.done(nonce)
+	if s.blpopUntil(ctx, done, earliest(ackDeadline, last)) {
+		return nil, nil
+	}
+	// Some did not answer in time: name them, and wait for the last of
+	// their registrations to lapse (or for them to answer after all).
+	var missing []string
+	members, err := s.rdb.SMembers(ctx, s.names.pending(nonce)).Result()
+	if err != nil {
+		for id := range p.live {
+			missing = append(missing, id)
+		}
+	} else {
+		for _, id := range members {
+			if _, ok := p.live[id]; ok {
+				missing = append(missing, id)
+			}
+		}
 	}
 	slices.Sort(missing)
-	return missing, err
+	var lapse time.Time
+	for _, id := range missing {
+		lapse = latest(lapse, p.lapse(id))
+	}
+	if len(missing) > 0 {
+		s.opts.Logger.Warn("verifiers did not acknowledge a cache invalidation: waiting until their registrations lapse",
+			"instances", missing, "wait", time.Until(lapse).Round(time.Millisecond))
+	}
+	if !s.blpopUntil(ctx, done, lapse) {
+		// Nothing more to learn from Redis; the deadlines alone decide.
+		if err := sleepUntil(ctx, lapse); err != nil {
+			return missing, err
+		}
+	}
+	return missing, ctx.Err()
 }
 
-// liveness is what a verifier knows of its subscription. The hot path reads
-// two atomic pointers; the subscription goroutines change them under mu.
-// Times come from the store's clock and are compared with Sub and Before,
-// so that with [time.Now] a step of the wall clock changes nothing.
+// blpopUntil waits on the list key until deadline, in BLPOPs of at most
+// maxBlock, and reports whether an element came. It returns false at once
+// on a Redis error or when ctx ends.
+func (s *Store) blpopUntil(ctx context.Context, key string, deadline time.Time) bool {
+	for {
+		left := time.Until(deadline)
+		if left <= 0 || ctx.Err() != nil {
+			return false
+		}
+		secs := strconv.FormatFloat(max(min(left, maxBlock).Seconds(), 0.001), 'f', 3, 64)
+		_, err := s.rdb.Do(ctx, "blpop", key, secs).StringSlice()
+		if err == nil {
+			return true
+		}
+		if !errors.Is(err, redis.Nil) {
+			if ctx.Err() == nil {
+				s.metrics.errors.WithLabelValues(opInvalidate).Inc()
+			}
+			return false
+		}
+	}
+}
+
+func sleepUntil(ctx context.Context, t time.Time) error {
+	d := time.Until(t)
+	if d <= 0 {
+		return nil
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// liveness is what a verifier knows of its subscription and registration.
+// The hot path reads one atomic pointer; the subscription goroutines change
+// the rest under mu. Times come from the store's clock and are compared with
+// Before, so that with [time.Now] a step of the wall clock changes nothing.
 type liveness struct {
-	// proof is when the newest answered PING that counts was sent; nil
-	// when there is none.
-	proof atomic.Pointer[time.Time]
-	// regUntil is until when the instance is surely registered; nil when it
-	// is not.
-	regUntil atomic.Pointer[time.Time]
-	stale    time.Duration
+	// until is when the cache stops answering; nil when it may not.
+	until atomic.Pointer[time.Time]
+	hold  time.Duration       // how long past a heartbeat's sending it counts
+	flush func(reason string) // empties the cache
 
 	mu         sync.Mutex
 	subscribed bool
-	epoch      uint64     // answers to PINGs numbered below epoch do not count
-	pings      []sentPing // PINGs not answered yet, oldest first
-	lastSign   time.Time  // when the subscription last showed life
+	known      bool    // seq is meaningful
+	seq        uint64  // of the last invalidation received
+	lostAt     int64   // server time of the newest lost announcement handled
+	rounds     []round // heartbeats whose PING is not answered yet, oldest first
+	lastSign   time.Time
 }
 
-type sentPing struct {
-	seq  uint64
-	sent time.Time
+// round is one heartbeat and the PING sent after it.
+type round struct {
+	ping      uint64
+	sent      time.Time // when the heartbeat was sent
+	seqAtSend uint64    // the verifier's seq when it was sent
+	knewSeq   bool
+	beat      beat
 }
 
-// maxPendingPings bounds the PINGs remembered while none is answered; the
+// beat is what heartbeatScript returned.
+type beat struct {
+	added  bool   // the registration had lapsed, or is new
+	seq    uint64 // invalidations published so far
+	lostAt int64  // newest announcement never published, server Unix ms; 0 when none
+}
+
+// maxRounds bounds the heartbeats remembered while no PING is answered; the
 // subscription is closed as unresponsive long before it matters.
-const maxPendingPings = 64
+const maxRounds = 64
 
 // at reports whether the cache may answer at now.
 func (l *liveness) at(now time.Time) bool {
-	p, r := l.proof.Load(), l.regUntil.Load()
-	return p != nil && r != nil && now.Sub(*p) < l.stale && now.Before(*r)
+	u := l.until.Load()
+	return u != nil && now.Before(*u)
 }
-
-func (l *liveness) isLive() bool { return l.proof.Load() != nil }
 
 // reset forgets everything: a session begins or ended.
 func (l *liveness) reset(now time.Time) {
 	l.mu.Lock()
-	l.proof.Store(nil)
-	l.regUntil.Store(nil)
+	l.until.Store(nil)
 	l.subscribed = false
-	l.epoch = math.MaxUint64
-	l.pings = l.pings[:0]
+	l.known = false
+	l.rounds = l.rounds[:0]
 	l.lastSign = now
 	l.mu.Unlock()
 }
@@ -216,10 +436,12 @@ func (l *liveness) confirm(now time.Time) {
 	l.mu.Unlock()
 }
 
-func (l *liveness) isSubscribed() bool {
+// sequence returns what the verifier knows of the sequence, and whether it
+// is subscribed: a heartbeat is sent only then.
+func (l *liveness) sequence() (seq uint64, known, subscribed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.subscribed
+	return l.seq, l.known, l.subscribed
 }
 
 func (l *liveness) silentFor(now time.Time) time.Duration {
@@ -228,55 +450,98 @@ func (l *liveness) silentFor(now time.Time) time.Duration {
 	return now.Sub(l.lastSign)
 }
 
-// registered records a heartbeat sent at sent that succeeded; added tells
-// that the registry did not hold the instance. After a lapse (or the first
-// time), only PINGs from nextPing on prove liveness: those are answered
-// after every invalidation published before the registration.
-func (l *liveness) registered(sent time.Time, added bool, nextPing uint64, hold time.Duration) {
+// message records the invalidation numbered seq, received at now. Its key
+// is already dropped; a number other than the next one means invalidations
+// were missed (or the sequence went back in a failover): the whole cache
+// goes.
+func (l *liveness) message(seq uint64, now time.Time) {
 	l.mu.Lock()
-	if r := l.regUntil.Load(); added || r == nil || !sent.Before(*r) {
-		l.proof.Store(nil)
-		l.epoch = nextPing
+	defer l.mu.Unlock()
+	l.lastSign = now
+	if l.known && seq != l.seq+1 {
+		l.emptyLocked(flushGap)
 	}
-	until := sent.Add(hold)
-	l.regUntil.Store(&until)
+	l.seq, l.known = seq, true
+}
+
+// expect records a heartbeat that succeeded; r.ping is the PING about to
+// be sent after it.
+func (l *liveness) expect(r round) {
+	l.mu.Lock()
+	if len(l.rounds) == maxRounds {
+		l.rounds = append(l.rounds[:0], l.rounds[1:]...)
+	}
+	l.rounds = append(l.rounds, r)
 	l.mu.Unlock()
 }
 
-// pinging records that the PING numbered seq is sent at sent.
-func (l *liveness) pinging(seq uint64, sent time.Time) {
-	l.mu.Lock()
-	if len(l.pings) == maxPendingPings {
-		l.pings = append(l.pings[:0], l.pings[1:]...)
-	}
-	l.pings = append(l.pings, sentPing{seq, sent})
-	l.mu.Unlock()
-}
-
-// pong records the answer to the PING numbered seq.
-func (l *liveness) pong(seq uint64, now time.Time) {
+// pong records the answer to the PING numbered ping, received at now. If a
+// heartbeat preceded that PING, every invalidation published before the
+// heartbeat has been received by now (one connection delivers in order):
+// the verifier checks that it has, empties its cache if not, and only then
+// lets the cache answer until the heartbeat's sending plus hold.
+func (l *liveness) pong(ping uint64, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.lastSign = now
 	i := 0
-	for i < len(l.pings) && l.pings[i].seq < seq {
+	for i < len(l.rounds) && l.rounds[i].ping < ping {
 		i++
 	}
-	if i == len(l.pings) || l.pings[i].seq != seq {
-		l.pings = append(l.pings[:0], l.pings[i:]...)
+	if i == len(l.rounds) || l.rounds[i].ping != ping {
+		l.rounds = append(l.rounds[:0], l.rounds[i:]...)
 		return
 	}
-	sent := l.pings[i].sent
-	l.pings = append(l.pings[:0], l.pings[i+1:]...)
-	if p := l.proof.Load(); l.subscribed && seq >= l.epoch && (p == nil || sent.After(*p)) {
-		l.proof.Store(&sent)
+	r := l.rounds[i]
+	l.rounds = append(l.rounds[:0], l.rounds[i+1:]...)
+	if !l.subscribed {
+		return
+	}
+	b := r.beat
+	var reason string
+	switch {
+	case b.added:
+		// Unregistered for a while: changes may not have waited for us.
+		reason = flushLapse
+	case r.knewSeq && r.seqAtSend > b.seq:
+		// The sequence went back: a failover lost its latest values.
+		reason = flushSequence
+	case l.known && l.seq < b.seq:
+		// An invalidation published before the heartbeat never came.
+		reason = flushGap
+	case b.lostAt > l.lostAt:
+		// A change was written and its invalidation never published.
+		reason = flushUnpublished
+	}
+	if reason != "" {
+		l.emptyLocked(reason)
+	}
+	if !l.known || l.seq < b.seq || reason == flushSequence {
+		l.seq, l.known = b.seq, true
+	}
+	l.lostAt = max(l.lostAt, b.lostAt)
+	until := r.sent.Add(l.hold)
+	if u := l.until.Load(); u == nil || until.After(*u) {
+		l.until.Store(&until)
 	}
 }
 
-func (l *liveness) sign(now time.Time) {
-	l.mu.Lock()
-	l.lastSign = now
-	l.mu.Unlock()
+// Why a verifier emptied its whole cache, as keygate_cache_flushes_total
+// labels it.
+const (
+	flushSubscription = "subscription" // a subscription began or ended
+	flushGap          = "gap"          // an invalidation never came
+	flushSequence     = "sequence"     // the sequence went back (failover)
+	flushUnpublished  = "unpublished"  // a change was never published
+	flushLapse        = "lapse"        // the registration had lapsed
+	flushMalformed    = "malformed"    // an invalidation not understood
+)
+
+// emptyLocked empties the cache; mu is held.
+func (l *liveness) emptyLocked(reason string) {
+	if l.flush != nil {
+		l.flush(reason)
+	}
 }
 
 // subscription is one connection's worth of subscription.
@@ -294,9 +559,9 @@ func (v *Verifier) subscribe() {
 	for {
 		began := time.Now()
 		err := v.session()
-		wasLive := v.live.isLive()
+		wasLive := v.live.at(v.store.now())
 		v.live.reset(v.store.now())
-		v.cache.flush()
+		v.empty(flushSubscription)
 		v.deregister()
 		select {
 		case <-v.stop:
@@ -353,6 +618,9 @@ func (v *Verifier) receive(sub *subscription) error {
 		if err != nil {
 			return err
 		}
+		if v.beforeReceive != nil && !v.beforeReceive(msg) {
+			continue
+		}
 		now := v.store.now()
 		switch m := msg.(type) {
 		case *redis.Subscription:
@@ -363,7 +631,7 @@ func (v *Verifier) receive(sub *subscription) error {
 				return fmt.Errorf("subscription to %s ended: %s", m.Channel, m.Kind)
 			}
 			// Invalidations published before now may have been missed.
-			v.cache.flush()
+			v.empty(flushSubscription)
 			v.live.confirm(now)
 			v.sessions.Add(1)
 			select {
@@ -371,8 +639,7 @@ func (v *Verifier) receive(sub *subscription) error {
 			default:
 			}
 		case *redis.Message:
-			v.live.sign(now)
-			v.invalidated(m.Payload)
+			v.invalidated(m.Payload, now)
 		case *redis.Pong:
 			if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
 				v.live.pong(seq, now)
@@ -387,7 +654,7 @@ func (v *Verifier) receive(sub *subscription) error {
 func (v *Verifier) ping(sub *subscription) {
 	t := time.NewTicker(v.interval)
 	defer t.Stop()
-	var seq uint64
+	var ping uint64
 	for {
 		select {
 		case <-v.stop:
@@ -404,13 +671,15 @@ func (v *Verifier) ping(sub *subscription) {
 			sub.ps.Close()
 			return
 		}
-		seq++
-		if v.live.isSubscribed() {
-			v.heartbeat(now, seq)
+		ping++
+		if seq, known, subscribed := v.live.sequence(); subscribed {
+			sent := v.store.now()
+			if b, ok := v.heartbeat(); ok {
+				v.live.expect(round{ping: ping, sent: sent, seqAtSend: seq, knewSeq: known, beat: b})
+			}
 		}
-		v.live.pinging(seq, v.store.now())
 		ctx, cancel := context.WithTimeout(v.bg, v.opts.SubscriptionStale)
-		err := sub.ps.Ping(ctx, strconv.FormatUint(seq, 10))
+		err := sub.ps.Ping(ctx, strconv.FormatUint(ping, 10))
 		cancel()
 		if err != nil {
 			sub.ps.Close()
@@ -420,22 +689,23 @@ func (v *Verifier) ping(sub *subscription) {
 }
 
 // heartbeat registers the verifier for SubscriptionStale more, by the
-// server's clock. Locally it counts on three quarters of that, from before
-// the call.
-func (v *Verifier) heartbeat(sent time.Time, nextPing uint64) {
+// server's clock. Locally the registration counts for three quarters of
+// that, from before the call, once the PING after it is answered.
+func (v *Verifier) heartbeat() (beat, bool) {
 	ctx, cancel := context.WithTimeout(v.bg, v.opts.SubscriptionStale)
 	defer cancel()
-	ttl := v.opts.SubscriptionStale
-	added, err := heartbeatScript.Run(ctx, v.store.rdb, []string{v.store.names.verifiers()}, v.id, ttl.Milliseconds()).Int()
-	if err != nil {
+	n := v.store.names
+	reply, err := heartbeatScript.Run(ctx, v.store.rdb, []string{n.verifiers(), n.seq(), n.open()},
+		v.id, v.opts.SubscriptionStale.Milliseconds(), publishBound.Milliseconds()).Int64Slice()
+	if err != nil || len(reply) != 3 {
 		v.store.metrics.errors.WithLabelValues(opHeartbeat).Inc()
 		v.log.Debug("registering the verifier", "instance", v.id, "err", err)
-		return
+		return beat{}, false
 	}
-	v.live.registered(sent, added == 1, nextPing, ttl*3/4)
+	return beat{added: reply[0] == 1, seq: uint64(reply[1]), lostAt: reply[2]}, true
 }
 
-// deregister removes the verifier from the registry, so that revokers stop
+// deregister removes the verifier from the registry, so that changes stop
 // waiting for it. When it cannot, the registration lapses on its own.
 func (v *Verifier) deregister() {
 	ctx, cancel := context.WithTimeout(v.bg, deregisterTimeout)
@@ -445,15 +715,22 @@ func (v *Verifier) deregister() {
 	}
 }
 
-// invalidated handles an invalidation: drop, then acknowledge.
-func (v *Verifier) invalidated(payload string) {
-	id, nonce, ok := strings.Cut(payload, " ")
-	if !ok || !ValidID(id) || nonce == "" {
-		v.log.Debug("ignoring a malformed invalidation", "instance", v.id)
+// invalidated handles an invalidation "<key id> <seq> <nonce>": drop,
+// check the sequence, then acknowledge.
+func (v *Verifier) invalidated(payload string, now time.Time) {
+	id, rest, ok1 := strings.Cut(payload, " ")
+	seqText, nonce, ok2 := strings.Cut(rest, " ")
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if !ok1 || !ok2 || err != nil || !ValidID(id) || nonce == "" {
+		// Not from this version of keygate: drop everything rather than
+		// guess.
+		v.log.Warn("malformed cache invalidation: emptying the cache", "instance", v.id)
+		v.empty(flushMalformed)
 		return
 	}
 	kid := parseKeyID(id[len(idPrefix):])
 	v.cache.invalidate(&kid)
+	v.live.message(seq, now)
 	v.metrics.invalidations.Inc()
 	select {
 	case v.acks <- nonce:
@@ -461,7 +738,7 @@ func (v *Verifier) invalidated(payload string) {
 	}
 }
 
-// acknowledge pushes acknowledgements, as many as are waiting in one
+// acknowledge sends acknowledgements, as many as are waiting in one
 // pipeline.
 func (v *Verifier) acknowledge() {
 	defer v.wg.Done()
@@ -482,15 +759,8 @@ func (v *Verifier) acknowledge() {
 				break more
 			}
 		}
-		ctx, cancel := context.WithTimeout(v.bg, publishTimeout)
-		_, err := v.store.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, nonce := range batch {
-				key := v.store.names.ack(nonce)
-				p.RPush(ctx, key, v.id)
-				p.PExpire(ctx, key, ackTTL)
-			}
-			return nil
-		})
+		ctx, cancel := context.WithTimeout(v.bg, v.opts.SubscriptionStale)
+		err := v.ack(ctx, batch)
 		cancel()
 		if err != nil {
 			v.store.metrics.errors.WithLabelValues(opAck).Inc()
@@ -499,8 +769,31 @@ func (v *Verifier) acknowledge() {
 	}
 }
 
-// newInstanceID names a verifier in the registry and in revokers' logs:
-// host, process and a random part.
+// ack acknowledges the invalidations of nonces in one pipeline of EVALSHA,
+// loading the script first if Redis does not have it (a pipeline cannot
+// fall back to EVAL command by command).
+func (v *Verifier) ack(ctx context.Context, nonces []string) error {
+	n := v.store.names
+	run := func() error {
+		_, err := v.store.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, nonce := range nonces {
+				ackScript.EvalSha(ctx, p, []string{n.pending(nonce), n.done(nonce)}, v.id, pendingTTL.Milliseconds())
+			}
+			return nil
+		})
+		return err
+	}
+	err := run()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err = ackScript.Load(ctx, v.store.rdb).Err(); err == nil {
+			err = run()
+		}
+	}
+	return err
+}
+
+// newInstanceID names a verifier in the registry and in the warnings of
+// changes it did not answer: host, process and a random part.
 func newInstanceID() (string, error) {
 	r, err := randomHex(4)
 	if err != nil {

@@ -47,7 +47,7 @@ func (l *lastUsed) putBack(batch map[string]int64) {
 var touchScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], 'lu')
 if not cur then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 0 end
 elseif tonumber(cur) >= tonumber(ARGV[1]) then
   return 0
 end

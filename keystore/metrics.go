@@ -41,6 +41,7 @@ type verifierMetrics struct {
 	verifications *prometheus.CounterVec   // result, source
 	duration      *prometheus.HistogramVec // cache: hit, miss
 	invalidations prometheus.Counter
+	flushes       *prometheus.CounterVec // reason
 	entries       prometheus.Gauge
 
 	bySource [len(sources)][len(outcomes)]prometheus.Counter
@@ -65,6 +66,11 @@ func newVerifierMetrics(reg prometheus.Registerer) (*verifierMetrics, error) {
 		Name:      "cache_invalidations_total",
 		Help:      "Cache invalidations handled, one per revoke, update or delete and verifier.",
 	})
+	flushes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "keygate",
+		Name:      "cache_flushes_total",
+		Help:      "Whole-cache flushes of verifiers, by reason: subscription, gap, sequence, unpublished, lapse, malformed.",
+	}, []string{"reason"})
 	entries := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "keygate",
 		Name:      "cache_entries",
@@ -79,6 +85,9 @@ func newVerifierMetrics(reg prometheus.Registerer) (*verifierMetrics, error) {
 		return nil, err
 	}
 	if m.invalidations, err = register(reg, invalidations); err != nil {
+		return nil, err
+	}
+	if m.flushes, err = register(reg, flushes); err != nil {
 		return nil, err
 	}
 	if m.entries, err = register(reg, entries); err != nil {

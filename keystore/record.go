@@ -28,6 +28,7 @@ const (
 	fReason      = "rr" // revocation reason
 	fLastUsedAt  = "lu"
 	fDigest      = "h" // 32 raw bytes of SHA-256 or HMAC-SHA-256
+	fDeleted     = "x" // "1" in the tombstone a delete leaves, with fSubject only
 )
 
 // record is a key as stored: the key and the digest of its secret.
@@ -70,7 +71,7 @@ func (r *record) fields() []any {
 // decodeRecord builds the record with the given ID from its hash fields, with
 // Expired computed against now. It reports false for an empty hash (no key).
 func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool) {
-	if len(h) == 0 {
+	if _, deleted := h[fDeleted]; len(h) == 0 || deleted {
 		return nil, false
 	}
 	k := &APIKey{

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,11 +32,15 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives failures of background work. Default slog.Default().
 	Logger *slog.Logger
-	// InvalidationWait bounds how long [Store.Revoke], [Store.Update] and
-	// [Store.Delete] wait for every live [Verifier], in any process, to
-	// acknowledge that it dropped the key from its cache (CONTRACT.md §3,
-	// KEYGATE_INVALIDATION_WAIT). Default 250ms; negative publishes the
-	// invalidation without waiting.
+	// InvalidationWait is how long [Store.Revoke], [Store.Update] and
+	// [Store.Delete] wait for every registered [Verifier], in any process,
+	// to acknowledge that it dropped the key (KEYGATE_INVALIDATION_WAIT).
+	// Default 250ms. A verifier that has not answered by then is named in a
+	// warning, and waited for until its registration lapses (at most its
+	// [VerifierOptions.SubscriptionStale]): only then does the call return.
+	// Negative publishes the invalidation without waiting at all, which
+	// gives up the guarantee of docs/revocation.md; it exists for tools
+	// that only write.
 	InvalidationWait time.Duration
 	// Registerer receives the store's metrics: keygate_last_used_flushes_total
 	// and keygate_store_errors_total{op}. Default: none.
@@ -84,9 +87,10 @@ const defaultInvalidationWait = 250 * time.Millisecond
 // when Redis cannot be reached. [Store.Verify] adds [ErrMalformed],
 // [ErrRevoked] and [ErrExpired].
 //
-// Revoke, Update and Delete publish an invalidation that every live
-// [Verifier] sharing the Redis (in this process or another) acknowledges
-// before they return; see [Options.InvalidationWait].
+// Revoke, Update and Delete return only once no [Verifier] sharing the
+// Redis (in this process or another) can admit the key beyond its new
+// state; see docs/revocation.md. When that cannot be confirmed they return
+// an error wrapping [ErrInvalidationUnconfirmed]: the change is stored.
 type Store struct {
 	rdb      redis.UniversalClient
 	opts     Options
@@ -104,9 +108,6 @@ type Store struct {
 	closeErr error
 	closing  sync.Once
 
-	// afterChange runs once a key has been revoked, updated or deleted,
-	// before the call returns: [Store.invalidate], unless a test replaces it.
-	afterChange func(ctx context.Context, id string)
 	// waited, when set (by tests), learns how long each invalidation waited
 	// for acknowledgements and which instances did not answer.
 	waited func(d time.Duration, missing []string)
@@ -133,7 +134,6 @@ func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
 		done:    make(chan struct{}),
 	}
 	s.invalidationWait.Store(int64(opts.InvalidationWait))
-	s.afterChange = s.invalidate
 	s.lastUsed.pending = make(map[string]int64)
 	if opts.LastUsedFlush > 0 {
 		go s.flushLoop(opts.LastUsedFlush)
@@ -171,16 +171,22 @@ func (n keyNames) record(id string) string       { return n.ns + ":key:" + id }
 func (n keyNames) subject(subject string) string { return n.ns + ":subject:" + subject }
 func (n keyNames) all() string                   { return n.ns + ":keys" }
 func (n keyNames) invalidate() string            { return n.ns + ":invalidate" }
-func (n keyNames) verifiers() string             { return n.ns + ":verifiers" }
-func (n keyNames) ack(nonce string) string       { return n.ns + ":ack:" + nonce }
+
+// The invalidation keys share the hash tag {inv}: scripts touch several.
+func (n keyNames) inv() string                 { return n.ns + ":{inv}:" }
+func (n keyNames) verifiers() string           { return n.inv() + "verifiers" }
+func (n keyNames) seq() string                 { return n.inv() + "seq" }
+func (n keyNames) open() string                { return n.inv() + "open" }
+func (n keyNames) pending(nonce string) string { return n.inv() + "pending:" + nonce }
+func (n keyNames) done(nonce string) string    { return n.inv() + "done:" + nonce }
 
 // IsEphemeral reports whether the Redis key belongs to the invalidation
-// machinery of the namespace (verifier registry, acknowledgements): state
-// that the verifiers recreate when they start, which a persistence layer
-// need not save. Everything else in the namespace is durable.
+// machinery of the namespace (verifier registry, sequence, announcements,
+// acknowledgements): state that verifiers recreate when they start, which
+// a persistence layer of a single process need not save. Everything else
+// in the namespace is durable.
 func IsEphemeral(namespace, key string) bool {
-	n := keyNames{namespace}
-	return key == n.verifiers() || strings.HasPrefix(key, n.ns+":ack:")
+	return strings.HasPrefix(key, keyNames{namespace}.inv())
 }
 
 // Create stores a new key and returns it with its secret, which is shown
@@ -453,7 +459,7 @@ func (s *Store) loadEntries(ctx context.Context, index string, entries []redis.Z
 }
 
 var updateScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 's') ~= ARGV[1] then return -1 end
 local n = tonumber(ARGV[3])
 local set = {'ua', ARGV[2]}
@@ -505,16 +511,20 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 	}
 	args := append([]any{p.Subject, now, len(set) / 2}, set...)
 	args = append(args, del...)
-	reply, err := updateScript.Run(ctx, s.writer(), []string{s.names.record(id)}, args...).Result()
-	if err != nil {
-		return nil, s.unavailable(opUpdate, "updating key "+id, err)
-	}
-	rec, err := s.scriptRecord(id, reply)
-	if err != nil {
-		return nil, err
-	}
-	s.changed(ctx, id)
-	return rec.key, nil
+	var key *APIKey
+	err := s.change(ctx, id, opUpdate, "updating key "+id, func() error {
+		reply, err := updateScript.Run(ctx, s.writer(), []string{s.names.record(id)}, args...).Result()
+		if err != nil {
+			return s.unavailable(opUpdate, "updating key "+id, err)
+		}
+		rec, err := s.scriptRecord(id, reply)
+		if err != nil {
+			return err
+		}
+		key = rec.key
+		return nil
+	})
+	return key, err
 }
 
 // scriptRecord decodes a script's reply: 0 for no key, -1 for a subject
@@ -537,7 +547,7 @@ func (s *Store) scriptRecord(id string, reply any) (*record, error) {
 }
 
 var revokeScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 0 end
 if redis.call('HGET', KEYS[1], 'r') ~= '1' then
   redis.call('HSET', KEYS[1], 'r', '1', 'ua', ARGV[1])
   if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'rr', ARGV[3]) end
@@ -561,56 +571,96 @@ func (s *Store) Revoke(ctx context.Context, id string, reason *string) (*APIKey,
 	if reason != nil && *reason != "" { // an empty reason is no reason, stored as null
 		hasReason, text = "1", *reason
 	}
-	reply, err := revokeScript.Run(ctx, s.writer(), []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
-	if err != nil {
-		return nil, s.unavailable(opRevoke, "revoking key "+id, err)
-	}
-	rec, err := s.scriptRecord(id, reply)
-	if err != nil {
-		return nil, err
-	}
-	s.changed(ctx, id)
-	return rec.key, nil
+	var key *APIKey
+	err := s.change(ctx, id, opRevoke, "revoking key "+id, func() error {
+		reply, err := revokeScript.Run(ctx, s.writer(), []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
+		if err != nil {
+			return s.unavailable(opRevoke, "revoking key "+id, err)
+		}
+		rec, err := s.scriptRecord(id, reply)
+		if err != nil {
+			return err
+		}
+		key = rec.key
+		return nil
+	})
+	return key, err
 }
 
+// deleteScript replaces a record with a tombstone that keeps only the
+// subject, for ARGV[1] ms, and returns the subject; nil when there was no
+// record. Deleting a tombstone returns its subject again, so that a delete
+// that is repeated (by the caller, or by go-redis after a timeout) still
+// cleans the index and publishes its invalidation.
 var deleteScript = redis.NewScript(`
 local subject = redis.call('HGET', KEYS[1], 's')
 if not subject then return false end
-redis.call('DEL', KEYS[1])
+if redis.call('HEXISTS', KEYS[1], 'x') == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'x', '1', 's', subject)
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
 return subject
 `)
 
-// Delete removes a key for good. Like [Store.Update], it returns once every
-// live [Verifier] has dropped the key from its cache.
+// tombstoneTTL is how long a deleted key's tombstone lasts: how long
+// deleting it again answers as a success rather than [ErrNotFound].
+const tombstoneTTL = 24 * time.Hour
+
+// Delete removes a key for good. Like [Store.Update], it returns once no
+// [Verifier] can still admit the key. Deleting a key deleted less than a
+// day ago succeeds again (and publishes again).
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if !ValidID(id) {
 		return ErrNotFound
 	}
-	// Record first, index entries second: a crash in between leaves index
-	// entries that listing skips and removes.
-	subject, err := deleteScript.Run(ctx, s.writer(), []string{s.names.record(id)}).Text()
-	if errors.Is(err, redis.Nil) {
-		return ErrNotFound
-	}
-	if err != nil {
-		return s.unavailable(opDelete, "deleting key "+id, err)
-	}
-	s.changed(ctx, id)
-	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRem(ctx, s.names.subject(subject), id)
-		p.ZRem(ctx, s.names.all(), id)
+	var subject string
+	err := s.change(ctx, id, opDelete, "deleting key "+id, func() error {
+		// Record first, index entries second: a crash in between leaves
+		// index entries that listing skips and removes.
+		var err error
+		subject, err = deleteScript.Run(ctx, s.writer(), []string{s.names.record(id)}, tombstoneTTL.Milliseconds()).Text()
+		if errors.Is(err, redis.Nil) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return s.unavailable(opDelete, "deleting key "+id, err)
+		}
 		return nil
-	}); err != nil {
-		// The key is gone; the entries left behind are removed by listing.
-		s.opts.Logger.Warn("removing index entries of a deleted key", "id", id, "err", err)
+	})
+	if subject != "" {
+		if _, perr := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.ZRem(ctx, s.names.subject(subject), id)
+			p.ZRem(ctx, s.names.all(), id)
+			return nil
+		}); perr != nil {
+			// The key is gone; the entries left behind are removed by listing.
+			s.opts.Logger.Warn("removing index entries of a deleted key", "id", id, "err", perr)
+		}
 	}
-	return nil
+	return err
 }
 
-func (s *Store) changed(ctx context.Context, id string) {
-	if s.afterChange != nil {
-		s.afterChange(ctx, id)
+// change applies write, a change to the key id, so that once it returns no
+// [Verifier] admits the key beyond its new state: announce, write, publish,
+// wait (see invalidation.go). write's error comes back as it is; a change
+// that found no key is withdrawn and publishes nothing. op and doing name
+// the call in metrics and errors.
+func (s *Store) change(ctx context.Context, id, op, doing string, write func() error) error {
+	a, err := s.announce(ctx)
+	if err != nil {
+		return s.unavailable(op, doing, err)
 	}
+	if err := write(); err != nil {
+		if !errors.Is(err, ErrUnavailable) {
+			s.withdraw(ctx, a)
+		}
+		// An unavailable write may have happened all the same: its
+		// announcement stays, and the verifiers empty their caches once it
+		// is publishBound old.
+		return err
+	}
+	return s.invalidate(ctx, id, a)
 }
 
 // unavailable counts a failed Redis operation under op and wraps err so
@@ -628,5 +678,3 @@ func nonEmpty(p *string) *string {
 	v := *p
 	return &v
 }
-
-func formatMillis(ms int64) string { return strconv.FormatInt(ms, 10) }

@@ -281,8 +281,11 @@ func TestLastUsedIsBatched(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.store.FlushLastUsed(ctx)
-		if n, _ := e.rdb.Exists(ctx, e.store.names.record(k.ID)).Result(); n != 0 {
-			t.Fatal("flush recreated a deleted key")
+		if _, err := e.store.Get(ctx, k.ID); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Get after a flush of a deleted key = %v, want ErrNotFound", err)
+		}
+		if h, _ := e.rdb.HGetAll(ctx, e.store.names.record(k.ID)).Result(); h[fLastUsedAt] != "" || h[fName] != "" {
+			t.Fatalf("flush wrote to a deleted key's tombstone: %v", h)
 		}
 	})
 }
@@ -418,8 +421,23 @@ func TestDelete(t *testing.T) {
 		if _, err := e.store.Verify(ctx, k.Secret); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("Verify(deleted) = %v", err)
 		}
-		if err := e.store.Delete(ctx, k.ID); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("second Delete = %v", err)
+		// Repeating a delete succeeds (and publishes again) while the
+		// tombstone lasts; a key that never was is not found.
+		if err := e.store.Delete(ctx, k.ID); err != nil {
+			t.Fatalf("second Delete = %v, want success", err)
+		}
+		if ttl, _ := e.rdb.PTTL(ctx, e.store.names.record(k.ID)).Result(); ttl <= 0 || ttl > tombstoneTTL {
+			t.Fatalf("tombstone TTL = %v, want (0, %v]", ttl, tombstoneTTL)
+		}
+		for _, f := range []func() error{
+			func() error { _, err := e.store.Revoke(ctx, k.ID, nil); return err },
+			func() error { _, err := e.store.Update(ctx, k.ID, UpdateParams{}); return err },
+			func() error { _, err := e.store.Get(ctx, k.ID); return err },
+			func() error { return e.store.Delete(ctx, "ak_"+strings.Repeat("0", 32)) },
+		} {
+			if err := f(); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("on a deleted or unknown key: %v, want ErrNotFound", err)
+			}
 		}
 		for _, index := range []string{e.store.names.all(), e.store.names.subject("s")} {
 			if n, _ := e.rdb.ZCard(ctx, index).Result(); n != 0 {

@@ -56,10 +56,14 @@ type VerifierOptions struct {
 	// [Options.InvalidationWait]: how long revoke, update and delete wait
 	// for every verifier to acknowledge an invalidation (default 250ms).
 	InvalidationWait time.Duration
-	// SubscriptionStale is how old the last proof of a live invalidation
-	// subscription may be before the cache is bypassed
-	// (KEYGATE_SUBSCRIPTION_STALE). Default 2s. The verifier proves its
-	// subscription every quarter of it, at most every second.
+	// SubscriptionStale (KEYGATE_SUBSCRIPTION_STALE) bounds how long the
+	// cache answers without a fresh proof that the verifier is registered
+	// and has received every invalidation: the verifier heartbeats every
+	// quarter of it (at most every second), each heartbeat registering it
+	// for SubscriptionStale by the Redis server's clock and letting the
+	// cache answer for three quarters of that. It is also the longest a
+	// revoke, update or delete waits for a verifier that does not answer.
+	// Default 2s.
 	SubscriptionStale time.Duration
 	// Registerer receives the verifier's metrics: keygate_verifications_total,
 	// keygate_verification_duration_seconds, keygate_cache_invalidations_total
@@ -92,12 +96,13 @@ func (o VerifierOptions) withDefaults() VerifierOptions {
 // It caches the records of the keys it verified, by key ID, for at most
 // [VerifierOptions.CacheTTL], and still decides every call afresh: the
 // secret's digest is compared in constant time, and revocation and expiry
-// are checked against the store's clock. Revoke, Update and Delete on any
-// [Store] sharing the Redis drop the key from every verifier's cache before
-// they return (see [Options.InvalidationWait]); a verifier whose
-// subscription to those invalidations is not proven live within
-// [VerifierOptions.SubscriptionStale] reads Redis on every call instead.
-// Unknown key IDs are not cached. Malformed secrets never reach Redis.
+// are checked against the store's clock. Once Revoke, Update or Delete on
+// any [Store] sharing the Redis has returned, no verifier answers from an
+// older copy of the key: the cache answers only while a heartbeat proves,
+// within [VerifierOptions.SubscriptionStale], that the verifier is
+// registered and missed no invalidation (docs/revocation.md); otherwise
+// every call reads Redis. Unknown key IDs are not cached. Malformed secrets
+// never reach Redis.
 type Verifier struct {
 	store   *Store
 	opts    VerifierOptions
@@ -125,6 +130,9 @@ type Verifier struct {
 	// afterLoad, when set (by tests), runs between loading a record and
 	// caching it.
 	afterLoad func()
+	// beforeReceive, when set (by tests), sees each message of the
+	// subscription first; false drops it, as a lossy network would.
+	beforeReceive func(msg any) bool
 }
 
 // maxLoadsOnWire is how many cache-miss loads (single, or pipelines of
@@ -167,7 +175,8 @@ func NewVerifier(store *Store, opts VerifierOptions) (*Verifier, error) {
 		bg:        context.WithValue(context.Background(), backgroundKey{}, true),
 		stop:      make(chan struct{}),
 	}
-	v.live.stale = opts.SubscriptionStale
+	v.live.hold = opts.SubscriptionStale * 3 / 4
+	v.live.flush = v.empty
 	v.live.reset(store.now())
 	if opts.CacheTTL > 0 {
 		v.cache = newCache(opts.CacheSize, opts.CacheTTL, m.entries)
@@ -292,6 +301,12 @@ func (v *Verifier) fill(ctx context.Context, idHex string, kid *keyID, now time.
 		v.cache.insert(kid, e, gen)
 	}
 	return e, nil
+}
+
+// empty drops the whole cache and counts why.
+func (v *Verifier) empty(reason string) {
+	v.cache.flush()
+	v.metrics.flushes.WithLabelValues(reason).Inc()
 }
 
 // Ready reports whether the verifier can answer as the contract says: Redis

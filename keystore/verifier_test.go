@@ -374,38 +374,67 @@ func TestCacheGeneration(t *testing.T) {
 }
 
 // TestLiveness walks the state that decides whether the cache may answer.
+// TestLiveness walks the verifier's liveness through heartbeats, PINGs and
+// invalidations: the cache answers only after a heartbeat's PING came back
+// with every invalidation up to the heartbeat's sequence received, and only
+// for hold past the heartbeat's sending; each way of missing an
+// invalidation empties the cache.
 func TestLiveness(t *testing.T) {
 	t0 := time.UnixMilli(1_750_000_000_000)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	const hold = 1500 * time.Millisecond
-	var l liveness
-	l.stale = 2 * time.Second
+	var flushes []string
+	l := liveness{hold: hold, flush: func(r string) { flushes = append(flushes, r) }}
 	l.reset(t0)
+	var ping uint64
+	// beatAt runs one heartbeat sent at d, whose PING is answered.
+	beatAt := func(d time.Duration, b beat) {
+		ping++
+		seq, known, _ := l.sequence()
+		l.expect(round{ping: ping, sent: at(d), seqAtSend: seq, knewSeq: known, beat: b})
+		l.pong(ping, at(d))
+	}
 	steps := []struct {
-		name string
-		do   func()
-		now  time.Duration
-		want bool
+		name  string
+		do    func()
+		now   time.Duration
+		want  bool
+		flush string // the reason of a flush the step causes, if any
 	}{
-		{"new", func() {}, 0, false},
-		{"answered before confirmation", func() { l.pinging(1, t0); l.pong(1, t0) }, 0, false},
-		{"confirmed, not registered", func() { l.confirm(t0); l.pinging(2, t0); l.pong(2, t0) }, 0, false},
-		{"registered, PING from before", func() { l.registered(t0, true, 4, hold); l.pinging(3, t0); l.pong(3, t0) }, 0, false},
-		{"registered and proven", func() { l.pinging(4, t0); l.pong(4, t0) }, 0, true},
-		{"proof almost stale", func() {}, 1499 * time.Millisecond, true},
-		{"registration held locally no longer", func() {}, hold, false},
-		{"heartbeat after the lapse", func() { l.registered(at(hold), false, 5, hold) }, hold, false},
-		{"proven again", func() { l.pinging(5, at(hold)); l.pong(5, at(hold)) }, hold, true},
-		{"registration lost behind its back", func() { l.registered(at(hold+time.Second), true, 6, hold) }, hold + time.Second, false},
-		{"proven after it", func() { l.pinging(6, at(hold+time.Second)); l.pong(6, at(hold+time.Second)) }, hold + time.Second, true},
-		{"heartbeat only moves the deadline", func() { l.registered(at(hold+2*time.Second), false, 7, hold) }, hold + 3*time.Second - time.Millisecond, true},
-		{"proof stale", func() {}, hold + 3*time.Second, false},
-		{"session over", func() { l.reset(at(hold)) }, hold + time.Second, false},
+		{"new", func() {}, 0, false, ""},
+		{"answered before confirmation", func() { beatAt(0, beat{added: true, seq: 5}) }, 0, false, ""},
+		{"first heartbeat", func() { l.confirm(t0); beatAt(0, beat{added: true, seq: 5}) }, 0, true, flushLapse},
+		{"held", func() {}, hold - time.Millisecond, true, ""},
+		{"not past hold", func() {}, hold, false, ""},
+		{"next heartbeat, in sequence", func() { l.message(6, at(hold)); beatAt(hold, beat{seq: 6}) }, hold, true, ""},
+		{"a PING without a heartbeat proves nothing more", func() { ping++; l.pong(ping, at(2*hold)) }, 2 * hold, false, ""},
+		{"a gap between messages", func() { l.message(8, at(2*hold)) }, 2 * hold, false, flushGap},
+		{"a heartbeat ahead of the messages", func() { beatAt(2*hold, beat{seq: 9}) }, 2 * hold, true, flushGap},
+		{"in step again", func() { l.message(10, at(2*hold)); beatAt(2*hold, beat{seq: 10}) }, 2 * hold, true, ""},
+		{"the sequence went back", func() { beatAt(3*hold, beat{seq: 4}) }, 3 * hold, true, flushSequence},
+		{"and goes on from there", func() { l.message(5, at(3*hold)); beatAt(3*hold, beat{seq: 5}) }, 3 * hold, true, ""},
+		{"an unpublished change", func() { beatAt(4*hold, beat{seq: 5, lostAt: 42}) }, 4 * hold, true, flushUnpublished},
+		{"seen once only", func() { beatAt(4*hold, beat{seq: 5, lostAt: 42}) }, 4 * hold, true, ""},
+		{"registration lost behind its back", func() { beatAt(5*hold, beat{added: true, seq: 5, lostAt: 42}) }, 5 * hold, true, flushLapse},
+		{"a late PONG extends from its heartbeat, not from now", func() {
+			ping++
+			l.expect(round{ping: ping, sent: at(6 * hold), seqAtSend: 5, knewSeq: true, beat: beat{seq: 5}})
+			l.pong(ping, at(7*hold))
+		}, 7 * hold, false, ""},
+		{"session over", func() { l.reset(at(8 * hold)) }, 8 * hold, false, ""},
 	}
 	for _, st := range steps {
+		flushes = flushes[:0]
 		st.do()
 		if got := l.at(at(st.now)); got != st.want {
 			t.Fatalf("%s: live = %v, want %v", st.name, got, st.want)
+		}
+		want := []string{}
+		if st.flush != "" {
+			want = []string{st.flush}
+		}
+		if !slices.Equal(append([]string{}, flushes...), want) {
+			t.Fatalf("%s: flushes %v, want %v", st.name, flushes, want)
 		}
 	}
 }
@@ -614,7 +643,7 @@ func TestSubscriptionHangs(t *testing.T) {
 	var logs syncbuf.Buffer
 	a := newEnv(t, direct, func(o *Options) { o.Logger = logTo(&logs) })
 	waits := recordWaits(a.store)
-	viaProxy := redis.NewClient(redistest.ClientOptions(proxy.addr))
+	viaProxy := redis.NewClient(redistest.ClientOptions(proxy.Addr))
 	t.Cleanup(func() { viaProxy.Close() })
 	b := newEnv(t, viaProxy)
 	ctx := context.Background()
@@ -626,7 +655,7 @@ func TestSubscriptionHangs(t *testing.T) {
 		t.Fatal("precondition: key not cached")
 	}
 
-	if n := proxy.freezeSubscribers(); n != 1 {
+	if n := proxy.FreezeSubscribers(); n != 1 {
 		t.Fatalf("froze %d subscriber connections, want 1", n)
 	}
 	n := v.sessions.Load()
@@ -661,7 +690,7 @@ func TestRevokeWaitsOnlyForRegisteredInstances(t *testing.T) {
 	waits := recordWaits(e.store)
 	ctx := context.Background()
 	now := time.Now()
-	mr.ZAdd(e.store.names.verifiers(), float64(now.Add(time.Hour).UnixMilli()), "ghost")
+	mr.ZAdd(e.store.names.verifiers(), float64(now.Add(300*time.Millisecond).UnixMilli()), "ghost")
 	mr.ZAdd(e.store.names.verifiers(), float64(now.Add(-time.Second).UnixMilli()), "departed")
 
 	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s"})

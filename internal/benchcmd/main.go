@@ -58,6 +58,8 @@ var measures = []measure{
 	{"sidecar", sidecarLoad},
 	{"forward-auth", forwardAuthLoad},
 	{"revoke", revokeLatency},
+	{"revoke-fleet", revokeFleet},
+	{"revoke-frozen", revokeFrozen},
 	{"last-used", lastUsedWrites},
 	{"memory", memoryAndList},
 }

@@ -27,6 +27,12 @@ func toAPIError(err error) *apierror.Error {
 	case errors.Is(err, keystore.ErrNotFound):
 		return &apierror.Error{Status: http.StatusNotFound, Code: "resource_not_found",
 			Message: "not found", LongMessage: "no API key with this ID", Err: err}
+	case errors.Is(err, keystore.ErrInvalidationUnconfirmed):
+		return &apierror.Error{Status: http.StatusServiceUnavailable, Code: "invalidation_unconfirmed",
+			Message: "invalidation unconfirmed",
+			LongMessage: "the change is stored, but not every verifier could be confirmed to have dropped its cached copy; " +
+				"every verifier applies it within its stale window; repeat the call to publish again",
+			RetryAfter: retryAfterSeconds, Err: err}
 	}
 	return &apierror.Error{Status: http.StatusServiceUnavailable, Code: "store_unavailable",
 		Message: "store unavailable", LongMessage: "the key store cannot be reached; retry later",

@@ -2,10 +2,15 @@ package clustertest
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/keystore"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -63,4 +68,125 @@ func TestSentinel(t *testing.T) {
 			},
 		})
 	})
+}
+
+// TestSentinelFailoverBeforePublish kills the master between a revoke's
+// write (confirmed by a replica: ReplicaWait) and its publish. The revoke
+// answers an error (unconfirmed or unavailable) until the replica has taken
+// over, then, repeated, succeeds; no verification begun after that success
+// admits the key.
+func TestSentinelFailoverBeforePublish(t *testing.T) {
+	t.Parallel()
+	s := redistest.StartSentinel(t)
+	ctx := context.Background()
+	const ns = "kg-publish-failover"
+	addrs := s.SentinelAddrs()
+	a := newInstance(t, s.NewClient(t, addrs[0], addrs[1], addrs[2]), ns)
+	b := newInstance(t, s.NewClient(t, addrs[1], addrs[2], addrs[0]), ns)
+	victim := s.Master
+	var killed atomic.Bool
+	admin := s.NewClient(t, addrs[2], addrs[0], addrs[1])
+	admin.AddHook(beforeCommand{arg: ns + ":invalidate", run: func() {
+		if killed.CompareAndSwap(false, true) {
+			victim.Stop()
+		}
+	}})
+	store, _ := newStore(t, admin, ns, func(o *keystore.Options) { o.ReplicaWait = time.Second })
+
+	k, err := store.Create(ctx, keystore.CreateParams{Name: "failover", Subject: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []*instance{a, b} {
+		if _, err := in.verifier.Verify(ctx, k.Secret, keystore.SourceSidecar); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		changed, after, admitted atomic.Int64
+		stop                     = make(chan struct{})
+		wg                       sync.WaitGroup
+	)
+	for _, in := range []*instance{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+				began := changed.Load()
+				_, err := in.verifier.Verify(ctx, k.Secret, keystore.SourceSidecar)
+				if began == 1 {
+					after.Add(1)
+					if err == nil {
+						admitted.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+
+	start := time.Now()
+	var failures []string
+	for {
+		_, err := store.Revoke(ctx, k.ID, nil)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, keystore.ErrInvalidationUnconfirmed) && !errors.Is(err, keystore.ErrUnavailable) {
+			t.Fatalf("Revoke during the failover = %v", err)
+		}
+		failures = append(failures, err.Error())
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("no revoke succeeded in 30s: %v", failures)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	changed.Store(1)
+	took := time.Since(start)
+	if !killed.Load() {
+		t.Fatal("the master was never killed: this test measured nothing")
+	}
+	if len(failures) == 0 {
+		t.Fatal("the first revoke succeeded although its publish met a dead master")
+	}
+	time.Sleep(time.Second)
+	if n := admitted.Load(); n > 0 {
+		t.Fatalf("%d of %d verifications begun after the revoke succeeded admitted the key", n, after.Load())
+	}
+	if after.Load() == 0 {
+		t.Fatal("no verification after the revoke: this test measured nothing")
+	}
+	if got, err := store.Get(ctx, k.ID); err != nil || !got.Revoked {
+		t.Fatalf("after the failover: %v, %v", got, err)
+	}
+	t.Logf("FIGURES Sentinel failover between write and publish: %d failed attempts, success after %v, 0 of %d admitted after",
+		len(failures), took.Round(time.Millisecond), after.Load())
+}
+
+// beforeCommand is a go-redis hook that calls run before any command with
+// the argument arg goes out.
+type beforeCommand struct {
+	arg string
+	run func()
+}
+
+func (h beforeCommand) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h beforeCommand) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		for _, a := range cmd.Args() {
+			if a == h.arg {
+				h.run()
+				break
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h beforeCommand) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
