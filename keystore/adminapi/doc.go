@@ -30,7 +30,10 @@
 // Every answer is JSON with Content-Type exactly application/json: 200 on
 // success, and otherwise Clerk's error body, with the request's
 // X-Request-Id (or a fresh one) as clerk_trace_id. A store that cannot be
-// reached is 503 store_unavailable with Retry-After; the API answers no 500.
+// reached is 503 store_unavailable with Retry-After; a revoke, update or
+// delete that is stored but whose cache invalidation could not be confirmed
+// is 503 invalidation_unconfirmed with Retry-After (repeat it:
+// docs/revocation.md). The API answers no 500.
 //
 // Where the contract is silent:
 //   - A body is read as JSON whatever its Content-Type, and an empty body is

@@ -1,13 +1,19 @@
 package adminapi_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
+	"github.com/redis/go-redis/v9"
 )
 
 // errorCase is one request that must fail with the given status and code.
@@ -362,4 +368,58 @@ func mustStatus(t *testing.T, rec *httptest.ResponseRecorder, status int) {
 	if rec.Code != status {
 		t.Fatalf("status %d, want %d: %s", rec.Code, status, rec.Body)
 	}
+}
+
+// TestInvalidationUnconfirmed: a change whose invalidation cannot be
+// published answers 503 invalidation_unconfirmed with Retry-After, is
+// stored all the same, and succeeds when repeated once the publish works.
+func TestInvalidationUnconfirmed(t *testing.T) {
+	mr, rdb := redistest.Mini(t)
+	var failing atomic.Bool
+	rdb.AddHook(failCommandsWith{arg: "keygate:invalidate", on: &failing})
+	e := newEnvOn(t, mr, rdb)
+	for _, tc := range []struct{ method, path, body string }{
+		{"PATCH", "/api_keys/{id}", `{"description":"x"}`},
+		{"POST", "/api_keys/{id}/revoke", `{"revocation_reason":"leaked"}`},
+		{"DELETE", "/api_keys/{id}", ""},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			k := e.create(t, fullKey)
+			path := strings.ReplaceAll(tc.path, "{id}", k.ID)
+			failing.Store(true)
+			rec := e.do(tc.method, path, tc.body)
+			failing.Store(false)
+			if rec.Code != 503 {
+				t.Fatalf("status %d, want 503: %s", rec.Code, rec.Body)
+			}
+			if got := decodeError(t, rec); got.Code != "invalidation_unconfirmed" || got.RetryAfter != "1" {
+				t.Fatalf("code %s, Retry-After %q", got.Code, got.RetryAfter)
+			}
+			if rec := e.do(tc.method, path, tc.body); rec.Code != 200 {
+				t.Fatalf("repeated: status %d, want 200: %s", rec.Code, rec.Body)
+			}
+		})
+	}
+}
+
+// failCommandsWith is a go-redis hook that fails, while on is set, every
+// command with the argument arg, as a cut connection would.
+type failCommandsWith struct {
+	arg string
+	on  *atomic.Bool
+}
+
+func (h failCommandsWith) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h failCommandsWith) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.on.Load() && slices.Contains(cmd.Args(), any(h.arg)) {
+			err := errors.New("connection reset by peer")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h failCommandsWith) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
