@@ -18,9 +18,13 @@ import (
 // generation it read before loading the record is still current, so a load
 // that began before an invalidation cannot put back what it removed.
 //
-// When a shard is full, inserting evicts an arbitrary entry (Go's map
-// iteration order is random): cheap, and fair enough for a working set of
-// keys that mostly fits.
+// Each shard holds at most its share of the cache's entries and of its
+// bytes (an estimate of what an entry keeps alive: the record's strings,
+// claims and scopes, and fixed overheads). When a shard is full, inserting
+// evicts arbitrary entries (Go's map iteration order is random) until the
+// new one fits: cheap, and fair enough for a working set of keys that
+// mostly fits. Expired entries are swept, so that a cache of keys used once
+// does not hold them until they are evicted.
 type cache struct {
 	ttl     time.Duration
 	shards  []cacheShard
@@ -29,11 +33,13 @@ type cache struct {
 }
 
 type cacheShard struct {
-	mu    sync.RWMutex
-	gen   atomic.Uint64 // written under mu
-	m     map[keyID]*cacheEntry
-	limit int
-	_     [64]byte // keeps shards' locks on separate cache lines
+	mu        sync.RWMutex
+	gen       atomic.Uint64 // written under mu
+	m         map[keyID]*cacheEntry
+	limit     int   // entries
+	bytes     int64 // held, by entrySize
+	byteLimit int64
+	_         [64]byte // keeps shards' locks on separate cache lines
 }
 
 // keyID is a key ID without its "ak_": the 16 bytes its 32 hex characters
@@ -49,15 +55,38 @@ type cacheEntry struct {
 	recorded atomic.Int64
 }
 
-func newCache(size int, ttl time.Duration, entries prometheus.Gauge) *cache {
+// entryOverhead estimates the bytes of an entry besides its variable
+// strings: the map slot, the cacheEntry, the APIKey and their headers.
+const entryOverhead = 512
+
+// entrySize estimates the bytes e keeps alive.
+func entrySize(e *cacheEntry) int64 {
+	k := e.key
+	if k == nil {
+		return entryOverhead + int64(len(e.digest))
+	}
+	n := entryOverhead + len(e.digest) + len(k.ID) + len(k.Type) + len(k.Name) + len(k.Subject) + len(k.Claims)
+	for _, p := range []*string{k.Description, k.CreatedBy, k.RevocationReason} {
+		if p != nil {
+			n += len(*p)
+		}
+	}
+	for _, sc := range k.Scopes {
+		n += 16 + len(sc)
+	}
+	return int64(n)
+}
+
+func newCache(size int, maxBytes int64, ttl time.Duration, entries prometheus.Gauge) *cache {
 	n := 1
-	if size >= 1024 {
+	if size >= 1024 && maxBytes >= 1<<20 {
 		n = 16
 	}
 	c := &cache{ttl: ttl, shards: make([]cacheShard, n), mask: uint8(n - 1), entries: entries}
 	for i := range c.shards {
 		c.shards[i].m = make(map[keyID]*cacheEntry)
 		c.shards[i].limit = size / n
+		c.shards[i].byteLimit = maxBytes / int64(n)
 	}
 	return c
 }
@@ -82,33 +111,67 @@ func (c *cache) generation(id *keyID) uint64 { return c.shard(id).gen.Load() }
 // insert stores e under id unless the shard's generation moved past gen:
 // an invalidation or a flush happened since the load began.
 func (c *cache) insert(id *keyID, e *cacheEntry, gen uint64) bool {
+	size := entrySize(e)
 	s := c.shard(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.gen.Load() != gen {
+	if s.gen.Load() != gen || size > s.byteLimit {
 		return false
 	}
-	if _, ok := s.m[*id]; !ok {
-		if len(s.m) >= s.limit {
-			for victim := range s.m {
-				delete(s.m, victim)
-				c.entries.Dec()
-				break
-			}
+	if old, ok := s.m[*id]; ok {
+		c.removeLocked(s, id, old)
+	}
+	for victim, ve := range s.m {
+		if len(s.m) < s.limit && s.bytes+size <= s.byteLimit {
+			break
 		}
-		c.entries.Inc()
+		c.removeLocked(s, &victim, ve)
 	}
 	s.m[*id] = e
+	s.bytes += size
+	c.entries.Inc()
 	return true
+}
+
+// removeLocked drops the entry e of id; s.mu is held.
+func (c *cache) removeLocked(s *cacheShard, id *keyID, e *cacheEntry) {
+	delete(s.m, *id)
+	s.bytes -= entrySize(e)
+	c.entries.Dec()
+}
+
+// sweep drops the entries older than the TTL at now.
+func (c *cache) sweep(now time.Time) {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for id, e := range s.m {
+			if now.Sub(e.loaded) >= c.ttl {
+				c.removeLocked(s, &id, e)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// size is the bytes held, by entrySize.
+func (c *cache) size() int64 {
+	var n int64
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		n += s.bytes
+		s.mu.RUnlock()
+	}
+	return n
 }
 
 // invalidate drops id and fails every fill of its shard in progress.
 func (c *cache) invalidate(id *keyID) {
 	s := c.shard(id)
 	s.mu.Lock()
-	if _, ok := s.m[*id]; ok {
-		delete(s.m, *id)
-		c.entries.Dec()
+	if e, ok := s.m[*id]; ok {
+		c.removeLocked(s, id, e)
 	}
 	s.gen.Add(1)
 	s.mu.Unlock()
@@ -121,6 +184,7 @@ func (c *cache) flush() {
 		s.mu.Lock()
 		n := len(s.m)
 		clear(s.m)
+		s.bytes = 0
 		s.gen.Add(1)
 		s.mu.Unlock()
 		c.entries.Sub(float64(n))

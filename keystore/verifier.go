@@ -52,6 +52,10 @@ type VerifierOptions struct {
 	CacheTTL time.Duration
 	// CacheSize bounds the number of cached keys. Default 100,000.
 	CacheSize int
+	// CacheMaxBytes bounds the memory the cache keeps alive, estimated from
+	// each record's strings, claims and scopes plus a fixed overhead per
+	// entry (KEYGATE_CACHE_MAX_BYTES). Default 64 MiB.
+	CacheMaxBytes int64
 	// InvalidationWait, when not zero, replaces the store's
 	// [Options.InvalidationWait]: how long revoke, update and delete wait
 	// for every verifier to acknowledge an invalidation (default 250ms).
@@ -79,6 +83,9 @@ func (o VerifierOptions) withDefaults() VerifierOptions {
 	}
 	if o.CacheSize <= 0 {
 		o.CacheSize = 100_000
+	}
+	if o.CacheMaxBytes <= 0 {
+		o.CacheMaxBytes = 64 << 20
 	}
 	if o.SubscriptionStale <= 0 {
 		o.SubscriptionStale = 2 * time.Second
@@ -179,10 +186,11 @@ func NewVerifier(store *Store, opts VerifierOptions) (*Verifier, error) {
 	v.live.flush = v.empty
 	v.live.reset(store.now())
 	if opts.CacheTTL > 0 {
-		v.cache = newCache(opts.CacheSize, opts.CacheTTL, m.entries)
-		v.wg.Add(2)
+		v.cache = newCache(opts.CacheSize, opts.CacheMaxBytes, opts.CacheTTL, m.entries)
+		v.wg.Add(3)
 		go v.subscribe()
 		go v.acknowledge()
+		go v.sweep()
 	}
 	return v, nil
 }
@@ -301,6 +309,22 @@ func (v *Verifier) fill(ctx context.Context, idHex string, kid *keyID, now time.
 		v.cache.insert(kid, e, gen)
 	}
 	return e, nil
+}
+
+// sweep drops expired cache entries every half TTL (at most every
+// minute, at least every second) until Close.
+func (v *Verifier) sweep() {
+	defer v.wg.Done()
+	t := time.NewTicker(min(max(v.opts.CacheTTL/2, time.Second), time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+			v.cache.sweep(v.store.now())
+		}
+	}
 }
 
 // empty drops the whole cache and counts why.

@@ -2,9 +2,11 @@ package keystore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -330,7 +332,7 @@ func TestCacheBounded(t *testing.T) {
 	})
 	t.Run("sharded", func(t *testing.T) {
 		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "entries"})
-		c := newCache(1024, time.Minute, g)
+		c := newCache(1024, 64<<20, time.Minute, g)
 		if len(c.shards) < 2 {
 			t.Fatalf("a cache of 1024 has %d shard", len(c.shards))
 		}
@@ -347,7 +349,7 @@ func TestCacheBounded(t *testing.T) {
 
 func TestCacheGeneration(t *testing.T) {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "entries"})
-	c := newCache(100, time.Minute, g)
+	c := newCache(100, 64<<20, time.Minute, g)
 	id := parseKeyID(strings.Repeat("ab", 16))
 	for _, tc := range []struct {
 		name   string
@@ -1125,5 +1127,48 @@ func BenchmarkVerifyUncached(b *testing.B) {
 		if _, err := v.Verify(ctx, k.Secret, SourceMiddleware, "read"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestCacheBoundedInBytes verifies keys with 8 KiB of claims each through
+// a cache of 1 MiB: the cache holds at most that, and the heap does not
+// grow with the number of keys verified.
+func TestCacheBoundedInBytes(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	const maxBytes = 1 << 20
+	v := newVerifier(t, e, VerifierOptions{CacheMaxBytes: maxBytes})
+	waitLive(t, v)
+	claims := json.RawMessage(`{"blob":"` + strings.Repeat("x", 8*1024-12) + `"}`)
+	var secrets []string
+	for range 600 {
+		k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s", Claims: claims})
+		secrets = append(secrets, k.Secret)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for _, s := range secrets {
+		if _, err := v.Verify(ctx, s, SourceAPI); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if got := v.cache.size(); got > maxBytes || got < maxBytes/2 {
+		t.Fatalf("cache holds %d bytes by its estimate, want at most %d (and not far below)", got, maxBytes)
+	}
+	// 600 records of 8 KiB would be 4.9 MB; allow the cache's MiB and
+	// slack for the estimate.
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 2*maxBytes {
+		t.Fatalf("heap grew by %d bytes verifying 600 keys of 8 KiB through a 1 MiB cache", grew)
+	}
+
+	// Expired entries are swept.
+	e.clock.Advance(31 * time.Second)
+	v.cache.sweep(e.store.now())
+	if n := v.cache.len(); n != 0 {
+		t.Fatalf("%d entries left after sweeping a cache older than its TTL", n)
 	}
 }

@@ -32,6 +32,7 @@ type storeConfig struct {
 	keyPrefix         string
 	hashKey           string
 	cacheTTL          time.Duration
+	cacheMaxBytes     int64
 	lastUsedFlush     time.Duration
 	invalidationWait  time.Duration
 	subscriptionStale time.Duration
@@ -54,6 +55,7 @@ func (c *storeConfig) register(fs *flagSet) {
 	fs.StringVar(&c.keyPrefix, "key-prefix", "ak_", "prefix of every secret: letters, digits and _, ending in _")
 	fs.StringVar(&c.hashKey, "hash-key", "", "HMAC key for secret digests (default: plain SHA-256)")
 	fs.DurationVar(&c.cacheTTL, "cache-ttl", 30*time.Second, "longest a verified key is served from memory; 0 reads Redis on every verification")
+	fs.Int64Var(&c.cacheMaxBytes, "cache-max-bytes", 64<<20, "most memory, in bytes, the verifier's cache keeps alive (estimated per record)")
 	fs.DurationVar(&c.lastUsedFlush, "last-used-flush", time.Second, "how often last-used times are written to Redis")
 	fs.DurationVar(&c.invalidationWait, "invalidation-wait", 250*time.Millisecond, "how long revoke, update and delete wait for acknowledgements before naming the verifiers that did not answer (they are then waited for until their registrations lapse)")
 	fs.DurationVar(&c.subscriptionStale, "subscription-stale", 2*time.Second, "longest a verifier's cache answers without a fresh proof that it missed no invalidation; also the longest a revoke waits for a verifier that does not answer")
@@ -76,6 +78,8 @@ func (c *storeConfig) check() error {
 		return usagef("--namespace must be non-empty and hold no white space")
 	case c.cacheTTL < 0:
 		return usagef("--cache-ttl must not be negative")
+	case c.cacheMaxBytes < 64<<10:
+		return usagef("--cache-max-bytes must be at least 65536")
 	case c.lastUsedFlush <= 0:
 		return usagef("--last-used-flush must be positive")
 	case c.invalidationWait <= 0:
@@ -184,6 +188,7 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 	}
 	b.verifier, err = keystore.NewVerifier(store, keystore.VerifierOptions{
 		CacheTTL:          ttl,
+		CacheMaxBytes:     c.cacheMaxBytes,
 		InvalidationWait:  c.invalidationWait,
 		SubscriptionStale: c.subscriptionStale,
 		Registerer:        b.registry,
