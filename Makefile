@@ -7,7 +7,7 @@ BIN := bin/keygate
 IMAGE ?= ghcr.io/keygate/keygate
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: run test bench fuzz test-faults lint build image clean
+.PHONY: run setup test bench fuzz test-faults lint build image clean
 
 build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/keygate
@@ -17,21 +17,22 @@ run: build
 
 # Every test, race detector on: unit tests on miniredis, integration tests on
 # real redis-server processes (single, Cluster, Sentinel), a real nginx, and
-# Clerk's SDK (npm ci --prefix interop/clerk first). A missing server fails
-# the run with an install hint; nothing is skipped.
-test:
-	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install -y redis-server (or run .ci/run)"; exit 1; }
-	@command -v nginx >/dev/null || { echo "nginx is missing: apt-get install -y nginx-light (or run .ci/run)"; exit 1; }
+# Clerk's SDK. setup installs what they need first; nothing is skipped.
+test: setup
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -v ./... 2>&1 | tee test.log | grep -E '^(--- |ok |FAIL|panic:|\s+--- (FAIL|SKIP))' || true
 	@! grep -q -- '--- SKIP' test.log || { echo "skipped tests:"; grep -- '--- SKIP' test.log; exit 1; }
 	@! grep -qE '^(FAIL|--- FAIL|panic:)' test.log
 	@echo "$$(grep -c -- '--- PASS' test.log) passed, $$(grep -c -- '--- FAIL' test.log || true) failed"
 
-# Measures keygate against same-run baselines on loopback (needs redis-server,
-# redis-benchmark, nginx); prints the table and writes BENCHMARKS.md. About 2 minutes.
-bench:
-	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install -y redis-server"; exit 1; }
+# Installs what the tests need when it is missing (Debian packages with
+# apt-get, npm packages from their lock files), or says what to run.
+setup:
+	@bash .ci/setup
+
+# Measures keygate against same-run baselines on loopback (on redis-server,
+# redis-benchmark and nginx, which setup installs); prints the table and writes BENCHMARKS.md. About 2 minutes.
+bench: setup
 	$(GO) run ./internal/benchcmd -out BENCHMARKS.md
 
 FUZZTIME ?= 20s

@@ -21,7 +21,7 @@ import (
 )
 
 // ClusterInstallHint tells how to get redis-cli, which creates a Cluster.
-const ClusterInstallHint = "redis-cli not found on PATH: install it (Debian: apt-get install -y redis-tools) or run .ci/run"
+const ClusterInstallHint = "redis-cli not found on PATH: install it (Debian: apt-get install -y redis-tools) or run make test, which installs it"
 
 // ClusterNodeTimeout is the cluster-node-timeout of the Clusters that
 // [StartCluster] starts: a killed master's replica takes over a few seconds
