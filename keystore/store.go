@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -628,5 +627,3 @@ func nonEmpty(p *string) *string {
 	v := *p
 	return &v
 }
-
-func formatMillis(ms int64) string { return strconv.FormatInt(ms, 10) }

@@ -191,22 +191,6 @@ func (c *Cluster) Addrs() []string {
 	return addrs
 }
 
-// Masters returns the nodes that are masters now, serving slots, as a
-// running node sees them.
-func (c *Cluster) Masters(ctx context.Context) ([]*ClusterNode, error) {
-	top, err := c.topology(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var masters []*ClusterNode
-	for _, n := range c.Nodes {
-		if e := top[n.ID]; e.master && len(e.slots) > 0 {
-			masters = append(masters, n)
-		}
-	}
-	return masters, nil
-}
-
 // MasterOf returns the node that is the master of key's slot now.
 func (c *Cluster) MasterOf(ctx context.Context, key string) (*ClusterNode, error) {
 	slot, err := c.Client.ClusterKeySlot(ctx, key).Result()
