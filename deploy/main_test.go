@@ -3,21 +3,20 @@ package deploy
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
-	"gopkg.in/yaml.v3"
+	"sigs.k8s.io/yaml"
 )
 
 const modulePath = "github.com/keygate/keygate"
@@ -26,8 +25,12 @@ const modulePath = "github.com/keygate/keygate"
 // the release version, so that TestVersionLdflag proves the -X target exists.
 const testVersion = "deploytest-1"
 
+// drainSeconds is how long keygate drains requests after SIGTERM
+// (cmd/keygate/serve.go, runServers): a stop timeout must exceed it.
+const drainSeconds = 20
+
 var (
-	repoRoot string // the module root, found from this package's directory
+	repoRoot string // the repository root, above this module
 	keygate  string // the binary built by TestMain
 	// commands are the long-running subcommands, as their --help lists them.
 	commands = map[string]*command{}
@@ -114,14 +117,12 @@ func readHelp(name string) (*command, error) {
 			last = m[1]
 			continue
 		}
-		if last != "" {
-			if m := helpDefault.FindStringSubmatch(strings.TrimSpace(line)); m != nil {
-				f := c.flags[last]
-				f.def = m[1]
-				c.flags[last] = f
-			}
-			last = ""
+		if m := helpDefault.FindStringSubmatch(strings.TrimSpace(line)); m != nil && last != "" {
+			f := c.flags[last]
+			f.def = m[1]
+			c.flags[last] = f
 		}
+		last = ""
 	}
 	if len(c.flags) == 0 {
 		return nil, fmt.Errorf("keygate %s --help lists no flag in the form \"  --flag  KEYGATE_FLAG\":\n%s", name, c.help)
@@ -139,13 +140,7 @@ func envFor(flag string) string {
 
 // cleanEnv is the test's environment without KEYGATE_ variables.
 func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEYGATE_") {
-			out = append(out, kv)
-		}
-	}
-	return out
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "KEYGATE_") })
 }
 
 func TestHelpFollowsTheEnvRule(t *testing.T) {
@@ -202,27 +197,24 @@ func (inv *invocation) problems() []string {
 	if _, err := inv.flagArgs(); err != nil {
 		add("%v", err)
 	}
-	for _, k := range sortedKeys(inv.env) {
-		if strings.HasPrefix(k, "KEYGATE_") {
-			if _, ok := c.byEnv[k]; !ok {
-				add("%s is not read by keygate %s (its variables: %s)", k, inv.cmd, strings.Join(sortedKeys(c.byEnv), " "))
-			}
+	for _, k := range slices.Sorted(maps.Keys(inv.env)) {
+		if _, ok := c.byEnv[k]; strings.HasPrefix(k, "KEYGATE_") && !ok {
+			add("%s is not read by keygate %s (its variables: %s)", k, inv.cmd, strings.Join(slices.Sorted(maps.Keys(c.byEnv)), " "))
 		}
 	}
-	if inv.cmd == "serve" || inv.cmd == "sidecar" {
-		if _, _, err := splitHostPort(inv.value("listen")); err != nil {
-			add("--listen %q: %v", inv.value("listen"), err)
-		}
-	}
+	listeners := []string{"listen"}
 	if inv.cmd == "sidecar" {
-		if _, _, err := splitHostPort(inv.value("ops-listen")); err != nil {
-			add("--ops-listen %q: %v", inv.value("ops-listen"), err)
-		}
+		listeners = append(listeners, "ops-listen")
 		if inv.value("upstream") == "" {
 			add("the sidecar has no upstream (KEYGATE_UPSTREAM or --upstream)")
 		}
 		if inv.value("redis-url") == "" && inv.value("redis-addrs") == "" {
 			add("the sidecar has no Redis (KEYGATE_REDIS_URL or KEYGATE_REDIS_ADDRS): it cannot use the embedded store")
+		}
+	}
+	for _, l := range listeners {
+		if _, _, err := splitHostPort(inv.value(l)); err != nil {
+			add("--%s %q: %v", l, inv.value(l), err)
 		}
 	}
 	return out
@@ -243,19 +235,17 @@ func (inv *invocation) flagArgs() (map[string][]string, error) {
 		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		f, ok := c.flags[name]
-		if !ok {
+		switch {
+		case !ok:
 			return nil, fmt.Errorf("keygate %s has no flag --%s", inv.cmd, name)
-		}
-		if !hasVal {
-			if f.isBool() {
-				val = "true"
-			} else {
-				if i+1 == len(inv.args) {
-					return nil, fmt.Errorf("--%s needs a value", name)
-				}
-				i++
-				val = inv.args[i]
-			}
+		case hasVal:
+		case f.isBool():
+			val = "true"
+		case i+1 == len(inv.args):
+			return nil, fmt.Errorf("--%s needs a value", name)
+		default:
+			i++
+			val = inv.args[i]
 		}
 		out[name] = append(out[name], val)
 	}
@@ -265,10 +255,8 @@ func (inv *invocation) flagArgs() (map[string][]string, error) {
 // value is what the binary will use for a flag: the command line wins, then
 // the environment, then the default.
 func (inv *invocation) value(flag string) string {
-	if fa, err := inv.flagArgs(); err == nil {
-		if v := fa[flag]; len(v) > 0 {
-			return v[len(v)-1]
-		}
+	if fa, err := inv.flagArgs(); err == nil && len(fa[flag]) > 0 {
+		return fa[flag][len(fa[flag])-1]
 	}
 	if v := inv.env[envFor(flag)]; v != "" {
 		return v
@@ -294,6 +282,21 @@ func (inv *invocation) healthFlag() string {
 	return "listen"
 }
 
+// shared checks what every keygate process of one deployment must agree on:
+// the Redis they use, the namespace of its keys, the secret prefix and the
+// hash key. A sidecar with another hash key refuses every key serve creates.
+func shared(invs []*invocation) []string {
+	var out []string
+	for _, flag := range []string{"redis-url", "namespace", "key-prefix", "hash-key"} {
+		for _, inv := range invs[min(1, len(invs)):] {
+			if first := invs[0]; inv.value(flag) != first.value(flag) {
+				out = append(out, fmt.Sprintf("%s and %s disagree on --%s (%s): %q and %q", first.where, inv.where, flag, envFor(flag), first.value(flag), inv.value(flag)))
+			}
+		}
+	}
+	return out
+}
+
 func splitHostPort(addr string) (string, int, error) {
 	host, p, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -309,31 +312,17 @@ func splitHostPort(addr string) (string, int, error) {
 // isLoopback reports whether a listen host is reachable only from inside
 // the container, pod or host itself.
 func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
 	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return host == "localhost" || ip != nil && ip.IsLoopback()
 }
 
 // imageRepo is an image reference without its tag or digest.
 func imageRepo(ref string) string {
-	if i := strings.Index(ref, "@"); i >= 0 {
-		ref = ref[:i]
-	}
+	ref, _, _ = strings.Cut(ref, "@")
 	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
 		ref = ref[:i]
 	}
 	return ref
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // report fails t with every problem, one per line.
@@ -354,72 +343,36 @@ func readFile(t *testing.T, rel string) string {
 	return string(b)
 }
 
-// TestEveryYAMLParses parses every YAML file under deploy/, every document
-// of each, so that none is left unchecked; the forward-auth configurations,
-// which have no test of their own here, must also point at serve's port.
-func TestEveryYAMLParses(t *testing.T) {
+// TestForwardAuthConfigs: the proxies' configurations (nginx, Traefik,
+// Caddy, Envoy), which have no run here, parse where they are YAML, and
+// every URL of theirs that asks /forward-auth is on serve's default port.
+func TestForwardAuthConfigs(t *testing.T) {
 	_, servePort, err := splitHostPort(commands["serve"].flags["listen"].def)
 	if err != nil {
 		t.Fatalf("keygate serve --listen default: %v", err)
 	}
-	n := 0
-	err = filepath.WalkDir(filepath.Join(repoRoot, "deploy"), func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || (!strings.HasSuffix(path, ".yaml") && !strings.HasSuffix(path, ".yml")) {
-			return err
-		}
+	files, _ := filepath.Glob(filepath.Join(repoRoot, "deploy", "forward-auth", "*"))
+	authURL := regexp.MustCompile(`https?://[^\s"';]+/forward-auth[^\s"';]*`)
+	found := 0
+	for _, path := range files {
 		rel, _ := filepath.Rel(filepath.Join(repoRoot, "deploy"), path)
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		for doc := 1; ; doc++ {
-			var v any
-			err := dec.Decode(&v)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Errorf("%s: document %d: %v", rel, doc, err)
-				break
-			}
-			if strings.HasPrefix(rel, "forward-auth/") {
-				for _, s := range yamlStrings(v) {
-					u, err := url.Parse(s)
-					if err == nil && u.Host != "" && strings.HasPrefix(u.Path, "/forward-auth") && u.Port() != strconv.Itoa(servePort) {
-						t.Errorf("%s: %s is not keygate serve's default port %d", rel, s, servePort)
-					}
+		src := readFile(t, rel)
+		if ext := filepath.Ext(path); ext == ".yaml" || ext == ".yml" {
+			for i, doc := range strings.Split(src, "\n---") {
+				var v any
+				if err := yaml.Unmarshal([]byte(doc), &v); err != nil {
+					t.Errorf("%s: document %d: %v", rel, i+1, err)
 				}
 			}
 		}
-		n++
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n < 10 {
-		t.Errorf("parsed only %d YAML files under deploy/", n)
-	}
-}
-
-// yamlStrings are every string value of a decoded YAML tree.
-func yamlStrings(v any) []string {
-	switch x := v.(type) {
-	case string:
-		return []string{x}
-	case map[string]any:
-		var out []string
-		for _, e := range x {
-			out = append(out, yamlStrings(e)...)
+		for _, s := range authURL.FindAllString(src, -1) {
+			found++
+			if u, err := url.Parse(s); err != nil || u.Port() != strconv.Itoa(servePort) {
+				t.Errorf("%s: %s is not on keygate serve's default port %d", rel, s, servePort)
+			}
 		}
-		return out
-	case []any:
-		var out []string
-		for _, e := range x {
-			out = append(out, yamlStrings(e)...)
-		}
-		return out
 	}
-	return nil
+	if found == 0 {
+		t.Error("no /forward-auth URL found in deploy/forward-auth/")
+	}
 }

@@ -14,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/internal/syncbuf"
-
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/syncbuf"
 )
 
 // unreachableRedis is a loopback port nothing listens on: the binary starts,
@@ -52,8 +51,7 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 	t.Helper()
 	p := &proc{inv: inv, listen: freeAddr(t), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	env := cleanEnv()
-	for _, k := range sortedKeys(inv.env) {
-		v := inv.env[k]
+	for k, v := range inv.env {
 		if k == "KEYGATE_REDIS_URL" {
 			u, err := url.Parse(v)
 			if err != nil {
@@ -146,6 +144,17 @@ type probe struct {
 	kind  string // "liveness", "readiness" or "metrics"
 	path  string
 	port  int
+}
+
+// healthProbes are liveness, readiness and metrics on the listener where
+// keygate serves them, for a configuration that names no probe of its own.
+func healthProbes(inv *invocation) []probe {
+	port := inv.port(inv.healthFlag())
+	return []probe{
+		{inv.where, "liveness", "/healthz", port},
+		{inv.where, "readiness", "/readyz", port},
+		{inv.where, "metrics", "/metrics", port},
+	}
 }
 
 // checkProbes starts inv with its store down and asks every probe: liveness
@@ -261,10 +270,10 @@ func createKey(t *testing.T, serveAddr, adminToken, body string) createdKey {
 // through the sidecar without and with it, revoke it, and see 401. It
 // proves that the two agree on Redis, namespace, key prefix and hash key,
 // and that the configured admin token works.
-func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc, up *upstream, redisAddr string) {
+func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc) {
 	t.Helper()
-	redisAddr = redistest.Start(t).Addr
-	up = newUpstream(t)
+	redisAddr := redistest.Start(t).Addr
+	up := newUpstream(t)
 	serve = start(t, serveInv, redisAddr)
 	sidecar = start(t, sidecarInv, redisAddr, "--upstream", up.URL)
 	for _, p := range []*proc{serve, sidecar} {
@@ -296,7 +305,20 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	if status, _ := get(t, proxy, key.Secret); status != http.StatusUnauthorized {
 		t.Errorf("through the sidecar with the revoked key: %d, want 401", status)
 	}
-	return serve, sidecar, up, redisAddr
+	return serve, sidecar
+}
+
+// checkPublic asks the sidecar's --public paths without a key: they reach
+// the app.
+func checkPublic(t *testing.T, sidecar *proc) {
+	t.Helper()
+	for _, prefix := range strings.Split(sidecar.inv.value("public"), ";") {
+		if prefix = strings.TrimSpace(prefix); prefix != "" {
+			if status, _ := get(t, "http://"+sidecar.listen+prefix, ""); status != http.StatusOK {
+				t.Errorf("%s: public path %s without a key: %d, want 200", sidecar.inv.where, prefix, status)
+			}
+		}
+	}
 }
 
 // mustOne returns the only invocation of a command in invs.
