@@ -16,11 +16,15 @@ run: build
 	./$(BIN) serve
 
 # Every test, race detector on: unit tests on miniredis, integration tests on
-# real redis-server processes (single, Cluster, Sentinel), a real nginx, and
-# Clerk's SDK. setup installs what they need first; nothing is skipped.
+# real redis-server processes (single, Cluster, Sentinel), a real nginx,
+# Clerk's SDK, and the deployment files (deploy/, a module of its own so that
+# its Kubernetes, compose and BuildKit libraries stay out of keygate's
+# go.mod). setup installs what they need first; nothing is skipped.
+MODULES := . deploy
+
 test: setup
-	$(GO) vet ./...
-	$(GO) test -race -count=1 -v ./... 2>&1 | tee test.log | grep -E '^(--- |ok |FAIL|panic:|\s+--- (FAIL|SKIP))' || true
+	@for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	for m in $(MODULES); do (cd $$m && $(GO) test -race -count=1 -v ./...); done 2>&1 | tee test.log | grep -E '^(--- |ok |FAIL|panic:|\s+--- (FAIL|SKIP))' || true
 	@! grep -q -- '--- SKIP' test.log || { echo "skipped tests:"; grep -- '--- SKIP' test.log; exit 1; }
 	@! grep -qE '^(FAIL|--- FAIL|panic:)' test.log
 	@echo "$$(grep -c -- '--- PASS' test.log) passed, $$(grep -c -- '--- FAIL' test.log || true) failed"
