@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/kustomize/api/krusty"
 	kustomize "sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -69,12 +71,7 @@ type workload struct {
 	replicas int32
 	selector *metav1.LabelSelector
 	pod      *corev1.PodTemplateSpec
-	keygate  []kgContainer
-}
-
-type kgContainer struct {
-	c   *corev1.Container
-	inv *invocation
+	keygate  map[*corev1.Container]*invocation
 }
 
 // monitor is what the test reads of a Prometheus Operator ServiceMonitor or
@@ -113,11 +110,7 @@ func loadManifests(t *testing.T) *manifests {
 		t.Fatalf("kustomize build deploy/k8s: %v", err)
 	}
 	for _, r := range built.Resources() {
-		b, err := r.AsYAML()
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.decode("kustomize build: "+r.CurId().String(), b)
+		m.decode("kustomize build: "+r.CurId().String(), []byte(r.MustYaml()))
 	}
 	for _, name := range optionalManifests {
 		nodes, err := kio.FromBytes([]byte(readFile(t, "k8s/"+name)))
@@ -128,18 +121,16 @@ func loadManifests(t *testing.T) *manifests {
 			m.decode("k8s/"+name+": "+n.GetKind()+" "+n.GetName(), []byte(n.MustString()))
 		}
 	}
-	df := mustDockerfile(t)
-	repo := keygateRepo(t)
 	for _, w := range m.workloads {
-		m.findKeygate(w, df, repo)
+		m.findKeygate(w, mustDockerfile(t), keygateRepo(t))
 	}
 	return m
 }
 
-// decode decodes one object into its k8s.io/api type and files it.
+// decode decodes one object into its type and files it.
 func (m *manifests) decode(where string, b []byte) {
 	var tm metav1.TypeMeta
-	if err := yaml.Unmarshal(b, &tm); err == nil && strings.HasPrefix(tm.APIVersion, "monitoring.coreos.com/") {
+	if yaml.Unmarshal(b, &tm) == nil && strings.HasPrefix(tm.APIVersion, "monitoring.coreos.com/") {
 		mon := &monitor{}
 		if err := yaml.Unmarshal(b, mon); err != nil {
 			m.add("%s: %v", where, err)
@@ -152,16 +143,14 @@ func (m *manifests) decode(where string, b []byte) {
 		m.add("%s: %v", where, err)
 		return
 	}
-	if o, ok := obj.(metav1.Object); ok {
-		if _, isNS := obj.(*corev1.Namespace); isNS && o.GetName() != m.namespace || !isNS && o.GetNamespace() != m.namespace {
-			m.add("%s: namespace %q (name %q), want %q", where, o.GetNamespace(), o.GetName(), m.namespace)
-		}
+	if o := obj.(metav1.Object); tm.Kind == "Namespace" && o.GetName() != m.namespace || tm.Kind != "Namespace" && o.GetNamespace() != m.namespace {
+		m.add("%s: namespace %q (name %q), want %q", where, o.GetNamespace(), o.GetName(), m.namespace)
 	}
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
-		m.workloads = append(m.workloads, &workload{"Deployment " + o.Name, replicas(o.Spec.Replicas), o.Spec.Selector, &o.Spec.Template, nil})
+		m.workloads = append(m.workloads, &workload{"Deployment " + o.Name, ptr.Deref(o.Spec.Replicas, 1), o.Spec.Selector, &o.Spec.Template, nil})
 	case *appsv1.StatefulSet:
-		m.workloads = append(m.workloads, &workload{"StatefulSet " + o.Name, replicas(o.Spec.Replicas), o.Spec.Selector, &o.Spec.Template, nil})
+		m.workloads = append(m.workloads, &workload{"StatefulSet " + o.Name, ptr.Deref(o.Spec.Replicas, 1), o.Spec.Selector, &o.Spec.Template, nil})
 	case *corev1.Service:
 		m.services = append(m.services, o)
 	case *policyv1.PodDisruptionBudget:
@@ -181,18 +170,12 @@ func (m *manifests) decode(where string, b []byte) {
 	}
 }
 
-func replicas(n *int32) int32 {
-	if n == nil {
-		return 1
-	}
-	return *n
-}
-
 // findKeygate builds the invocation of every container of w that runs the
 // keygate image: the image's ENTRYPOINT and CMD as Kubernetes' command and
 // args replace them, and the environment with Secrets and ConfigMaps
 // resolved (envFrom, then env).
 func (m *manifests) findKeygate(w *workload, df *dockerfile, repo string) {
+	w.keygate = map[*corev1.Container]*invocation{}
 	for i := range w.pod.Spec.Containers {
 		c := &w.pod.Spec.Containers[i]
 		if imageRepo(c.Image) != repo {
@@ -200,29 +183,25 @@ func (m *manifests) findKeygate(w *workload, df *dockerfile, repo string) {
 		}
 		where := fmt.Sprintf("%s container %s", w.name, c.Name)
 		argv := c.Command
-		if len(argv) == 0 {
+		if len(argv) == 0 && len(c.Args) == 0 {
+			argv = append(slices.Clone(df.entrypoint), df.cmd...)
+		} else if len(argv) == 0 {
 			argv = df.entrypoint
-			if len(c.Args) == 0 {
-				argv = append(slices.Clone(argv), df.cmd...)
-			}
 		}
-		argv = append(slices.Clone(argv), c.Args...)
-		if len(argv) < 2 || argv[0] != df.binaryPath() {
+		if argv = append(slices.Clone(argv), c.Args...); len(argv) < 2 || argv[0] != df.binaryPath() {
 			m.add("%s: runs %q, not the image's %s SUBCOMMAND", where, argv, df.binaryPath())
 			continue
 		}
 		inv := &invocation{where: where, cmd: argv[1], args: argv[2:], env: map[string]string{}}
 		for _, ef := range c.EnvFrom {
-			src, kind, name := m.configMaps, "ConfigMap", ""
-			if ef.ConfigMapRef != nil {
-				name = ef.ConfigMapRef.Name
-			} else if ef.SecretRef != nil {
-				src, kind, name = m.secrets, "Secret", ef.SecretRef.Name
+			src, ok := m.configMaps[ptr.Deref(ef.ConfigMapRef, corev1.ConfigMapEnvSource{}).Name]
+			if ef.SecretRef != nil {
+				src, ok = m.secrets[ef.SecretRef.Name]
 			}
-			if _, ok := src[name]; !ok {
-				m.add("%s: envFrom %s %q does not exist", where, kind, name)
+			if !ok {
+				m.add("%s: envFrom %+v: no such ConfigMap or Secret", where, ef)
 			}
-			for k, v := range src[name] {
+			for k, v := range src {
 				inv.env[ef.Prefix+k] = v
 			}
 		}
@@ -233,38 +212,31 @@ func (m *manifests) findKeygate(w *workload, df *dockerfile, repo string) {
 			}
 			inv.env[e.Name] = v
 		}
-		w.keygate = append(w.keygate, kgContainer{c, inv})
+		w.keygate[c] = inv
 	}
 }
 
 func (m *manifests) envValue(w *workload, c *corev1.Container, e corev1.EnvVar) (string, error) {
-	lookup := func(src map[string]map[string]string, name, key string) (string, error) {
-		if v, ok := src[name][key]; ok {
-			return v, nil
-		}
-		return "", fmt.Errorf("%q has no key %q", name, key)
-	}
+	var v string
+	var ok bool
 	switch vf := e.ValueFrom; {
 	case vf == nil:
 		return e.Value, nil
 	case vf.SecretKeyRef != nil:
-		return lookup(m.secrets, vf.SecretKeyRef.Name, vf.SecretKeyRef.Key)
+		v, ok = m.secrets[vf.SecretKeyRef.Name][vf.SecretKeyRef.Key]
 	case vf.ConfigMapKeyRef != nil:
-		return lookup(m.configMaps, vf.ConfigMapKeyRef.Name, vf.ConfigMapKeyRef.Key)
+		v, ok = m.configMaps[vf.ConfigMapKeyRef.Name][vf.ConfigMapKeyRef.Key]
 	case vf.ResourceFieldRef != nil && vf.ResourceFieldRef.Resource == "limits.memory":
-		if name := vf.ResourceFieldRef.ContainerName; name != "" {
-			i := slices.IndexFunc(w.pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == name })
-			if i < 0 {
-				return "", fmt.Errorf("resourceFieldRef names container %q, not in the pod", name)
-			}
+		if i := slices.IndexFunc(w.pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == vf.ResourceFieldRef.ContainerName }); i >= 0 {
 			c = &w.pod.Spec.Containers[i]
 		}
-		if q := c.Resources.Limits.Memory(); !q.IsZero() {
-			return strconv.FormatInt(q.Value(), 10), nil
-		}
-		return "", fmt.Errorf("limits.memory is not set")
+		q := c.Resources.Limits.Memory()
+		v, ok = strconv.FormatInt(q.Value(), 10), !q.IsZero()
 	}
-	return "", fmt.Errorf("this test cannot tell the value of %+v", e.ValueFrom)
+	if !ok {
+		return "", fmt.Errorf("%+v: no such key, or not a source this test can resolve", e.ValueFrom)
+	}
+	return v, nil
 }
 
 // selects reports whether a label selector matches a set of labels; an
@@ -274,22 +246,15 @@ func selects(sel *metav1.LabelSelector, set map[string]string) bool {
 	return err == nil && !s.Empty() && s.Matches(labels.Set(set))
 }
 
-// selected are the workloads whose pods a selector matches.
 func (m *manifests) selected(sel *metav1.LabelSelector) []*workload {
-	var out []*workload
-	for _, w := range m.workloads {
-		if selects(sel, w.pod.Labels) {
-			out = append(out, w)
-		}
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(m.workloads), func(w *workload) bool { return !selects(sel, w.pod.Labels) })
 }
 
 // containerPort resolves a port of the pod, a number or a name, to the
 // container that declares it.
 func containerPort(pod *corev1.PodSpec, p intstr.IntOrString) (int, *corev1.Container) {
-	for i := range pod.Containers {
-		for _, cp := range pod.Containers[i].Ports {
+	for i, c := range pod.Containers {
+		for _, cp := range c.Ports {
 			if p.Type == intstr.String && cp.Name == p.StrVal || p.Type == intstr.Int && cp.ContainerPort == p.IntVal {
 				return int(cp.ContainerPort), &pod.Containers[i]
 			}
@@ -298,54 +263,50 @@ func containerPort(pod *corev1.PodSpec, p intstr.IntOrString) (int, *corev1.Cont
 	return 0, nil
 }
 
-// keygateAt is the keygate container of w that serves port on the listener
-// flag (nil when none does).
-func (w *workload) keygateAt(port int, flag func(*invocation) string) *invocation {
-	for _, k := range w.keygate {
-		if _, ok := commands[k.inv.cmd]; ok && k.inv.port(flag(k.inv)) == port {
-			return k.inv
+// keygateAt is the keygate process of w that serves port on its --listen
+// (health false) or on the listener of /metrics and the probes (health
+// true); nil when none does.
+func (w *workload) keygateAt(port int, health bool) *invocation {
+	for _, inv := range w.keygate {
+		flag := "listen"
+		if health {
+			flag = inv.healthFlag()
+		}
+		if commands[inv.cmd] != nil && inv.port(flag) == port {
+			return inv
 		}
 	}
 	return nil
 }
 
-func listenFlag(*invocation) string     { return "listen" }
-func healthFlag(inv *invocation) string { return inv.healthFlag() }
-
-// servicePort resolves a Service port (by number, or by name when name is
-// set) to the workloads behind it and their container port.
-func (m *manifests) servicePort(s *corev1.Service, port int, name string) (map[*workload]int, error) {
-	i := slices.IndexFunc(s.Spec.Ports, func(sp corev1.ServicePort) bool {
-		return name != "" && sp.Name == name || name == "" && int(sp.Port) == port
-	})
+// servicePort resolves a port of the Service named name, by number or by
+// port name, to the workloads behind it and their container port.
+func (m *manifests) servicePort(name string, port intstr.IntOrString) (map[*workload]int, error) {
+	i := slices.IndexFunc(m.services, func(s *corev1.Service) bool { return s.Name == name })
 	if i < 0 {
-		return nil, fmt.Errorf("Service %s has no port %d%s", s.Name, port, name)
+		return nil, fmt.Errorf("no Service %q", name)
 	}
-	target := s.Spec.Ports[i].TargetPort
-	if target.Type == intstr.Int && target.IntVal == 0 {
-		target = intstr.FromInt32(s.Spec.Ports[i].Port)
+	s := m.services[i]
+	j := slices.IndexFunc(s.Spec.Ports, func(sp corev1.ServicePort) bool {
+		return sp.Name == port.StrVal && port.StrVal != "" || sp.Port == port.IntVal
+	})
+	if j < 0 {
+		return nil, fmt.Errorf("Service %s has no port %s", s.Name, port.String())
+	}
+	target := s.Spec.Ports[j].TargetPort
+	if target.IntValue() == 0 && target.Type == intstr.Int {
+		target = intstr.FromInt32(s.Spec.Ports[j].Port)
 	}
 	out := map[*workload]int{}
 	for _, w := range m.selected(&metav1.LabelSelector{MatchLabels: s.Spec.Selector}) {
-		p, c := containerPort(&w.pod.Spec, target)
-		if c == nil {
+		if out[w], _ = containerPort(&w.pod.Spec, target); out[w] == 0 {
 			return nil, fmt.Errorf("Service %s: targetPort %s is no container port of %s", s.Name, target.String(), w.name)
 		}
-		out[w] = p
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("Service %s selects no pod", s.Name)
 	}
 	return out, nil
-}
-
-func (m *manifests) service(name string) *corev1.Service {
-	for _, s := range m.services {
-		if s.Name == name {
-			return s
-		}
-	}
-	return nil
 }
 
 func TestKubernetesManifests(t *testing.T) {
@@ -357,11 +318,11 @@ func TestKubernetesManifests(t *testing.T) {
 			m.add("%s: selector %v does not match its pod's labels %v", w.name, w.selector, w.pod.Labels)
 		}
 		m.podProblems(w)
-		for _, k := range w.keygate {
-			m.problems = append(m.problems, k.inv.problems()...)
-			m.keygateProblems(w, k)
-			all = append(all, k.inv)
-			if k.inv.cmd == "serve" {
+		for c, inv := range w.keygate {
+			m.problems = append(m.problems, inv.problems()...)
+			m.keygateProblems(w, c, inv)
+			all = append(all, inv)
+			if inv.cmd == "serve" {
 				serve = append(serve, w)
 			} else {
 				sidecars = append(sidecars, w)
@@ -377,12 +338,12 @@ func TestKubernetesManifests(t *testing.T) {
 	// sidecar's, never the app's behind it.
 	for _, s := range m.services {
 		for _, sp := range s.Spec.Ports {
-			targets, err := m.servicePort(s, int(sp.Port), "")
+			targets, err := m.servicePort(s.Name, intstr.FromInt32(sp.Port))
 			if err != nil {
 				m.add("%v", err)
 			}
 			for w, port := range targets {
-				if len(w.keygate) > 0 && w.keygateAt(port, listenFlag) == nil {
+				if len(w.keygate) > 0 && w.keygateAt(port, false) == nil {
 					m.add("Service %s port %d reaches %s port %d, which is no keygate --listen: clients would bypass the key check", s.Name, sp.Port, w.name, port)
 				}
 			}
@@ -407,10 +368,7 @@ func TestKubernetesManifests(t *testing.T) {
 		for _, rule := range np.Spec.Ingress {
 			for _, rp := range rule.Ports {
 				for _, w := range sel {
-					if rp.Port == nil {
-						continue
-					}
-					if _, c := containerPort(&w.pod.Spec, *rp.Port); c == nil {
+					if _, c := containerPort(&w.pod.Spec, ptr.Deref(rp.Port, intstr.FromInt32(-1))); rp.Port != nil && c == nil {
 						m.add("NetworkPolicy %s: port %s is no container port of %s", np.Name, rp.Port.String(), w.name)
 					}
 				}
@@ -425,60 +383,37 @@ func TestKubernetesManifests(t *testing.T) {
 // podProblems checks what every pod of the manifests must have: a locked
 // down security context and resources.
 func (m *manifests) podProblems(w *workload) {
-	podSC := w.pod.Spec.SecurityContext
-	if podSC == nil {
-		podSC = &corev1.PodSecurityContext{}
-	}
+	pod := ptr.Deref(w.pod.Spec.SecurityContext, corev1.PodSecurityContext{})
 	for _, c := range w.pod.Spec.Containers {
-		add := func(format string, args ...any) {
-			m.add("%s container %s: "+format, append([]any{w.name, c.Name}, args...)...)
-		}
-		sc := c.SecurityContext
-		if sc == nil {
-			sc = &corev1.SecurityContext{}
-		}
-		if nonRoot := firstSet(sc.RunAsNonRoot, podSC.RunAsNonRoot); nonRoot == nil || !*nonRoot {
-			add("runAsNonRoot is not true")
-		}
-		if uid := firstSet(sc.RunAsUser, podSC.RunAsUser); uid != nil && *uid == 0 {
-			add("runs as uid 0")
-		}
-		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-			add("readOnlyRootFilesystem is not true")
-		}
-		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Privileged != nil && *sc.Privileged {
-			add("allowPrivilegeEscalation is not false, or privileged")
-		}
-		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
-			add("capabilities: want drop [ALL] and no add")
-		}
-		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
-			add("want cpu and memory requests and a memory limit")
+		sc := ptr.Deref(c.SecurityContext, corev1.SecurityContext{})
+		caps := ptr.Deref(sc.Capabilities, corev1.Capabilities{})
+		for problem, bad := range map[string]bool{
+			"runAsNonRoot is not true":                    !ptr.Deref(cmp.Or(sc.RunAsNonRoot, pod.RunAsNonRoot), false),
+			"runs as uid 0":                               ptr.Deref(cmp.Or(sc.RunAsUser, pod.RunAsUser), -1) == 0,
+			"readOnlyRootFilesystem is not true":          !ptr.Deref(sc.ReadOnlyRootFilesystem, false),
+			"allowPrivilegeEscalation is not false":       ptr.Deref(sc.AllowPrivilegeEscalation, true) || ptr.Deref(sc.Privileged, false),
+			"capabilities: want drop [ALL] and no add":    !slices.Contains(caps.Drop, "ALL") || len(caps.Add) > 0,
+			"want cpu and memory requests, memory limits": c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero(),
+		} {
+			if bad {
+				m.add("%s container %s: %s", w.name, c.Name, problem)
+			}
 		}
 	}
-}
-
-// firstSet is the container's setting, or else its pod's.
-func firstSet[T any](container, pod *T) *T {
-	if container != nil {
-		return container
-	}
-	return pod
 }
 
 // keygateProblems checks one keygate container against the binary: ports,
 // probes, scrape annotations, and what Kubernetes adds to its environment.
-func (m *manifests) keygateProblems(w *workload, k kgContainer) {
-	inv, c := k.inv, k.c
+func (m *manifests) keygateProblems(w *workload, c *corev1.Container, inv *invocation) {
 	add := func(format string, args ...any) { m.add(inv.where+": "+format, args...) }
-	if _, ok := commands[inv.cmd]; !ok {
+	if commands[inv.cmd] == nil {
 		return // inv.problems says why
 	}
-	var declared, listeners []int
+	var declared []int
 	for _, p := range c.Ports {
 		declared = append(declared, int(p.ContainerPort))
 	}
-	listeners = append(listeners, inv.port("listen"))
+	listeners := []int{inv.port("listen")}
 	if inv.cmd == "sidecar" {
 		listeners = append(listeners, inv.port("ops-listen"))
 	}
@@ -488,9 +423,8 @@ func (m *manifests) keygateProblems(w *workload, k kgContainer) {
 		add("containerPorts %v, want keygate %s's listeners %v", declared, inv.cmd, listeners)
 	}
 	health := inv.healthFlag()
-	host, healthPort, _ := splitHostPort(inv.value(health))
-	if isLoopback(host) {
-		add("--%s %q: the kubelet's probes and Prometheus cannot reach a loopback address; set %s=:%d", health, inv.value(health), envFor(health), healthPort)
+	if host, port, _ := splitHostPort(inv.value(health)); isLoopback(host) {
+		add("--%s %q: the kubelet's probes and Prometheus cannot reach a loopback address; set %s=:%d", health, inv.value(health), envFor(health), port)
 	}
 	// TestKubernetesRuns asks the probes and the scrape port.
 	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
@@ -501,11 +435,11 @@ func (m *manifests) keygateProblems(w *workload, k kgContainer) {
 	}
 	// The kubelet would set KEYGATE_SERVICE_HOST, KEYGATE_PORT… from the
 	// Service named keygate, in the variables keygate reads.
-	if w.pod.Spec.EnableServiceLinks == nil || *w.pod.Spec.EnableServiceLinks {
+	if ptr.Deref(w.pod.Spec.EnableServiceLinks, true) {
 		add("set enableServiceLinks: false, or the kubelet sets KEYGATE_* variables of its own")
 	}
-	if g := w.pod.Spec.TerminationGracePeriodSeconds; g != nil && *g <= drainSeconds {
-		add("terminationGracePeriodSeconds %d does not cover keygate's %d s drain", *g, drainSeconds)
+	if g := ptr.Deref(w.pod.Spec.TerminationGracePeriodSeconds, 30); g <= drainSeconds {
+		add("terminationGracePeriodSeconds %d does not cover keygate's %d s drain", g, drainSeconds)
 	}
 	for _, name := range []string{"KEYGATE_ADMIN_TOKENS", "KEYGATE_HASH_KEY"} {
 		if v, ok := inv.env[name]; ok && !strings.Contains(v, "CHANGE-ME") {
@@ -514,19 +448,18 @@ func (m *manifests) keygateProblems(w *workload, k kgContainer) {
 	}
 }
 
-// checkMonitors: the ServiceMonitor and PodMonitor select what runs keygate
-// and scrape /metrics where keygate serves it.
+// checkMonitors: the ServiceMonitor and PodMonitor scrape /metrics where
+// keygate serves it.
 func (m *manifests) checkMonitors() {
 	for _, mon := range m.monitors {
 		targets := map[*workload]int{}
-		for _, ep := range mon.Spec.Endpoints {
-			for _, s := range m.services {
-				if selects(&mon.Spec.Selector, s.Labels) {
-					t, err := m.servicePort(s, 0, ep.Port)
+		for _, s := range m.services {
+			for _, ep := range mon.Spec.Endpoints {
+				if t, err := m.servicePort(s.Name, intstr.FromString(ep.Port)); selects(&mon.Spec.Selector, s.Labels) {
+					maps.Copy(targets, t)
 					if err != nil {
 						m.add("ServiceMonitor %s: %v", mon.Metadata.Name, err)
 					}
-					maps.Copy(targets, t)
 				}
 			}
 		}
@@ -539,7 +472,7 @@ func (m *manifests) checkMonitors() {
 			m.add("%s %s scrapes nothing", mon.Kind, mon.Metadata.Name)
 		}
 		for w, p := range targets {
-			if w.keygateAt(p, healthFlag) == nil {
+			if w.keygateAt(p, true) == nil {
 				m.add("%s %s: %s port %d is not where keygate serves /metrics", mon.Kind, mon.Metadata.Name, w.name, p)
 			}
 		}
@@ -559,35 +492,28 @@ type forwardAuth struct {
 }
 
 // forwardAuths checks that each Ingress's auth-url reaches keygate serve's
-// listener through its Service.
+// listener through its Service, in the manifests' namespace.
 func (m *manifests) forwardAuths() []forwardAuth {
 	var out []forwardAuth
 	for _, ing := range m.ingresses {
 		raw := ing.Annotations["nginx.ingress.kubernetes.io/auth-url"]
+		u, err := url.Parse(raw)
 		if raw == "" {
 			continue
-		}
-		u, err := url.Parse(raw)
-		if err != nil || u.Scheme != "http" || u.Path != "/forward-auth" && !strings.HasPrefix(u.Path, "/forward-auth/") {
+		} else if err != nil || u.Scheme != "http" || u.Path != "/forward-auth" && !strings.HasPrefix(u.Path, "/forward-auth/") {
 			m.add("Ingress %s: auth-url %q is not http://…/forward-auth", ing.Name, raw)
 			continue
 		}
-		name, rest, _ := strings.Cut(u.Hostname(), ".")
-		port := 80
-		if u.Port() != "" {
-			port, _ = strconv.Atoi(u.Port())
+		name, ns, _ := strings.Cut(u.Hostname(), ".")
+		if ns, _, _ = strings.Cut(ns, "."); ns != "" && ns != m.namespace {
+			m.add("Ingress %s: auth-url host %q is not in namespace %s", ing.Name, u.Hostname(), m.namespace)
 		}
-		s := m.service(name)
-		if s == nil || rest != "" && rest != m.namespace+".svc.cluster.local" && rest != m.namespace+".svc" && rest != m.namespace {
-			m.add("Ingress %s: auth-url host %q is no Service of namespace %s", ing.Name, u.Hostname(), m.namespace)
-			continue
-		}
-		targets, err := m.servicePort(s, port, "")
+		targets, err := m.servicePort(name, intstr.Parse(cmp.Or(u.Port(), "80")))
 		if err != nil {
 			m.add("Ingress %s: auth-url: %v", ing.Name, err)
 		}
 		for w, p := range targets {
-			if inv := w.keygateAt(p, listenFlag); inv == nil || inv.cmd != "serve" {
+			if inv := w.keygateAt(p, false); inv == nil || inv.cmd != "serve" {
 				m.add("Ingress %s: auth-url reaches %s port %d, not keygate serve", ing.Name, w.name, p)
 			}
 		}
@@ -609,39 +535,34 @@ func (m *manifests) forwardAuths() []forwardAuth {
 // Ingress forwards.
 func TestKubernetesRuns(t *testing.T) {
 	m := loadManifests(t)
-	var serveInv, sidecarInv *invocation
+	byCmd := map[string]*invocation{}
 	for _, w := range m.workloads {
-		for _, k := range w.keygate {
-			if _, ok := commands[k.inv.cmd]; !ok {
-				t.Fatalf("%s: not serve or sidecar (see TestKubernetesManifests)", k.inv.where)
+		for c, inv := range w.keygate {
+			if commands[inv.cmd] == nil {
+				t.Fatalf("%s: not serve or sidecar (see TestKubernetesManifests)", inv.where)
 			}
 			var probes []probe
-			for kind, pr := range map[string]*corev1.Probe{"liveness": k.c.LivenessProbe, "readiness": k.c.ReadinessProbe} {
+			for kind, pr := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
 				if pr != nil && pr.HTTPGet != nil {
 					port, _ := containerPort(&w.pod.Spec, pr.HTTPGet.Port)
-					probes = append(probes, probe{k.inv.where, kind, pr.HTTPGet.Path, port})
+					probes = append(probes, probe{inv.where, kind, pr.HTTPGet.Path, port})
 				}
 			}
-			if port, err := strconv.Atoi(w.pod.Annotations["prometheus.io/port"]); err == nil {
-				probes = append(probes, probe{k.inv.where + " prometheus.io annotations", "metrics", "/metrics", port})
-			}
-			checkProbes(t, k.inv, probes)
-			if k.inv.cmd == "serve" {
-				serveInv = k.inv
-			} else {
-				sidecarInv = k.inv
-			}
+			port, _ := strconv.Atoi(w.pod.Annotations["prometheus.io/port"])
+			probes = append(probes, probe{inv.where + " prometheus.io annotations", "metrics", cmp.Or(w.pod.Annotations["prometheus.io/path"], "/metrics"), port})
+			checkProbes(t, inv, probes)
+			byCmd[inv.cmd] = inv
 		}
 	}
-	if serveInv == nil || sidecarInv == nil {
+	if byCmd["serve"] == nil || byCmd["sidecar"] == nil {
 		t.Fatal("the manifests need a keygate serve and a keygate sidecar")
 	}
-	serve, sidecar := session(t, serveInv, sidecarInv)
-	admin := strings.Split(serveInv.value("admin-tokens"), ",")[0]
+	serve, sidecar := session(t, byCmd["serve"], byCmd["sidecar"])
+	admin, _, _ := strings.Cut(byCmd["serve"].value("admin-tokens"), ",")
 	checkPublic(t, sidecar)
 
 	// The sidecar's --require-scopes, as configured.
-	for _, rule := range strings.Split(sidecarInv.value("require-scopes"), ";") {
+	for _, rule := range strings.Split(sidecar.inv.value("require-scopes"), ";") {
 		route, scopes, ok := strings.Cut(strings.TrimSpace(rule), "=")
 		if !ok {
 			continue
@@ -650,14 +571,12 @@ func TestKubernetesRuns(t *testing.T) {
 		if !ok {
 			method, path = "GET", route
 		}
-		without := createKey(t, serve.listen, admin, `{"name":"no scopes","subject":"user_1"}`)
-		with := createKey(t, serve.listen, admin, `{"name":"scoped","subject":"user_1","scopes":`+jsonOf(strings.Split(scopes, ","))+`}`)
-		for _, c := range []struct {
-			key  createdKey
-			want int
-		}{{without, http.StatusForbidden}, {with, http.StatusOK}} {
-			if status, _, _ := do(t, method, "http://"+sidecar.listen+path, c.key.Secret, ""); status != c.want {
-				t.Errorf("%s: %s %s with a key named %q (route needs %s): %d, want %d", sidecarInv.where, method, path, c.key.ID, scopes, status, c.want)
+		for want, key := range map[int]createdKey{
+			http.StatusForbidden: createKey(t, serve.listen, admin, `{"name":"no scopes","subject":"user_1"}`),
+			http.StatusOK:        createKey(t, serve.listen, admin, `{"name":"scoped","subject":"user_1","scopes":`+jsonOf(strings.Split(scopes, ","))+`}`),
+		} {
+			if status, _, _ := do(t, method, "http://"+sidecar.listen+path, key.Secret, ""); status != want {
+				t.Errorf("%s: %s %s (needs %s) with key %s: %d, want %d", sidecar.inv.where, method, path, scopes, key.ID, status, want)
 			}
 		}
 	}
@@ -665,26 +584,18 @@ func TestKubernetesRuns(t *testing.T) {
 	// ingress-nginx: the auth-url answers 200 with exactly the identity
 	// headers the Ingress forwards, 401 without a key, 403 without the scope.
 	for _, fa := range m.forwardAuths() {
-		var scopes []string
-		if q := fa.url.Query().Get("scopes"); q != "" {
-			scopes = strings.Split(q, ",")
-		}
-		key := createKey(t, serve.listen, admin, `{"name":"ingress","subject":"user_7","claims":{"plan":"pro"},"scopes":`+jsonOf(scopes)+`}`)
+		scopes := slices.DeleteFunc(strings.Split(fa.url.Query().Get("scopes"), ","), func(s string) bool { return s == "" })
 		authURL := "http://" + serve.listen + fa.url.RequestURI()
+		key := createKey(t, serve.listen, admin, `{"name":"ingress","subject":"user_7","claims":{"plan":"pro"},"scopes":`+jsonOf(scopes)+`}`)
 		status, body, h := do(t, "GET", authURL, key.Secret, "")
-		if status != http.StatusOK {
-			t.Errorf("Ingress %s: auth-url with a valid key: %d %s, want 200", fa.ingress, status, body)
-			continue
-		}
 		var identity []string
 		for name := range h {
 			if strings.HasPrefix(name, "X-Api-Key-") {
 				identity = append(identity, name)
 			}
 		}
-		slices.Sort(identity)
-		if forwarded := slices.Sorted(slices.Values(fa.headers)); !slices.Equal(identity, forwarded) {
-			t.Errorf("Ingress %s: auth-response-headers %v, but keygate answers with %v", fa.ingress, forwarded, identity)
+		if slices.Sort(identity); status != http.StatusOK || !slices.Equal(identity, slices.Sorted(slices.Values(fa.headers))) {
+			t.Errorf("Ingress %s: auth-url with a valid key: %d %s with %v; want 200 with the auth-response-headers %v", fa.ingress, status, body, identity, fa.headers)
 		}
 		if status, _, _ := do(t, "GET", authURL, "", ""); status != http.StatusUnauthorized {
 			t.Errorf("Ingress %s: auth-url without a key: %d, want 401", fa.ingress, status)

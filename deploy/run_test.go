@@ -8,8 +8,9 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -169,20 +170,13 @@ func checkProbes(t *testing.T, inv *invocation, probes []probe) {
 			t.Errorf("%s: %s port %d is none of keygate %s's listeners", pr.where, pr.kind, pr.port, inv.cmd)
 			continue
 		}
-		status, body := get(t, "http://"+addr+pr.path, "")
-		switch pr.kind {
-		case "liveness":
-			if status != http.StatusOK {
-				t.Errorf("%s: liveness %s answers %d with Redis down, want 200 (a Redis outage would restart every pod)", pr.where, pr.path, status)
-			}
-		case "readiness":
-			if status != http.StatusServiceUnavailable {
-				t.Errorf("%s: readiness %s answers %d with Redis down, want 503 (it must take the instance out of rotation)", pr.where, pr.path, status)
-			}
-		case "metrics":
-			if status != http.StatusOK || !strings.Contains(body, "keygate_") {
-				t.Errorf("%s: metrics %s answers %d without keygate_ metrics", pr.where, pr.path, status)
-			}
+		want := map[string]int{"liveness": http.StatusOK, "readiness": http.StatusServiceUnavailable, "metrics": http.StatusOK}[pr.kind]
+		if status, body := get(t, "http://"+addr+pr.path, ""); status != want || pr.kind == "metrics" && !strings.Contains(body, "keygate_") {
+			t.Errorf("%s: %s %s answers %d with Redis down, want %d (%s)", pr.where, pr.kind, pr.path, status, want, map[string]string{
+				"liveness":  "a Redis outage would restart every instance",
+				"readiness": "the instance must leave the rotation",
+				"metrics":   "with keygate_ metrics",
+			}[pr.kind])
 		}
 	}
 	p.stop(t)
@@ -220,29 +214,17 @@ func do(t *testing.T, method, rawURL, bearer, body string) (int, string, http.He
 	return resp.StatusCode, string(b), resp.Header
 }
 
-// upstream is a test application that records what reached it.
-type upstream struct {
-	*httptest.Server
-	mu   sync.Mutex
-	last http.Header
-}
-
-func newUpstream(t *testing.T) *upstream {
-	u := &upstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.last = r.Header.Clone()
-		u.mu.Unlock()
+// newUpstream is a test application that records the headers of the last
+// request that reached it.
+func newUpstream(t *testing.T) (*httptest.Server, *atomic.Pointer[http.Header]) {
+	var last atomic.Pointer[http.Header]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		last.Store(&h)
 		io.WriteString(w, "hello from the app\n")
 	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *upstream) lastHeader() http.Header {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.last
+	t.Cleanup(srv.Close)
+	return srv, &last
 }
 
 // createdKey is the part of the admin API's create answer the sessions use.
@@ -273,7 +255,7 @@ func createKey(t *testing.T, serveAddr, adminToken, body string) createdKey {
 func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc) {
 	t.Helper()
 	redisAddr := redistest.Start(t).Addr
-	up := newUpstream(t)
+	up, last := newUpstream(t)
 	serve = start(t, serveInv, redisAddr)
 	sidecar = start(t, sidecarInv, redisAddr, "--upstream", up.URL)
 	for _, p := range []*proc{serve, sidecar} {
@@ -291,7 +273,7 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	if status, body := get(t, proxy, key.Secret); status != http.StatusOK {
 		t.Fatalf("through %s with the key serve created: %d %s, want 200 (do serve and sidecar share Redis, namespace and hash key?)", sidecarInv.where, status, body)
 	}
-	h := up.lastHeader()
+	h := *last.Load()
 	if h.Get("X-Api-Key-Id") != key.ID || h.Get("X-Api-Key-Subject") != "user_42" {
 		t.Errorf("the app got identity %q %q, want %q user_42", h.Get("X-Api-Key-Id"), h.Get("X-Api-Key-Subject"), key.ID)
 	}
@@ -324,12 +306,7 @@ func checkPublic(t *testing.T, sidecar *proc) {
 // mustOne returns the only invocation of a command in invs.
 func mustOne(t *testing.T, invs []*invocation, cmd string) *invocation {
 	t.Helper()
-	var found []*invocation
-	for _, inv := range invs {
-		if inv.cmd == cmd {
-			found = append(found, inv)
-		}
-	}
+	found := slices.DeleteFunc(slices.Clone(invs), func(inv *invocation) bool { return inv.cmd != cmd })
 	if len(found) != 1 {
 		t.Fatalf("want one keygate %s, found %d", cmd, len(found))
 	}

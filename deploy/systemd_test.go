@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"os/exec"
@@ -141,12 +142,9 @@ func TestSystemd(t *testing.T) {
 	report(t, problems)
 }
 
-// systemdDuration reads a systemd time span: "30s", "1min", "90".
+// systemdDuration reads a systemd time span: "30s", "1min", "90" (seconds).
 func systemdDuration(s string) (time.Duration, error) {
-	if s == "" {
-		return 90 * time.Second, nil // DefaultTimeoutStopSec
-	}
-	if n, err := strconv.Atoi(s); err == nil {
+	if n, err := strconv.Atoi(cmp.Or(s, "90")); err == nil { // 90 s: DefaultTimeoutStopSec
 		return time.Duration(n) * time.Second, nil
 	}
 	return time.ParseDuration(strings.ReplaceAll(strings.ReplaceAll(s, "min", "m"), " ", ""))
