@@ -1,8 +1,8 @@
 package deploy
 
 import (
+	"cmp"
 	"context"
-	"fmt"
 	"maps"
 	"net/url"
 	"path/filepath"
@@ -15,11 +15,11 @@ import (
 )
 
 // loadCompose loads compose.yaml with compose-go, the library Docker
-// Compose itself uses: the Compose Specification's schema (a misspelt key
-// fails), interpolation with none of the variables set (the defaults are
-// what a fresh checkout runs with; a required one fails), merges, and
-// references to services and volumes.
-func loadCompose(t *testing.T) *types.Project {
+// Compose uses: the Compose Specification's schema (a misspelt key fails),
+// merges, references to services and volumes, and interpolation with no
+// variable set (the defaults are what a fresh checkout runs with; a
+// required variable fails). It returns the keygate services' invocations.
+func loadCompose(t *testing.T) (*types.Project, []*invocation) {
 	t.Helper()
 	dir := filepath.Join(repoRoot, "deploy")
 	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
@@ -30,114 +30,77 @@ func loadCompose(t *testing.T) *types.Project {
 	if err != nil {
 		t.Fatalf("compose.yaml: %v", err)
 	}
-	return p
-}
-
-// composeKeygate are the invocations of the services that run the keygate
-// image, by service name.
-func composeKeygate(t *testing.T, p *types.Project) map[string]*invocation {
-	out := map[string]*invocation{}
-	for name, s := range p.Services {
-		if imageRepo(s.Image) != keygateRepo(t) {
+	var invs []*invocation
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		s := p.Services[name]
+		if imageRepo(s.Image) != keygateRepo(t) || len(s.Command) == 0 {
 			continue
 		}
-		inv := &invocation{where: "compose.yaml: service " + name, env: map[string]string{}}
-		if len(s.Command) > 0 {
-			inv.cmd, inv.args = s.Command[0], s.Command[1:]
-		}
+		inv := &invocation{where: "compose.yaml: service " + name, cmd: s.Command[0], args: s.Command[1:], env: map[string]string{}}
 		for k, v := range s.Environment {
-			if v != nil {
-				inv.env[k] = *v
-			}
+			inv.env[k] = *cmp.Or(v, new(string))
 		}
-		out[name] = inv
+		invs = append(invs, inv)
 	}
-	return out
+	return p, invs
 }
 
 func TestCompose(t *testing.T) {
-	p := loadCompose(t)
-	var problems []string
-	add := func(format string, args ...any) {
-		problems = append(problems, "compose.yaml: "+fmt.Sprintf(format, args...))
-	}
-
+	p, invs := loadCompose(t)
+	var ps problems
+	add := func(format string, args ...any) { ps.add("compose.yaml: "+format, args...) }
 	// Redis with AOF on a named volume.
-	if redis, ok := p.Services["redis"]; !ok {
-		add("no service named redis")
-	} else {
-		if !strings.HasPrefix(redis.Image, "redis:7") {
-			add("redis image %q, want redis:7…", redis.Image)
-		}
-		if !strings.Contains(" "+strings.Join(redis.Command, " ")+" ", " --appendonly yes ") {
-			add("redis command %q lacks --appendonly yes", redis.Command)
-		}
-		if !slices.ContainsFunc(redis.Volumes, func(v types.ServiceVolumeConfig) bool {
-			return v.Type == types.VolumeTypeVolume && v.Target == "/data"
-		}) {
-			add("redis keeps /data on no named volume: the AOF would die with the container")
+	redis := p.Services["redis"]
+	if !strings.HasPrefix(redis.Image, "redis:7") || !strings.Contains(strings.Join(redis.Command, " ")+" ", "--appendonly yes ") {
+		add("service redis: image %q command %q, want redis:7 with --appendonly yes", redis.Image, redis.Command)
+	}
+	if !slices.ContainsFunc(redis.Volumes, func(v types.ServiceVolumeConfig) bool { return v.Type == types.VolumeTypeVolume && v.Target == "/data" }) {
+		add("service redis keeps /data on no named volume: the AOF would die with the container")
+	}
+	for _, cmd := range []string{"serve", "sidecar"} {
+		if n := len(slices.DeleteFunc(slices.Clone(invs), func(inv *invocation) bool { return inv.cmd != cmd })); n != 1 {
+			add("want one service running keygate %s (image %s), found %d", cmd, keygateRepo(t), n)
 		}
 	}
-
-	invs := composeKeygate(t, p)
-	byCmd := map[string][]string{}
-	for name, inv := range invs {
-		s := p.Services[name]
-		byCmd[inv.cmd] = append(byCmd[inv.cmd], name)
-		problems = append(problems, inv.problems()...)
-		if len(s.Entrypoint) > 0 {
-			add("service %s: entrypoint %q replaces the image's binary", name, s.Entrypoint)
+	for _, inv := range invs {
+		s := p.Services[strings.TrimPrefix(inv.where, "compose.yaml: service ")]
+		ps = append(ps, inv.problems()...)
+		if len(s.Entrypoint) > 0 || s.Build == nil || s.Build.Context != repoRoot || s.Build.Dockerfile != "deploy/Dockerfile" || !s.ReadOnly {
+			add("service %s: want the image's entrypoint, build from the repository root with deploy/Dockerfile, read_only: true", s.Name)
 		}
-		if s.Build == nil || s.Build.Context != repoRoot || s.Build.Dockerfile != "deploy/Dockerfile" {
-			add("service %s: build should be the repository root with deploy/Dockerfile, got %+v", name, s.Build)
-		}
-		if !s.ReadOnly {
-			add("service %s: keygate writes nothing with Redis configured; set read_only: true", name)
-		}
-		// Published ports are keygate's listeners; the ops port must not be
-		// on loopback inside the container, or publishing it reaches nothing.
+		// Published ports are keygate's listeners; a published ops port must
+		// not listen on loopback inside the container.
 		published := map[int]bool{}
 		for _, sp := range s.Ports {
-			published[int(sp.Target)] = true
-			if l := int(sp.Target); l != inv.port("listen") && (inv.cmd != "sidecar" || l != inv.port("ops-listen")) {
-				add("service %s: port %d is no listener of keygate %s", name, l, inv.cmd)
+			if published[int(sp.Target)] = true; int(sp.Target) != inv.port("listen") && (inv.cmd != "sidecar" || int(sp.Target) != inv.port("ops-listen")) {
+				add("service %s: port %d is no listener of keygate %s", s.Name, sp.Target, inv.cmd)
 			}
 		}
 		if !published[inv.port("listen")] {
-			add("service %s: keygate %s listens on %q but no port publishes it", name, inv.cmd, inv.value("listen"))
+			add("service %s: keygate %s listens on %q but no port publishes it", s.Name, inv.cmd, inv.value("listen"))
 		}
 		if host, op, _ := splitHostPort(inv.value("ops-listen")); inv.cmd == "sidecar" && published[op] && isLoopback(host) {
-			add("service %s: publishes the ops port %d but --ops-listen is %q, unreachable from outside the container", name, op, inv.value("ops-listen"))
+			add("service %s: publishes the ops port %d but --ops-listen is %q, unreachable from outside the container", s.Name, op, inv.value("ops-listen"))
 		}
 		// Redis and the upstream are services of this file.
-		if u, err := url.Parse(inv.value("redis-url")); err == nil && u.Host != "" {
-			if _, ok := s.DependsOn[u.Hostname()]; !ok {
-				add("service %s does not depend on %s, its Redis", name, u.Hostname())
-			}
+		if u, err := url.Parse(inv.value("redis-url")); err != nil || s.DependsOn[u.Hostname()].Condition == "" {
+			add("service %s does not depend on %q, its Redis", s.Name, inv.value("redis-url"))
 		}
-		if inv.cmd == "sidecar" {
-			if u, err := url.Parse(inv.value("upstream")); err != nil || p.Services[u.Hostname()].Name == "" {
-				add("service %s: upstream %q is no service of this file", name, inv.value("upstream"))
-			}
+		if u, err := url.Parse(inv.value("upstream")); inv.cmd == "sidecar" && (err != nil || p.Services[u.Hostname()].Name == "") {
+			add("service %s: upstream %q is no service of this file", s.Name, inv.value("upstream"))
 		}
 		if inv.cmd == "serve" && !strings.Contains(inv.value("admin-tokens"), "CHANGE-ME") {
-			add("service %s: the default admin token %q must say it is a placeholder (CHANGE-ME)", name, inv.value("admin-tokens"))
+			add("service %s: the default admin token %q must say it is a placeholder (CHANGE-ME)", s.Name, inv.value("admin-tokens"))
 		}
 	}
-	for _, cmd := range []string{"serve", "sidecar"} {
-		if len(byCmd[cmd]) != 1 {
-			add("want one service running keygate %s (image %s), found %v", cmd, keygateRepo(t), byCmd[cmd])
-		}
-	}
-	problems = append(problems, shared(sortedInvs(invs))...)
-	report(t, problems)
+	report(t, append(ps, shared(invs)...))
 }
 
 // TestComposeRuns runs both keygate services as compose.yaml configures
 // them: the ops endpoints answer where the file publishes them, and the
 // README's session works through them.
 func TestComposeRuns(t *testing.T) {
-	invs := sortedInvs(composeKeygate(t, loadCompose(t)))
+	_, invs := loadCompose(t)
 	for _, inv := range invs {
 		checkProbes(t, inv, healthProbes(inv))
 	}
@@ -145,14 +108,6 @@ func TestComposeRuns(t *testing.T) {
 	checkPublic(t, sidecar)
 	sidecar.stop(t)
 	serve.stop(t)
-}
-
-func sortedInvs(m map[string]*invocation) []*invocation {
-	var out []*invocation
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, m[k])
-	}
-	return out
 }
 
 // keygateRepo is the image repository every file uses for keygate: the one

@@ -3,7 +3,6 @@ package deploy
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -16,8 +15,6 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
-	"github.com/moby/patternmatcher"
-	"github.com/moby/patternmatcher/ignorefile"
 )
 
 // dockerfile is deploy/Dockerfile as BuildKit reads it.
@@ -106,10 +103,8 @@ func (d *dockerfile) binaryPath() string {
 
 func TestDockerfile(t *testing.T) {
 	d := mustDockerfile(t)
-	var problems []string
-	add := func(format string, args ...any) {
-		problems = append(problems, "deploy/Dockerfile: "+fmt.Sprintf(format, args...))
-	}
+	var ps problems
+	add := func(format string, args ...any) { ps.add("deploy/Dockerfile: "+format, args...) }
 	for _, w := range d.warnings {
 		add("%s", w)
 	}
@@ -148,7 +143,7 @@ func TestDockerfile(t *testing.T) {
 	if len(d.entrypoint) != 1 || len(d.cmd) == 0 || d.shellForm {
 		add("ENTRYPOINT %q CMD %q: want the binary, then the subcommand, in exec form: CMD, compose's command and Kubernetes' args give the subcommand, and there is no shell", d.entrypoint, d.cmd)
 	} else {
-		problems = append(problems, (&invocation{where: "deploy/Dockerfile CMD", cmd: d.cmd[0], args: d.cmd[1:]}).problems()...)
+		ps = append(ps, (&invocation{where: "deploy/Dockerfile CMD", cmd: d.cmd[0], args: d.cmd[1:]}).problems()...)
 	}
 	user := ""
 	if users := commandsOf[*instructions.UserCommand](d.final()); len(users) > 0 {
@@ -191,40 +186,5 @@ func TestDockerfile(t *testing.T) {
 			}
 		}
 	}
-	report(t, problems)
-}
-
-// TestDockerignore checks, with Docker's own pattern matcher, that the build
-// context keeps every package the binary is built from.
-func TestDockerignore(t *testing.T) {
-	f, err := os.Open(filepath.Join(repoRoot, ".dockerignore"))
-	if err != nil {
-		t.Logf("no .dockerignore (%v): the whole repository is the build context", err)
-		return
-	}
-	defer f.Close()
-	patterns, err := ignorefile.ReadAll(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pm, err := patternmatcher.New(patterns)
-	if err != nil {
-		t.Fatalf(".dockerignore: %v", err)
-	}
-	cmd := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "./cmd/keygate")
-	cmd.Dir = repoRoot
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	needed := []string{"go.mod", "go.sum"}
-	for _, dir := range strings.Fields(string(out)) {
-		rel, _ := filepath.Rel(repoRoot, dir)
-		needed = append(needed, filepath.Join(rel, "a.go")) // a file of the package
-	}
-	for _, n := range needed {
-		if excluded, err := pm.MatchesOrParentMatches(n); err != nil || excluded {
-			t.Errorf(".dockerignore leaves %s out of the build context (%v); go build ./cmd/keygate needs it", n, err)
-		}
-	}
+	report(t, ps)
 }

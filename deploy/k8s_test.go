@@ -55,34 +55,17 @@ type manifests struct {
 	pdbs       []*policyv1.PodDisruptionBudget
 	netpols    []*networkingv1.NetworkPolicy
 	ingresses  []*networkingv1.Ingress
-	monitors   []*monitor
 	configMaps map[string]map[string]string
 	secrets    map[string]map[string]string
-	problems   []string
-}
-
-func (m *manifests) add(format string, args ...any) {
-	m.problems = append(m.problems, fmt.Sprintf(format, args...))
+	problems
 }
 
 // workload is a Deployment or StatefulSet and its keygate containers.
 type workload struct {
 	name     string // "Deployment keygate"
 	replicas int32
-	selector *metav1.LabelSelector
 	pod      *corev1.PodTemplateSpec
 	keygate  map[*corev1.Container]*invocation
-}
-
-// monitor is what the test reads of a Prometheus Operator ServiceMonitor or
-// PodMonitor (their Go types bring controller-runtime along).
-type monitor struct {
-	Kind     string
-	Metadata metav1.ObjectMeta
-	Spec     struct {
-		Selector                       metav1.LabelSelector
-		Endpoints, PodMetricsEndpoints []struct{ Port, Path string }
-	}
 }
 
 func kustomization(t *testing.T) *kustomize.Kustomization {
@@ -130,13 +113,8 @@ func loadManifests(t *testing.T) *manifests {
 // decode decodes one object into its type and files it.
 func (m *manifests) decode(where string, b []byte) {
 	var tm metav1.TypeMeta
-	if yaml.Unmarshal(b, &tm) == nil && strings.HasPrefix(tm.APIVersion, "monitoring.coreos.com/") {
-		mon := &monitor{}
-		if err := yaml.Unmarshal(b, mon); err != nil {
-			m.add("%s: %v", where, err)
-		}
-		m.monitors = append(m.monitors, mon)
-		return
+	if yaml.Unmarshal(b, &tm) == nil && tm.APIVersion == "monitoring.coreos.com/v1" {
+		return // the Prometheus Operator's types would bring controller-runtime along
 	}
 	obj, _, err := decoder.Decode(b, nil, nil)
 	if err != nil {
@@ -148,9 +126,9 @@ func (m *manifests) decode(where string, b []byte) {
 	}
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
-		m.workloads = append(m.workloads, &workload{"Deployment " + o.Name, ptr.Deref(o.Spec.Replicas, 1), o.Spec.Selector, &o.Spec.Template, nil})
+		m.workloads = append(m.workloads, &workload{"Deployment " + o.Name, ptr.Deref(o.Spec.Replicas, 1), &o.Spec.Template, nil})
 	case *appsv1.StatefulSet:
-		m.workloads = append(m.workloads, &workload{"StatefulSet " + o.Name, ptr.Deref(o.Spec.Replicas, 1), o.Spec.Selector, &o.Spec.Template, nil})
+		m.workloads = append(m.workloads, &workload{"StatefulSet " + o.Name, ptr.Deref(o.Spec.Replicas, 1), &o.Spec.Template, nil})
 	case *corev1.Service:
 		m.services = append(m.services, o)
 	case *policyv1.PodDisruptionBudget:
@@ -314,9 +292,6 @@ func TestKubernetesManifests(t *testing.T) {
 	var serve, sidecars []*workload
 	var all []*invocation
 	for _, w := range m.workloads {
-		if !selects(w.selector, w.pod.Labels) {
-			m.add("%s: selector %v does not match its pod's labels %v", w.name, w.selector, w.pod.Labels)
-		}
 		m.podProblems(w)
 		for c, inv := range w.keygate {
 			m.problems = append(m.problems, inv.problems()...)
@@ -375,7 +350,6 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
-	m.checkMonitors()
 	m.forwardAuths()
 	report(t, m.problems)
 }
@@ -409,19 +383,6 @@ func (m *manifests) keygateProblems(w *workload, c *corev1.Container, inv *invoc
 	if commands[inv.cmd] == nil {
 		return // inv.problems says why
 	}
-	var declared []int
-	for _, p := range c.Ports {
-		declared = append(declared, int(p.ContainerPort))
-	}
-	listeners := []int{inv.port("listen")}
-	if inv.cmd == "sidecar" {
-		listeners = append(listeners, inv.port("ops-listen"))
-	}
-	slices.Sort(declared)
-	slices.Sort(listeners)
-	if !slices.Equal(declared, listeners) {
-		add("containerPorts %v, want keygate %s's listeners %v", declared, inv.cmd, listeners)
-	}
 	health := inv.healthFlag()
 	if host, port, _ := splitHostPort(inv.value(health)); isLoopback(host) {
 		add("--%s %q: the kubelet's probes and Prometheus cannot reach a loopback address; set %s=:%d", health, inv.value(health), envFor(health), port)
@@ -448,42 +409,6 @@ func (m *manifests) keygateProblems(w *workload, c *corev1.Container, inv *invoc
 	}
 }
 
-// checkMonitors: the ServiceMonitor and PodMonitor scrape /metrics where
-// keygate serves it.
-func (m *manifests) checkMonitors() {
-	for _, mon := range m.monitors {
-		targets := map[*workload]int{}
-		for _, s := range m.services {
-			for _, ep := range mon.Spec.Endpoints {
-				if t, err := m.servicePort(s.Name, intstr.FromString(ep.Port)); selects(&mon.Spec.Selector, s.Labels) {
-					maps.Copy(targets, t)
-					if err != nil {
-						m.add("ServiceMonitor %s: %v", mon.Metadata.Name, err)
-					}
-				}
-			}
-		}
-		for _, ep := range mon.Spec.PodMetricsEndpoints {
-			for _, w := range m.selected(&mon.Spec.Selector) {
-				targets[w], _ = containerPort(&w.pod.Spec, intstr.FromString(ep.Port))
-			}
-		}
-		if len(targets) == 0 {
-			m.add("%s %s scrapes nothing", mon.Kind, mon.Metadata.Name)
-		}
-		for w, p := range targets {
-			if w.keygateAt(p, true) == nil {
-				m.add("%s %s: %s port %d is not where keygate serves /metrics", mon.Kind, mon.Metadata.Name, w.name, p)
-			}
-		}
-		for _, ep := range append(mon.Spec.Endpoints, mon.Spec.PodMetricsEndpoints...) {
-			if ep.Path != "/metrics" {
-				m.add("%s %s: path %q, want /metrics", mon.Kind, mon.Metadata.Name, ep.Path)
-			}
-		}
-	}
-}
-
 // forwardAuth is an Ingress's auth-url and the headers it forwards.
 type forwardAuth struct {
 	ingress string
@@ -504,11 +429,12 @@ func (m *manifests) forwardAuths() []forwardAuth {
 			m.add("Ingress %s: auth-url %q is not http://…/forward-auth", ing.Name, raw)
 			continue
 		}
-		name, ns, _ := strings.Cut(u.Hostname(), ".")
-		if ns, _, _ = strings.Cut(ns, "."); ns != "" && ns != m.namespace {
-			m.add("Ingress %s: auth-url host %q is not in namespace %s", ing.Name, u.Hostname(), m.namespace)
-		}
+		// name.namespace.svc.cluster.local: the Service, in the namespace.
+		name, ns, _ := strings.Cut(u.Hostname()+"."+m.namespace, ".")
 		targets, err := m.servicePort(name, intstr.Parse(cmp.Or(u.Port(), "80")))
+		if ns, _, _ = strings.Cut(ns, "."); ns != m.namespace {
+			err = fmt.Errorf("host %q is not in namespace %s", u.Hostname(), m.namespace)
+		}
 		if err != nil {
 			m.add("Ingress %s: auth-url: %v", ing.Name, err)
 		}
@@ -541,15 +467,14 @@ func TestKubernetesRuns(t *testing.T) {
 			if commands[inv.cmd] == nil {
 				t.Fatalf("%s: not serve or sidecar (see TestKubernetesManifests)", inv.where)
 			}
-			var probes []probe
+			scrape, _ := strconv.Atoi(w.pod.Annotations["prometheus.io/port"])
+			probes := []probe{{inv.where + " prometheus.io annotations", "metrics", cmp.Or(w.pod.Annotations["prometheus.io/path"], "/metrics"), scrape}}
 			for kind, pr := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
 				if pr != nil && pr.HTTPGet != nil {
 					port, _ := containerPort(&w.pod.Spec, pr.HTTPGet.Port)
 					probes = append(probes, probe{inv.where, kind, pr.HTTPGet.Path, port})
 				}
 			}
-			port, _ := strconv.Atoi(w.pod.Annotations["prometheus.io/port"])
-			probes = append(probes, probe{inv.where + " prometheus.io annotations", "metrics", cmp.Or(w.pod.Annotations["prometheus.io/path"], "/metrics"), port})
 			checkProbes(t, inv, probes)
 			byCmd[inv.cmd] = inv
 		}

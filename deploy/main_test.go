@@ -8,7 +8,6 @@ import (
 	"io"
 	"maps"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,8 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"sigs.k8s.io/yaml"
 )
 
 const modulePath = "github.com/keygate/keygate"
@@ -41,9 +38,8 @@ var (
 // command is one keygate subcommand and its flags, read from its --help.
 type command struct {
 	name  string
-	help  string
-	flags map[string]flagInfo // by flag name
-	byEnv map[string]flagInfo // by environment variable
+	flags map[string]*flagInfo // by flag name
+	byEnv map[string]*flagInfo // by environment variable
 }
 
 type flagInfo struct {
@@ -109,25 +105,24 @@ func readHelp(name string) (*command, error) {
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("keygate %s --help: %v\n%s", name, err, out.String())
 	}
-	c := &command{name: name, help: out.String(), flags: map[string]flagInfo{}, byEnv: map[string]flagInfo{}}
+	help := out.String()
+	c := &command{name: name, flags: map[string]*flagInfo{}, byEnv: map[string]*flagInfo{}}
 	last := "" // the flag whose usage line comes next
 	sc := bufio.NewScanner(&out)
 	for sc.Scan() {
 		line := sc.Text()
 		if m := helpFlag.FindStringSubmatch(line); m != nil {
-			c.flags[m[1]] = flagInfo{name: m[1], env: m[2]}
+			c.flags[m[1]] = &flagInfo{name: m[1], env: m[2]}
 			last = m[1]
 			continue
 		}
 		if m := helpDefault.FindStringSubmatch(strings.TrimSpace(line)); m != nil && last != "" {
-			f := c.flags[last]
-			f.def = m[1]
-			c.flags[last] = f
+			c.flags[last].def = m[1]
 		}
 		last = ""
 	}
 	if len(c.flags) == 0 {
-		return nil, fmt.Errorf("keygate %s --help lists no flag in the form \"  --flag  KEYGATE_FLAG\":\n%s", name, c.help)
+		return nil, fmt.Errorf("keygate %s --help lists no flag in the form \"  --flag  KEYGATE_FLAG\":\n%s", name, help)
 	}
 	for _, f := range c.flags {
 		c.byEnv[f.env] = f
@@ -153,17 +148,6 @@ func TestHelpFollowsTheEnvRule(t *testing.T) {
 			}
 		}
 	}
-	// The flags these files rely on; each file's own checks say where.
-	for cmd, names := range map[string][]string{
-		"serve":   {"listen", "redis-url", "admin-tokens", "hash-key", "data-dir"},
-		"sidecar": {"listen", "ops-listen", "upstream", "redis-url", "hash-key", "public", "require-scopes"},
-	} {
-		for _, n := range names {
-			if _, ok := commands[cmd].flags[n]; !ok {
-				t.Errorf("keygate %s --help has no --%s", cmd, n)
-			}
-		}
-	}
 }
 
 func TestVersionLdflag(t *testing.T) {
@@ -186,11 +170,9 @@ type invocation struct {
 }
 
 // problems checks the invocation against the binary's help.
-func (inv *invocation) problems() []string {
-	var out []string
-	add := func(format string, args ...any) {
-		out = append(out, inv.where+": "+fmt.Sprintf(format, args...))
-	}
+func (inv *invocation) problems() problems {
+	var out problems
+	add := func(format string, args ...any) { out.add(inv.where+": "+format, args...) }
 	c, ok := commands[inv.cmd]
 	if !ok {
 		add("%q is not a keygate command that serves (want serve or sidecar)", inv.cmd)
@@ -251,8 +233,8 @@ func (inv *invocation) value(flag string) string {
 	if v := inv.env[envFor(flag)]; v != "" {
 		return v
 	}
-	if c, ok := commands[inv.cmd]; ok {
-		return c.flags[flag].def
+	if f := commands[inv.cmd].flags[flag]; f != nil {
+		return f.def
 	}
 	return ""
 }
@@ -275,12 +257,12 @@ func (inv *invocation) healthFlag() string {
 // shared checks what every keygate process of one deployment must agree on:
 // the Redis they use, the namespace of its keys, the secret prefix and the
 // hash key. A sidecar with another hash key refuses every key serve creates.
-func shared(invs []*invocation) []string {
-	var out []string
+func shared(invs []*invocation) problems {
+	var out problems
 	for _, flag := range []string{"redis-url", "namespace", "key-prefix", "hash-key"} {
 		for _, inv := range invs[min(1, len(invs)):] {
 			if first := invs[0]; inv.value(flag) != first.value(flag) {
-				out = append(out, fmt.Sprintf("%s and %s disagree on --%s (%s): %q and %q", first.where, inv.where, flag, envFor(flag), first.value(flag), inv.value(flag)))
+				out.add("%s and %s disagree on --%s (%s): %q and %q", first.where, inv.where, flag, envFor(flag), first.value(flag), inv.value(flag))
 			}
 		}
 	}
@@ -315,10 +297,15 @@ func imageRepo(ref string) string {
 	return ref
 }
 
+// problems collects what is wrong with the files, to report it all at once.
+type problems []string
+
+func (ps *problems) add(format string, args ...any) { *ps = append(*ps, fmt.Sprintf(format, args...)) }
+
 // report fails t with every problem, one per line.
-func report(t *testing.T, problems []string) {
+func report(t *testing.T, ps problems) {
 	t.Helper()
-	for _, p := range problems {
+	for _, p := range ps {
 		t.Error(p)
 	}
 }
@@ -331,27 +318,4 @@ func readFile(t *testing.T, rel string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// TestForwardAuthConfigs: the proxies' configurations (nginx, Traefik,
-// Caddy, Envoy), which have no run here, parse where they are YAML, and
-// the URLs that ask /forward-auth are on serve's default port.
-func TestForwardAuthConfigs(t *testing.T) {
-	_, servePort, _ := splitHostPort(commands["serve"].flags["listen"].def)
-	files, _ := filepath.Glob(filepath.Join(repoRoot, "deploy", "forward-auth", "*.y*ml"))
-	for _, path := range files {
-		rel := "forward-auth/" + filepath.Base(path)
-		var v any
-		if err := yaml.Unmarshal([]byte(readFile(t, rel)), &v); err != nil {
-			t.Errorf("%s: %v", rel, err)
-		}
-		for _, s := range regexp.MustCompile(`https?://[^\s"']+/forward-auth[^\s"']*`).FindAllString(readFile(t, rel), -1) {
-			if u, err := url.Parse(s); err != nil || u.Port() != strconv.Itoa(servePort) {
-				t.Errorf("%s: %s is not on keygate serve's default port %d", rel, s, servePort)
-			}
-		}
-	}
-	if len(files) < 2 {
-		t.Errorf("found %d YAML files in deploy/forward-auth/, want Traefik's and Envoy's", len(files))
-	}
 }

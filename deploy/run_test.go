@@ -26,8 +26,8 @@ const unreachableRedis = "127.0.0.1:1"
 // proc is a keygate process started from an invocation.
 type proc struct {
 	inv    *invocation
-	listen string // the address it serves on (loopback, free port)
-	ops    string // the sidecar's ops address
+	listen string            // the address it serves on (loopback, free port)
+	addrs  map[string]string // by listen flag: listen, and the sidecar's ops-listen
 	cmd    *exec.Cmd
 	out    *syncbuf.Buffer
 	done   chan struct{}
@@ -51,6 +51,10 @@ func freeAddr(t *testing.T) string {
 func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *proc {
 	t.Helper()
 	p := &proc{inv: inv, listen: freeAddr(t), out: &syncbuf.Buffer{}, done: make(chan struct{})}
+	p.addrs = map[string]string{"listen": p.listen}
+	if inv.cmd == "sidecar" {
+		p.addrs["ops-listen"] = freeAddr(t)
+	}
 	env := cleanEnv()
 	for k, v := range inv.env {
 		if k == "KEYGATE_REDIS_URL" {
@@ -64,10 +68,8 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 		env = append(env, k+"="+v)
 	}
 	args := append([]string{inv.cmd}, inv.args...)
-	args = append(args, "--listen", p.listen)
-	if inv.cmd == "sidecar" {
-		p.ops = freeAddr(t)
-		args = append(args, "--ops-listen", p.ops)
+	for flag, addr := range p.addrs {
+		args = append(args, "--"+flag, addr)
 	}
 	args = append(args, extra...)
 	p.cmd = exec.Command(keygate, args...)
@@ -85,19 +87,15 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 			<-p.done
 		}
 	})
-	health := "http://" + p.addrOf(inv.healthFlag()) + "/healthz"
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if resp, err := http.Get(health); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
+	health := "http://" + p.addrs[inv.healthFlag()] + "/healthz"
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(health); err == nil && resp.Body.Close() == nil && resp.StatusCode == http.StatusOK {
+			return p
 		}
 		select {
 		case <-p.done:
 			t.Fatalf("%s: keygate %s exited at start (status %d):\n%s", inv.where, strings.Join(args, " "), p.cmd.ProcessState.ExitCode(), p.out)
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: %s did not answer 200 within 20s:\n%s", inv.where, health, p.out)
@@ -105,20 +103,12 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 	}
 }
 
-// addrOf is the test address of a listen flag.
-func (p *proc) addrOf(flag string) string {
-	if flag == "ops-listen" {
-		return p.ops
-	}
-	return p.listen
-}
-
 // addrOfPort maps a port of the configuration (a probe's, a Service's) to
 // the test address of the listener the configuration gives that port.
 func (p *proc) addrOfPort(port int) (string, bool) {
-	for _, flag := range []string{"listen", "ops-listen"} {
-		if _, ok := commands[p.inv.cmd].flags[flag]; ok && p.inv.port(flag) == port {
-			return p.addrOf(flag), true
+	for flag, addr := range p.addrs {
+		if p.inv.port(flag) == port {
+			return addr, true
 		}
 	}
 	return "", false
@@ -259,7 +249,7 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	serve = start(t, serveInv, redisAddr)
 	sidecar = start(t, sidecarInv, redisAddr, "--upstream", up.URL)
 	for _, p := range []*proc{serve, sidecar} {
-		if status, body := get(t, "http://"+p.addrOf(p.inv.healthFlag())+"/readyz", ""); status != http.StatusOK {
+		if status, body := get(t, "http://"+p.addrs[p.inv.healthFlag()]+"/readyz", ""); status != http.StatusOK {
 			t.Fatalf("%s: /readyz with Redis up: %d %s", p.inv.where, status, body)
 		}
 	}

@@ -2,7 +2,6 @@ package deploy
 
 import (
 	"cmp"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,11 +46,10 @@ func envFile(src string) (env map[string]string, commented []string) {
 }
 
 // systemdUnits reads every unit in deploy/systemd with its example env file.
-func systemdUnits(t *testing.T) ([]*unit, []string) {
+func systemdUnits(t *testing.T) ([]*unit, problems) {
 	t.Helper()
 	var units []*unit
-	var problems []string
-	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	var ps problems
 	paths, _ := filepath.Glob(filepath.Join(repoRoot, "deploy", "systemd", "*.service"))
 	for _, path := range paths {
 		name := "systemd/" + filepath.Base(path)
@@ -65,14 +63,14 @@ func systemdUnits(t *testing.T) ([]*unit, []string) {
 		}
 		argv := strings.Fields(u.get("Service.ExecStart"))
 		if len(u.opts["Service.ExecStart"]) != 1 || len(argv) < 2 || !filepath.IsAbs(argv[0]) || filepath.Base(argv[0]) != "keygate" {
-			add("%s: ExecStart %q: want one /absolute/path/keygate COMMAND [flags]", name, u.opts["Service.ExecStart"])
+			ps.add("%s: ExecStart %q: want one /absolute/path/keygate COMMAND [flags]", name, u.opts["Service.ExecStart"])
 			continue
 		}
 		u.inv.cmd, u.inv.args = argv[1], argv[2:]
 		for _, ef := range u.opts["Service.EnvironmentFile"] {
 			rel := "systemd/" + filepath.Base(strings.TrimPrefix(ef, "-"))
 			if _, err := os.Stat(filepath.Join(repoRoot, "deploy", rel)); err != nil {
-				add("%s: EnvironmentFile %s: deploy/%s, its example, is missing", name, ef, rel)
+				ps.add("%s: EnvironmentFile %s: deploy/%s, its example, is missing", name, ef, rel)
 				continue
 			}
 			env, commented := envFile(readFile(t, rel))
@@ -81,7 +79,7 @@ func systemdUnits(t *testing.T) ([]*unit, []string) {
 			}
 			for _, k := range commented {
 				if _, ok := commands[u.inv.cmd].byEnv[k]; commands[u.inv.cmd] != nil && !ok {
-					add("%s: commented-out %s is not read by keygate %s", rel, k, u.inv.cmd)
+					ps.add("%s: commented-out %s is not read by keygate %s", rel, k, u.inv.cmd)
 				}
 			}
 		}
@@ -96,35 +94,34 @@ func systemdUnits(t *testing.T) ([]*unit, []string) {
 	if len(paths) == 0 {
 		t.Fatal("no unit in deploy/systemd")
 	}
-	return units, problems
+	return units, ps
 }
 
 func TestSystemd(t *testing.T) {
-	units, problems := systemdUnits(t)
-	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	units, ps := systemdUnits(t)
 	var invs []*invocation
 	for _, u := range units {
 		invs = append(invs, u.inv)
-		problems = append(problems, u.inv.problems()...)
+		ps = append(ps, u.inv.problems()...)
 		for k, v := range map[string]string{"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes"} {
 			if u.get("Service."+k) != v {
-				add("%s: %s=%s is missing", u.file, k, v)
+				ps.add("%s: %s=%s is missing", u.file, k, v)
 			}
 		}
 		if user := u.get("Service.User"); u.get("Service.DynamicUser") != "yes" && (user == "" || user == "root") {
-			add("%s: runs as root: set DynamicUser=yes or User=keygate", u.file)
+			ps.add("%s: runs as root: set DynamicUser=yes or User=keygate", u.file)
 		}
 		if _, ok := u.opts["Service.CapabilityBoundingSet"]; !ok {
-			add("%s: no CapabilityBoundingSet", u.file)
+			ps.add("%s: no CapabilityBoundingSet", u.file)
 		}
 		if s := u.get("Service.KillSignal"); s != "" && s != "SIGTERM" {
-			add("%s: KillSignal=%s: keygate drains on SIGTERM", u.file, s)
+			ps.add("%s: KillSignal=%s: keygate drains on SIGTERM", u.file, s)
 		}
 		if d, err := systemdDuration(u.get("Service.TimeoutStopSec")); err != nil || d <= drainSeconds*time.Second {
-			add("%s: TimeoutStopSec=%q must exceed keygate's %d s drain", u.file, u.get("Service.TimeoutStopSec"), drainSeconds)
+			ps.add("%s: TimeoutStopSec=%q must exceed keygate's %d s drain", u.file, u.get("Service.TimeoutStopSec"), drainSeconds)
 		}
 		if u.get("Install.WantedBy") == "" {
-			add("%s: no [Install] WantedBy", u.file)
+			ps.add("%s: no [Install] WantedBy", u.file)
 		}
 		// ProtectSystem=strict leaves only the StateDirectory writable: the
 		// embedded store's directory must be in it.
@@ -133,13 +130,12 @@ func TestSystemd(t *testing.T) {
 				dir = filepath.Join(u.get("Service.WorkingDirectory"), dir)
 			}
 			if state == "" || !strings.HasPrefix(filepath.Clean(dir)+"/", "/var/lib/"+state+"/") {
-				add("%s: --data-dir is %s, outside StateDirectory=%s: the embedded store could not write under ProtectSystem=strict", u.file, dir, state)
+				ps.add("%s: --data-dir is %s, outside StateDirectory=%s: the embedded store could not write under ProtectSystem=strict", u.file, dir, state)
 			}
 		}
-		problems = append(problems, systemdAnalyze(t, u)...)
+		ps = append(ps, systemdAnalyze(t, u)...)
 	}
-	problems = append(problems, shared(invs)...)
-	report(t, problems)
+	report(t, append(ps, shared(invs)...))
 }
 
 // systemdDuration reads a systemd time span: "30s", "1min", "90" (seconds).
@@ -153,7 +149,7 @@ func systemdDuration(s string) (time.Duration, error) {
 // systemdAnalyze runs "systemd-analyze verify" on the unit, pointed at the
 // test binary and the example env file, when the tool is installed: it
 // knows every directive, so it catches a misspelt or invalid one.
-func systemdAnalyze(t *testing.T, u *unit) []string {
+func systemdAnalyze(t *testing.T, u *unit) problems {
 	tool, err := exec.LookPath("systemd-analyze")
 	if err != nil {
 		t.Logf("%s: systemd-analyze not installed; unit directives not verified", u.file)
@@ -168,20 +164,20 @@ func systemdAnalyze(t *testing.T, u *unit) []string {
 		t.Fatal(err)
 	}
 	out, _ := exec.Command(tool, "verify", "--man=no", path).CombinedOutput()
-	var problems []string
+	var ps problems
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.Contains(line, path) {
-			problems = append(problems, u.file+": systemd-analyze verify: "+strings.ReplaceAll(line, path, u.file))
+			ps.add("%s: systemd-analyze verify: %s", u.file, strings.ReplaceAll(line, path, u.file))
 		}
 	}
-	return problems
+	return ps
 }
 
 // TestSystemdRuns runs both units' invocations: health endpoints where the
 // env files put them, and the README session through serve and sidecar.
 func TestSystemdRuns(t *testing.T) {
-	units, problems := systemdUnits(t)
-	report(t, problems)
+	units, ps := systemdUnits(t)
+	report(t, ps)
 	var invs []*invocation
 	for _, u := range units {
 		invs = append(invs, u.inv)
