@@ -1,145 +1,96 @@
 package deploy
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/linter"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
 
-// dockerfile is what the tests need from deploy/Dockerfile.
+// dockerfile is deploy/Dockerfile as BuildKit reads it.
 type dockerfile struct {
-	stages     []stage           // FROM lines, in order
-	args       map[string]string // ARG defaults before the first FROM
-	env        map[string]string // ENV of the final stage
-	expose     []string
-	user       string
-	entrypoint []string // exec form
-	cmd        []string // exec form
-	runs       []string // RUN lines of every stage
-	copies     []string // COPY lines of the final stage
-	other      []string // every instruction, for keyword checks
+	stages     []instructions.Stage
+	args       []string // ARG defaults before the first FROM, as NAME=VALUE
+	warnings   []string // the parser's and BuildKit's linter's
+	entrypoint []string // the final stage's, exec form
+	cmd        []string
+	shellForm  bool // ENTRYPOINT or CMD in shell form
 }
 
-type stage struct{ image, alias string }
-
-var (
-	dockerfileOnce sync.Once
-	dockerfileVal  *dockerfile
-	dockerfileErr  error
-)
-
-func loadDockerfile(t *testing.T) *dockerfile {
-	t.Helper()
-	dockerfileOnce.Do(func() {
-		b, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "Dockerfile"))
-		if err != nil {
-			dockerfileErr = err
-			return
-		}
-		dockerfileVal, dockerfileErr = parseDockerfile(string(b))
-	})
-	if dockerfileErr != nil {
-		t.Fatalf("deploy/Dockerfile: %v", dockerfileErr)
+var loadDockerfile = sync.OnceValues(func() (*dockerfile, error) {
+	f, err := os.Open(filepath.Join(repoRoot, "deploy", "Dockerfile"))
+	if err != nil {
+		return nil, err
 	}
-	return dockerfileVal
-}
-
-// parseDockerfile reads instructions, joining continuation lines and
-// skipping comments and parser directives.
-func parseDockerfile(src string) (*dockerfile, error) {
-	d := &dockerfile{args: map[string]string{}, env: map[string]string{}}
-	var logical []string
-	var cur strings.Builder
-	for _, line := range strings.Split(src, "\n") {
-		trimmed := strings.TrimSpace(line)
-		if cur.Len() == 0 && (trimmed == "" || strings.HasPrefix(trimmed, "#")) {
-			continue
-		}
-		if cur.Len() > 0 && strings.HasPrefix(trimmed, "#") {
-			continue // a comment inside a continued instruction
-		}
-		if strings.HasSuffix(trimmed, "\\") {
-			cur.WriteString(strings.TrimSuffix(trimmed, "\\") + " ")
-			continue
-		}
-		cur.WriteString(trimmed)
-		logical = append(logical, cur.String())
-		cur.Reset()
+	defer f.Close()
+	res, err := parser.Parse(f)
+	if err != nil {
+		return nil, err
 	}
-	for _, ins := range logical {
-		kw, rest, _ := strings.Cut(ins, " ")
-		kw = strings.ToUpper(kw)
-		rest = strings.TrimSpace(rest)
-		d.other = append(d.other, kw+" "+rest)
-		final := len(d.stages) > 0
-		switch kw {
-		case "FROM":
-			fields := strings.Fields(rest)
-			var s stage
-			for i := 0; i < len(fields); i++ {
-				switch {
-				case strings.HasPrefix(fields[i], "--"):
-				case strings.EqualFold(fields[i], "AS") && i+1 < len(fields):
-					s.alias = fields[i+1]
-					i++
-				default:
-					s.image = expandArgs(fields[i], d.args)
-				}
-			}
-			d.stages = append(d.stages, s)
-			// A stage starts with a fresh environment and user.
-			d.env, d.user, d.copies = map[string]string{}, "", nil
-			d.entrypoint, d.cmd, d.expose = nil, nil, nil
-		case "ARG":
-			if !final {
-				name, def, _ := strings.Cut(rest, "=")
-				d.args[name] = def
-			}
-		case "ENV":
-			name, val, ok := strings.Cut(rest, "=")
-			if !ok {
-				name, val, _ = strings.Cut(rest, " ")
-			}
-			d.env[strings.TrimSpace(name)] = strings.Trim(strings.TrimSpace(val), `"`)
-		case "EXPOSE":
-			d.expose = append(d.expose, strings.Fields(rest)...)
-		case "USER":
-			d.user = rest
-		case "ENTRYPOINT", "CMD":
-			var form []string
-			if err := json.Unmarshal([]byte(rest), &form); err != nil {
-				return nil, fmt.Errorf("%s %s: use the exec form [\"…\"] (there is no shell in the image): %v", kw, rest, err)
-			}
-			if kw == "ENTRYPOINT" {
-				d.entrypoint = form
-			} else {
-				d.cmd = form
-			}
-		case "RUN":
-			d.runs = append(d.runs, rest)
-		case "COPY":
-			d.copies = append(d.copies, rest)
+	d := &dockerfile{}
+	for _, w := range res.Warnings {
+		d.warnings = append(d.warnings, w.Short)
+	}
+	lint := linter.New(&linter.Config{Warn: func(rule, _, _, msg string, _ []parser.Range) {
+		d.warnings = append(d.warnings, rule+": "+msg)
+	}})
+	stages, meta, err := instructions.Parse(res.AST, lint)
+	if err != nil || len(stages) == 0 {
+		return nil, fmt.Errorf("no stage (%v)", err)
+	}
+	d.stages = stages
+	for _, a := range meta {
+		for _, kv := range a.Args {
+			d.args = append(d.args, kv.Key+"="+kv.ValueString())
 		}
 	}
-	if len(d.stages) == 0 {
-		return nil, fmt.Errorf("no FROM")
+	for _, c := range d.final().Commands {
+		switch c := c.(type) {
+		case *instructions.EntrypointCommand:
+			d.entrypoint, d.shellForm = c.CmdLine, d.shellForm || c.PrependShell
+		case *instructions.CmdCommand:
+			d.cmd, d.shellForm = c.CmdLine, d.shellForm || c.PrependShell
+		}
 	}
 	return d, nil
+})
+
+func mustDockerfile(t *testing.T) *dockerfile {
+	t.Helper()
+	d, err := loadDockerfile()
+	if err != nil {
+		t.Fatalf("deploy/Dockerfile: %v", err)
+	}
+	return d
 }
 
-var argRef = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?`)
+// commandsOf are the instructions of type T in a stage.
+func commandsOf[T instructions.Command](s instructions.Stage) []T {
+	var out []T
+	for _, c := range s.Commands {
+		if x, ok := c.(T); ok {
+			out = append(out, x)
+		}
+	}
+	return out
+}
 
-func expandArgs(s string, args map[string]string) string {
-	return argRef.ReplaceAllStringFunc(s, func(m string) string {
-		return args[argRef.FindStringSubmatch(m)[1]]
-	})
+func (d *dockerfile) final() instructions.Stage { return d.stages[len(d.stages)-1] }
+
+// base is a stage's image with the ARGs before FROM expanded.
+func (d *dockerfile) base(s instructions.Stage) string {
+	img, _, _ := shell.NewLex('\\').ProcessWord(s.BaseName, shell.EnvsFromSlice(d.args))
+	return img
 }
 
 // binaryPath is where the image keeps keygate: its ENTRYPOINT.
@@ -151,29 +102,31 @@ func (d *dockerfile) binaryPath() string {
 }
 
 func TestDockerfile(t *testing.T) {
-	d := loadDockerfile(t)
-	var problems []string
-	add := func(format string, args ...any) {
-		problems = append(problems, "deploy/Dockerfile: "+fmt.Sprintf(format, args...))
+	d := mustDockerfile(t)
+	var ps problems
+	add := func(format string, args ...any) { ps.add("deploy/Dockerfile: "+format, args...) }
+	for _, w := range d.warnings {
+		add("%s", w)
 	}
 
 	// The builder's Go is the one go.mod asks for.
 	mod, _ := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
 	goLine := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindStringSubmatch(string(mod))
-	builder := d.stages[0].image
-	if goLine == nil || builder != "golang:"+goLine[1] {
-		add("the builder is %q, want golang:%s (go.mod's go line)", builder, goLine[1])
+	if goLine == nil || d.base(d.stages[0]) != "golang:"+goLine[1] {
+		add("the builder is %q, want golang:<go.mod's go version> (%v)", d.base(d.stages[0]), goLine)
 	}
-	final := d.stages[len(d.stages)-1].image
-	if !strings.HasPrefix(final, "gcr.io/distroless/static") && final != "scratch" {
+	if final := d.base(d.final()); !strings.HasPrefix(final, "gcr.io/distroless/static") && final != "scratch" {
 		add("the final image is %q, want gcr.io/distroless/static… or scratch", final)
 	}
 
-	// A static, reproducible, version-stamped build of ./cmd/keygate.
-	var build, out string
-	for _, r := range d.runs {
-		if strings.Contains(r, "go build") {
-			build = r
+	// A static, reproducible, version-stamped build of ./cmd/keygate, copied
+	// from the builder to ENTRYPOINT's path; CMD is the subcommand.
+	var build string
+	for _, s := range d.stages {
+		for _, r := range commandsOf[*instructions.RunCommand](s) {
+			if line := strings.Join(r.CmdLine, " "); strings.Contains(line, "go build") {
+				build = line
+			}
 		}
 	}
 	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=$VERSION", "./cmd/keygate"} {
@@ -181,136 +134,57 @@ func TestDockerfile(t *testing.T) {
 			add("the go build line lacks %q: %s", want, build)
 		}
 	}
-	if m := regexp.MustCompile(`-o (\S+)`).FindStringSubmatch(build); m != nil {
-		out = m[1]
+	out := regexp.MustCompile(`-o (\S+)`).FindStringSubmatch(build)
+	if out == nil || !slices.ContainsFunc(commandsOf[*instructions.CopyCommand](d.final()), func(c *instructions.CopyCommand) bool {
+		return c.From != "" && slices.Contains(c.SourcePaths, out[1]) && c.DestPath == d.binaryPath()
+	}) {
+		add("ENTRYPOINT %q is not where the builder's go build -o copies to", d.entrypoint)
+	}
+	if len(d.entrypoint) != 1 || len(d.cmd) == 0 || d.shellForm {
+		add("ENTRYPOINT %q CMD %q: want the binary, then the subcommand, in exec form: CMD, compose's command and Kubernetes' args give the subcommand, and there is no shell", d.entrypoint, d.cmd)
 	} else {
-		add("the go build line has no -o OUTPUT")
+		ps = append(ps, (&invocation{where: "deploy/Dockerfile CMD", cmd: d.cmd[0], args: d.cmd[1:]}).problems()...)
 	}
-
-	// The binary is copied from the builder to ENTRYPOINT's path.
-	bin := d.binaryPath()
-	copied := false
-	for _, c := range d.copies {
-		f := strings.Fields(c)
-		if len(f) >= 2 && strings.HasPrefix(c, "--from=") && f[len(f)-2] == out && f[len(f)-1] == bin {
-			copied = true
-		}
+	user := ""
+	if users := commandsOf[*instructions.UserCommand](d.final()); len(users) > 0 {
+		user, _, _ = strings.Cut(users[len(users)-1].User, ":")
 	}
-	if bin == "" || !copied {
-		add("ENTRYPOINT %q is not where the builder's %q is copied", d.entrypoint, out)
-	}
-	if len(d.entrypoint) != 1 {
-		add("ENTRYPOINT %q: want the binary alone, so that CMD, compose's command and Kubernetes' args give the subcommand", d.entrypoint)
-	}
-	if len(d.cmd) == 0 {
-		add("no CMD: the image would print the usage and exit 2")
-	} else {
-		inv := &invocation{where: "deploy/Dockerfile CMD", cmd: d.cmd[0], args: d.cmd[1:]}
-		problems = append(problems, inv.problems()...)
-	}
-
-	// Not root.
-	u := strings.Split(d.user, ":")[0]
-	if u == "" || u == "root" || u == "0" {
-		add("USER %q: the final stage must not run as root", d.user)
+	if user == "" || user == "root" || user == "0" {
+		add("USER %q: the final stage must not run as root", user)
 	}
 
 	// EXPOSE: exactly the binary's default ports.
-	want := map[string]bool{}
+	var want, got []string
 	for _, lf := range [][2]string{{"serve", "listen"}, {"sidecar", "listen"}, {"sidecar", "ops-listen"}} {
-		_, p, err := splitHostPort(commands[lf[0]].flags[lf[1]].def)
-		if err != nil {
-			add("keygate %s --%s default %q: %v", lf[0], lf[1], commands[lf[0]].flags[lf[1]].def, err)
-			continue
-		}
-		want[strconv.Itoa(p)] = true
+		_, p, _ := splitHostPort(commands[lf[0]].flags[lf[1]].def)
+		want = append(want, strconv.Itoa(p))
 	}
-	got := map[string]bool{}
-	for _, e := range d.expose {
-		got[strings.TrimSuffix(e, "/tcp")] = true
-	}
-	for p := range want {
-		if !got[p] {
-			add("EXPOSE lacks %s, a default port of the binary", p)
+	for _, e := range commandsOf[*instructions.ExposeCommand](d.final()) {
+		for _, p := range e.Ports {
+			got = append(got, strings.TrimSuffix(p, "/tcp"))
 		}
 	}
-	for p := range got {
-		if !want[p] {
-			add("EXPOSE %s: no listener of the binary defaults to it", p)
-		}
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(slices.Compact(want), got) {
+		add("EXPOSE %v, want the binary's default ports %v", got, want)
 	}
 
-	// ENV: the image runs serve and sidecar alike.
-	for k := range d.env {
-		if !strings.HasPrefix(k, "KEYGATE_") {
-			continue
-		}
-		for _, c := range []string{"serve", "sidecar"} {
-			if _, ok := commands[c].byEnv[k]; !ok {
-				add("ENV %s is not read by keygate %s", k, c)
-			}
-		}
-	}
-	if dir := d.env["KEYGATE_DATA_DIR"]; dir != "" {
-		owned := false
-		for _, c := range d.copies {
-			if m := regexp.MustCompile(`--chown=([^:\s]+)`).FindStringSubmatch(c); m != nil && m[1] == u && strings.HasSuffix(c, " "+dir) {
-				owned = true
-			}
-		}
-		if !owned {
-			add("KEYGATE_DATA_DIR=%s is not created owned by the image's user: the embedded store could not write it", dir)
-		}
-	}
-
-	// No shell in distroless: a HEALTHCHECK can only run the binary itself.
-	for _, ins := range d.other {
-		if strings.HasPrefix(ins, "HEALTHCHECK ") && !strings.Contains(ins, "NONE") {
-			if !strings.Contains(ins, `["`+bin) {
-				add("%s: the image has no shell or curl; only %s can run", ins, bin)
-			}
-		}
-	}
-	report(t, problems)
-}
-
-// TestDockerignore checks that the build context keeps every package the
-// binary is built from.
-func TestDockerignore(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(repoRoot, ".dockerignore"))
-	if err != nil {
-		t.Logf("no .dockerignore (%v): the whole repository is the build context", err)
-		return
-	}
-	var patterns []string
-	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line != "" && !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, "!") {
-			patterns = append(patterns, strings.TrimPrefix(line, "/"))
-		}
-	}
-	cmd := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "./cmd/keygate")
-	cmd.Dir = repoRoot
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	needed := []string{"go.mod", "go.sum"}
-	for _, dir := range strings.Fields(string(out)) {
-		rel, _ := filepath.Rel(repoRoot, dir)
-		needed = append(needed, filepath.ToSlash(rel))
-	}
-	for _, n := range needed {
-		// A path is excluded when it or one of its parents matches.
-		parts := strings.Split(n, "/")
-		for i := 1; i <= len(parts); i++ {
-			p := strings.Join(parts[:i], "/")
-			for _, pat := range patterns {
-				pat = strings.TrimPrefix(pat, "**/")
-				if ok, _ := filepath.Match(pat, p); ok {
-					t.Errorf(".dockerignore pattern %q leaves %s out of the build context; go build ./cmd/keygate needs it", pat, n)
+	// ENV: the image runs serve and sidecar alike; the embedded store's
+	// directory belongs to the image's user.
+	for _, e := range commandsOf[*instructions.EnvCommand](d.final()) {
+		for _, kv := range e.Env {
+			for _, c := range []string{"serve", "sidecar"} {
+				if _, ok := commands[c].byEnv[kv.Key]; strings.HasPrefix(kv.Key, "KEYGATE_") && !ok {
+					add("ENV %s is not read by keygate %s", kv.Key, c)
 				}
 			}
+			if kv.Key == "KEYGATE_DATA_DIR" && !slices.ContainsFunc(commandsOf[*instructions.CopyCommand](d.final()), func(c *instructions.CopyCommand) bool {
+				return c.DestPath == kv.Value && strings.HasPrefix(c.Chown+":", user+":")
+			}) {
+				add("KEYGATE_DATA_DIR=%s is not created owned by the image's user %s: the embedded store could not write it", kv.Value, user)
+			}
 		}
 	}
+	report(t, ps)
 }

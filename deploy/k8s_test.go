@@ -1,558 +1,453 @@
 package deploy
 
 import (
+	"cmp"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
-	"sort"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/kustomize/api/krusty"
+	kustomize "sigs.k8s.io/kustomize/api/types"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/kustomize/kyaml/kio"
+	"sigs.k8s.io/yaml"
 )
 
-func TestKubernetesManifests(t *testing.T) {
-	cl := loadCluster(t)
-	add := cl.add
+// optionalManifests stay out of kustomization.yaml and are applied on their
+// own: they need CRDs or a controller the default install does not assume.
+var optionalManifests = []string{"monitoring.yaml", "ingress-nginx.yaml"}
 
-	seen := map[string]*k8sObject{}
-	for _, o := range cl.objects {
-		id := o.Kind + "/" + o.Metadata.Name
-		if prev, ok := seen[id]; ok {
-			add("%s: also defined in k8s/%s", o, prev.file)
+// decoder decodes the kinds of k8s.io/api the manifests use, strictly: an
+// unknown or duplicate field, or a number where a string belongs, fails.
+var decoder = func() runtime.Decoder {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, policyv1.AddToScheme, networkingv1.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err)
 		}
-		seen[id] = o
 	}
+	return serializer.NewCodecFactory(s, serializer.EnableStrict).UniversalDeserializer()
+}()
 
-	var serve, sidecars []*workload
-	var allKeygate []*invocation
-	for _, w := range cl.workloads {
-		if !w.spec.Selector.matches(w.labels()) || w.spec.Selector.empty() {
-			add("%s: selector %v does not match the pod labels %v", w.obj, w.spec.Selector.MatchLabels, w.labels())
+// manifests are the objects "kubectl apply -k deploy/k8s" applies, as
+// kustomize builds them, and those of the optional manifests.
+type manifests struct {
+	namespace  string
+	workloads  []*workload
+	services   []*corev1.Service
+	pdbs       []*policyv1.PodDisruptionBudget
+	netpols    []*networkingv1.NetworkPolicy
+	ingresses  []*networkingv1.Ingress
+	configMaps map[string]map[string]string
+	secrets    map[string]map[string]string
+	problems
+}
+
+// workload is a Deployment or StatefulSet and its keygate containers.
+type workload struct {
+	name     string // "Deployment keygate"
+	replicas int32
+	pod      *corev1.PodTemplateSpec
+	keygate  map[*corev1.Container]*invocation
+}
+
+func kustomization(t *testing.T) *kustomize.Kustomization {
+	t.Helper()
+	var k kustomize.Kustomization
+	if err := yaml.UnmarshalStrict([]byte(readFile(t, "k8s/kustomization.yaml")), &k); err != nil {
+		t.Fatalf("k8s/kustomization.yaml: %v", err)
+	}
+	return &k
+}
+
+func loadManifests(t *testing.T) *manifests {
+	t.Helper()
+	dir := filepath.Join(repoRoot, "deploy", "k8s")
+	k := kustomization(t)
+	m := &manifests{namespace: k.Namespace, configMaps: map[string]map[string]string{}, secrets: map[string]map[string]string{}}
+	files, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, f := range files {
+		if name := filepath.Base(f); name != "kustomization.yaml" && !slices.Contains(k.Resources, name) && !slices.Contains(optionalManifests, name) {
+			m.add("k8s/%s is not in kustomization.yaml (only %v may stay out)", name, optionalManifests)
 		}
-		problems := podProblems(w)
-		cl.problems = append(cl.problems, problems...)
-		for _, k := range w.keygate {
-			cl.problems = append(cl.problems, k.inv.problems()...)
-			cl.problems = append(cl.problems, cl.keygateProblems(w, k)...)
-			allKeygate = append(allKeygate, k.inv)
-			switch k.inv.cmd {
-			case "serve":
+	}
+	built, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build deploy/k8s: %v", err)
+	}
+	for _, r := range built.Resources() {
+		m.decode("kustomize build: "+r.CurId().String(), []byte(r.MustYaml()))
+	}
+	for _, name := range optionalManifests {
+		nodes, err := kio.FromBytes([]byte(readFile(t, "k8s/"+name)))
+		if err != nil {
+			t.Fatalf("k8s/%s: %v", name, err)
+		}
+		for _, n := range nodes {
+			m.decode("k8s/"+name+": "+n.GetKind()+" "+n.GetName(), []byte(n.MustString()))
+		}
+	}
+	for _, w := range m.workloads {
+		m.findKeygate(w, mustDockerfile(t), keygateRepo(t))
+	}
+	return m
+}
+
+// decode decodes one object into its type and files it.
+func (m *manifests) decode(where string, b []byte) {
+	var tm metav1.TypeMeta
+	if yaml.Unmarshal(b, &tm) == nil && tm.APIVersion == "monitoring.coreos.com/v1" {
+		return // the Prometheus Operator's types would bring controller-runtime along
+	}
+	obj, _, err := decoder.Decode(b, nil, nil)
+	if err != nil {
+		m.add("%s: %v", where, err)
+		return
+	}
+	if o := obj.(metav1.Object); tm.Kind == "Namespace" && o.GetName() != m.namespace || tm.Kind != "Namespace" && o.GetNamespace() != m.namespace {
+		m.add("%s: namespace %q (name %q), want %q", where, o.GetNamespace(), o.GetName(), m.namespace)
+	}
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		m.workloads = append(m.workloads, &workload{"Deployment " + o.Name, ptr.Deref(o.Spec.Replicas, 1), &o.Spec.Template, nil})
+	case *appsv1.StatefulSet:
+		m.workloads = append(m.workloads, &workload{"StatefulSet " + o.Name, ptr.Deref(o.Spec.Replicas, 1), &o.Spec.Template, nil})
+	case *corev1.Service:
+		m.services = append(m.services, o)
+	case *policyv1.PodDisruptionBudget:
+		m.pdbs = append(m.pdbs, o)
+	case *networkingv1.NetworkPolicy:
+		m.netpols = append(m.netpols, o)
+	case *networkingv1.Ingress:
+		m.ingresses = append(m.ingresses, o)
+	case *corev1.ConfigMap:
+		m.configMaps[o.Name] = o.Data
+	case *corev1.Secret:
+		m.secrets[o.Name] = map[string]string{}
+		maps.Copy(m.secrets[o.Name], o.StringData)
+		for k, v := range o.Data {
+			m.secrets[o.Name][k] = string(v)
+		}
+	}
+}
+
+// findKeygate builds the invocation of every container of w that runs the
+// keygate image: the image's ENTRYPOINT and CMD as Kubernetes' command and
+// args replace them, and the environment with Secrets and ConfigMaps
+// resolved (envFrom, then env).
+func (m *manifests) findKeygate(w *workload, df *dockerfile, repo string) {
+	w.keygate = map[*corev1.Container]*invocation{}
+	for i := range w.pod.Spec.Containers {
+		c := &w.pod.Spec.Containers[i]
+		if imageRepo(c.Image) != repo {
+			continue
+		}
+		where := fmt.Sprintf("%s container %s", w.name, c.Name)
+		argv := c.Command
+		if len(argv) == 0 && len(c.Args) == 0 {
+			argv = append(slices.Clone(df.entrypoint), df.cmd...)
+		} else if len(argv) == 0 {
+			argv = df.entrypoint
+		}
+		if argv = append(slices.Clone(argv), c.Args...); len(argv) < 2 || argv[0] != df.binaryPath() {
+			m.add("%s: runs %q, not the image's %s SUBCOMMAND", where, argv, df.binaryPath())
+			continue
+		}
+		inv := &invocation{where: where, cmd: argv[1], args: argv[2:], env: map[string]string{}}
+		for _, ef := range c.EnvFrom {
+			src, ok := m.configMaps[ptr.Deref(ef.ConfigMapRef, corev1.ConfigMapEnvSource{}).Name]
+			if ef.SecretRef != nil {
+				src, ok = m.secrets[ef.SecretRef.Name]
+			}
+			if !ok {
+				m.add("%s: envFrom %+v: no such ConfigMap or Secret", where, ef)
+			}
+			for k, v := range src {
+				inv.env[ef.Prefix+k] = v
+			}
+		}
+		for _, e := range c.Env {
+			v, err := m.envValue(w, c, e)
+			if err != nil {
+				m.add("%s: env %s: %v", where, e.Name, err)
+			}
+			inv.env[e.Name] = v
+		}
+		w.keygate[c] = inv
+	}
+}
+
+func (m *manifests) envValue(w *workload, c *corev1.Container, e corev1.EnvVar) (string, error) {
+	var v string
+	var ok bool
+	switch vf := e.ValueFrom; {
+	case vf == nil:
+		return e.Value, nil
+	case vf.SecretKeyRef != nil:
+		v, ok = m.secrets[vf.SecretKeyRef.Name][vf.SecretKeyRef.Key]
+	case vf.ConfigMapKeyRef != nil:
+		v, ok = m.configMaps[vf.ConfigMapKeyRef.Name][vf.ConfigMapKeyRef.Key]
+	case vf.ResourceFieldRef != nil && vf.ResourceFieldRef.Resource == "limits.memory":
+		if i := slices.IndexFunc(w.pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == vf.ResourceFieldRef.ContainerName }); i >= 0 {
+			c = &w.pod.Spec.Containers[i]
+		}
+		q := c.Resources.Limits.Memory()
+		v, ok = strconv.FormatInt(q.Value(), 10), !q.IsZero()
+	}
+	if !ok {
+		return "", fmt.Errorf("%+v: no such key, or not a source this test can resolve", e.ValueFrom)
+	}
+	return v, nil
+}
+
+// selects reports whether a label selector matches a set of labels; an
+// empty or invalid selector matches nothing here.
+func selects(sel *metav1.LabelSelector, set map[string]string) bool {
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	return err == nil && !s.Empty() && s.Matches(labels.Set(set))
+}
+
+func (m *manifests) selected(sel *metav1.LabelSelector) []*workload {
+	return slices.DeleteFunc(slices.Clone(m.workloads), func(w *workload) bool { return !selects(sel, w.pod.Labels) })
+}
+
+// containerPort resolves a port of the pod, a number or a name, to the
+// container that declares it.
+func containerPort(pod *corev1.PodSpec, p intstr.IntOrString) (int, *corev1.Container) {
+	for i, c := range pod.Containers {
+		for _, cp := range c.Ports {
+			if p.Type == intstr.String && cp.Name == p.StrVal || p.Type == intstr.Int && cp.ContainerPort == p.IntVal {
+				return int(cp.ContainerPort), &pod.Containers[i]
+			}
+		}
+	}
+	return 0, nil
+}
+
+// keygateAt is the keygate process of w that serves port on its --listen
+// (health false) or on the listener of /metrics and the probes (health
+// true); nil when none does.
+func (w *workload) keygateAt(port int, health bool) *invocation {
+	for _, inv := range w.keygate {
+		flag := "listen"
+		if health {
+			flag = inv.healthFlag()
+		}
+		if commands[inv.cmd] != nil && inv.port(flag) == port {
+			return inv
+		}
+	}
+	return nil
+}
+
+// servicePort resolves a port of the Service named name, by number or by
+// port name, to the workloads behind it and their container port.
+func (m *manifests) servicePort(name string, port intstr.IntOrString) (map[*workload]int, error) {
+	i := slices.IndexFunc(m.services, func(s *corev1.Service) bool { return s.Name == name })
+	if i < 0 {
+		return nil, fmt.Errorf("no Service %q", name)
+	}
+	s := m.services[i]
+	j := slices.IndexFunc(s.Spec.Ports, func(sp corev1.ServicePort) bool {
+		return sp.Name == port.StrVal && port.StrVal != "" || sp.Port == port.IntVal
+	})
+	if j < 0 {
+		return nil, fmt.Errorf("Service %s has no port %s", s.Name, port.String())
+	}
+	target := s.Spec.Ports[j].TargetPort
+	if target.IntValue() == 0 && target.Type == intstr.Int {
+		target = intstr.FromInt32(s.Spec.Ports[j].Port)
+	}
+	out := map[*workload]int{}
+	for _, w := range m.selected(&metav1.LabelSelector{MatchLabels: s.Spec.Selector}) {
+		if out[w], _ = containerPort(&w.pod.Spec, target); out[w] == 0 {
+			return nil, fmt.Errorf("Service %s: targetPort %s is no container port of %s", s.Name, target.String(), w.name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("Service %s selects no pod", s.Name)
+	}
+	return out, nil
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	m := loadManifests(t)
+	var serve, sidecars []*workload
+	var all []*invocation
+	for _, w := range m.workloads {
+		m.podProblems(w)
+		for c, inv := range w.keygate {
+			m.problems = append(m.problems, inv.problems()...)
+			m.keygateProblems(w, c, inv)
+			all = append(all, inv)
+			if inv.cmd == "serve" {
 				serve = append(serve, w)
-			case "sidecar":
+			} else {
 				sidecars = append(sidecars, w)
 			}
 		}
 	}
-	if len(serve) != 1 {
-		add("want one workload running keygate serve, found %d", len(serve))
+	if len(serve) != 1 || len(sidecars) == 0 {
+		m.add("want one workload running keygate serve and at least one running the sidecar, found %d and %d", len(serve), len(sidecars))
 	}
-	if len(sidecars) == 0 {
-		add("no workload runs the keygate sidecar")
-	}
-	cl.problems = append(cl.problems, shared(allKeygate)...)
+	m.problems = append(m.problems, shared(all)...)
 
-	// Services: every port reaches a container port; in front of a sidecar,
-	// the sidecar's proxy port, never the app.
-	for _, s := range cl.services {
-		for _, sp := range s.spec.Ports {
-			targets, err := cl.target(s, sp.Port, "")
+	// Services reach keygate containers on their --listen port: the
+	// sidecar's, never the app's behind it.
+	for _, s := range m.services {
+		for _, sp := range s.Spec.Ports {
+			targets, err := m.servicePort(s.Name, intstr.FromInt32(sp.Port))
 			if err != nil {
-				add("%v", err)
-				continue
+				m.add("%v", err)
 			}
 			for w, port := range targets {
-				for _, k := range w.keygate {
-					switch {
-					case k.inv.cmd == "serve" && port != k.inv.port("listen"):
-						add("%s port %d reaches %d, not keygate serve's --listen %q", s.obj, sp.Port, port, k.inv.value("listen"))
-					case k.inv.cmd == "sidecar" && port != k.inv.port("listen"):
-						add("%s port %d reaches %d in %s, not the sidecar's --listen %q: clients would bypass the key check", s.obj, sp.Port, port, w.obj, k.inv.value("listen"))
-					}
+				if len(w.keygate) > 0 && w.keygateAt(port, false) == nil {
+					m.add("Service %s port %d reaches %s port %d, which is no keygate --listen: clients would bypass the key check", s.Name, sp.Port, w.name, port)
 				}
 			}
 		}
 	}
-
-	// PodDisruptionBudgets: each selects a workload and lets a node drain.
-	pdbFor := map[*workload]bool{}
-	for _, o := range cl.objects {
-		if o.Kind != "PodDisruptionBudget" {
-			continue
-		}
-		var pdb struct {
-			Spec struct {
-				MinAvailable   *intOrString  `yaml:"minAvailable"`
-				MaxUnavailable *intOrString  `yaml:"maxUnavailable"`
-				Selector       labelSelector `yaml:"selector"`
-			} `yaml:"spec"`
-		}
-		decodeLoose(o.raw, &pdb)
-		n := 0
-		for _, w := range cl.workloads {
-			if !pdb.Spec.Selector.empty() && pdb.Spec.Selector.matches(w.labels()) {
-				n++
-				pdbFor[w] = true
-				if m := pdb.Spec.MinAvailable; m != nil && m.name == "" && m.num >= w.replicas() {
-					add("%s: minAvailable %d with %d replicas of %s blocks every node drain", o, m.num, w.replicas(), w.obj)
-				}
-			}
-		}
-		if n == 0 {
-			add("%s selects no workload", o)
-		}
-	}
+	// A PodDisruptionBudget keeps serve up and lets a node drain.
 	for _, w := range serve {
-		if !pdbFor[w] {
-			add("%s: no PodDisruptionBudget", w.obj)
+		i := slices.IndexFunc(m.pdbs, func(pdb *policyv1.PodDisruptionBudget) bool { return selects(pdb.Spec.Selector, w.pod.Labels) })
+		if i < 0 {
+			m.add("%s: no PodDisruptionBudget", w.name)
+		} else if ma := m.pdbs[i].Spec.MinAvailable; ma == nil || ma.IntValue() >= int(w.replicas) {
+			m.add("PodDisruptionBudget %s: minAvailable %v with %d replicas blocks every node drain", m.pdbs[i].Name, ma, w.replicas)
 		}
 	}
-
-	// NetworkPolicies: each selects something, and its ports exist there.
-	for _, np := range cl.netpols {
-		var sel []*workload
-		for _, w := range cl.workloads {
-			if np.spec.PodSelector.matches(w.labels()) {
-				sel = append(sel, w)
-			}
-		}
+	// NetworkPolicies select pods and name ports those pods have. (What
+	// they admit takes an enforcing CNI to tell.)
+	for _, np := range m.netpols {
+		sel := m.selected(&np.Spec.PodSelector)
 		if len(sel) == 0 {
-			add("%s selects no workload", np.obj)
+			m.add("NetworkPolicy %s selects no workload", np.Name)
 		}
-		for _, rule := range np.spec.Ingress {
+		for _, rule := range np.Spec.Ingress {
 			for _, rp := range rule.Ports {
 				for _, w := range sel {
-					if rp.Port != nil && rp.Port.name != "" {
-						if _, _, ok := w.port(*rp.Port); !ok {
-							add("%s: port %s is not a port of %s", np.obj, rp.Port, w.obj)
-						}
+					if _, c := containerPort(&w.pod.Spec, ptr.Deref(rp.Port, intstr.FromInt32(-1))); rp.Port != nil && c == nil {
+						m.add("NetworkPolicy %s: port %s is no container port of %s", np.Name, rp.Port.String(), w.name)
 					}
 				}
 			}
 		}
 	}
-	for _, w := range serve {
-		port := w.keygate[0].inv.port("listen")
-		if !cl.admits(w, port, client{"some-team", map[string]string{adminClientLabel: "true"}}) {
-			add("%s: a pod labelled %s=true cannot reach the admin API on port %d", w.obj, adminClientLabel, port)
-		}
-		if cl.admits(w, port, client{cl.namespace, map[string]string{"app": "anything"}}) {
-			add("%s: any pod can reach the admin API on port %d: no NetworkPolicy limits it to pods labelled %s", w.obj, port, adminClientLabel)
-		}
-	}
-	for _, w := range sidecars {
-		for _, k := range w.keygate {
-			if k.inv.cmd != "sidecar" {
-				continue
-			}
-			if !cl.admits(w, k.inv.port("listen"), client{"anywhere", map[string]string{}}) {
-				add("%s: clients cannot reach the sidecar's port %d", w.obj, k.inv.port("listen"))
-			}
-			u, err := url.Parse(k.inv.value("upstream"))
-			if err != nil || !isLoopback(u.Hostname()) {
-				add("%s: the sidecar's upstream %q is not on localhost: the app belongs in the same pod, behind it", w.obj, k.inv.value("upstream"))
-				continue
-			}
-			appPort, _ := strconv.Atoi(u.Port())
-			if cl.admits(w, appPort, client{cl.namespace, map[string]string{}}) {
-				add("%s: nothing keeps other pods off the app's own port %d (NetworkPolicy)", w.obj, appPort)
-			}
-		}
-	}
-
-	// Every keygate process reaches its Redis.
-	for _, w := range cl.workloads {
-		for _, k := range w.keygate {
-			u, err := url.Parse(k.inv.value("redis-url"))
-			if err != nil || u.Hostname() == "" {
-				continue
-			}
-			s, err := cl.serviceByHost(u.Hostname())
-			if err != nil {
-				add("%s: KEYGATE_REDIS_URL: %v", k.inv.where, err)
-				continue
-			}
-			port, _ := strconv.Atoi(u.Port())
-			if port == 0 {
-				port = 6379
-			}
-			targets, err := cl.target(s, port, "")
-			if err != nil {
-				add("%s: KEYGATE_REDIS_URL: %v", k.inv.where, err)
-				continue
-			}
-			for rw, rp := range targets {
-				if !cl.admits(rw, rp, client{cl.namespace, w.labels()}) {
-					add("%s: a NetworkPolicy keeps it from Redis (%s port %d): label the pod", k.inv.where, rw.obj, rp)
-				}
-			}
-		}
-	}
-
-	// Secrets hold placeholders, never real values.
-	for _, w := range cl.workloads {
-		for _, k := range w.keygate {
-			for _, name := range []string{"KEYGATE_ADMIN_TOKENS", "KEYGATE_HASH_KEY"} {
-				if v, ok := k.inv.env[name]; ok && !strings.Contains(v, "CHANGE-ME") {
-					add("%s: %s is %q: the committed value must be a CHANGE-ME placeholder", k.inv.where, name, v)
-				}
-			}
-		}
-	}
-
-	cl.checkMonitoring()
-	cl.checkIngresses()
-	report(t, cl.problems)
+	m.forwardAuths()
+	report(t, m.problems)
 }
 
 // podProblems checks what every pod of the manifests must have: a locked
 // down security context and resources.
-func podProblems(w *workload) []string {
-	var out []string
-	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
-	podSC := w.pod.SecurityContext
-	for i := range w.pod.Containers {
-		c := &w.pod.Containers[i]
-		where := fmt.Sprintf("%s container %s", w.obj, c.Name)
-		sc := c.SecurityContext
-		if sc == nil {
-			sc = &securityContext{}
-		}
-		nonRoot := (sc.RunAsNonRoot != nil && *sc.RunAsNonRoot) || (sc.RunAsNonRoot == nil && podSC != nil && podSC.RunAsNonRoot != nil && *podSC.RunAsNonRoot)
-		if !nonRoot {
-			add("%s: runAsNonRoot is not true", where)
-		}
-		if sc.RunAsUser != nil && *sc.RunAsUser == 0 || sc.RunAsUser == nil && podSC != nil && podSC.RunAsUser != nil && *podSC.RunAsUser == 0 {
-			add("%s: runs as uid 0", where)
-		}
-		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-			add("%s: readOnlyRootFilesystem is not true", where)
-		}
-		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-			add("%s: allowPrivilegeEscalation is not false", where)
-		}
-		if sc.Privileged != nil && *sc.Privileged {
-			add("%s: privileged", where)
-		}
-		if sc.Capabilities == nil || !contains(sc.Capabilities.Drop, "ALL") {
-			add("%s: capabilities.drop lacks ALL", where)
-		} else if len(sc.Capabilities.Add) > 0 {
-			add("%s: adds capabilities %v", where, sc.Capabilities.Add)
-		}
-		for _, r := range []string{"cpu", "memory"} {
-			if c.Resources.Requests[r] == "" {
-				add("%s: no %s request", where, r)
+func (m *manifests) podProblems(w *workload) {
+	pod := ptr.Deref(w.pod.Spec.SecurityContext, corev1.PodSecurityContext{})
+	for _, c := range w.pod.Spec.Containers {
+		sc := ptr.Deref(c.SecurityContext, corev1.SecurityContext{})
+		caps := ptr.Deref(sc.Capabilities, corev1.Capabilities{})
+		for problem, bad := range map[string]bool{
+			"runAsNonRoot is not true":                    !ptr.Deref(cmp.Or(sc.RunAsNonRoot, pod.RunAsNonRoot), false),
+			"runs as uid 0":                               ptr.Deref(cmp.Or(sc.RunAsUser, pod.RunAsUser), -1) == 0,
+			"readOnlyRootFilesystem is not true":          !ptr.Deref(sc.ReadOnlyRootFilesystem, false),
+			"allowPrivilegeEscalation is not false":       ptr.Deref(sc.AllowPrivilegeEscalation, true) || ptr.Deref(sc.Privileged, false),
+			"capabilities: want drop [ALL] and no add":    !slices.Contains(caps.Drop, "ALL") || len(caps.Add) > 0,
+			"want cpu and memory requests, memory limits": c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero(),
+		} {
+			if bad {
+				m.add("%s container %s: %s", w.name, c.Name, problem)
 			}
 		}
-		if c.Resources.Limits["memory"] == "" {
-			add("%s: no memory limit", where)
-		}
 	}
-	if g := w.pod.TerminationGracePeriodSeconds; g != nil && len(w.keygate) > 0 && *g <= drainSeconds {
-		add("%s: terminationGracePeriodSeconds %d does not cover keygate's %d s drain", w.obj, *g, drainSeconds)
-	}
-	return out
 }
 
 // keygateProblems checks one keygate container against the binary: ports,
-// probes, scrape annotations, and the variables Kubernetes itself injects.
-func (cl *cluster) keygateProblems(w *workload, k *kgContainer) []string {
-	var out []string
-	add := func(format string, args ...any) { out = append(out, k.inv.where+": "+fmt.Sprintf(format, args...)) }
-	inv, c := k.inv, k.c
-	if _, ok := commands[inv.cmd]; !ok {
-		return out // inv.problems says why
-	}
-	declared := map[int]string{}
-	for _, p := range c.Ports {
-		declared[p.ContainerPort] = p.Name
-	}
-	listeners := []string{"listen"}
-	if inv.cmd == "sidecar" {
-		listeners = append(listeners, "ops-listen")
-	}
-	for _, flag := range listeners {
-		if _, ok := declared[inv.port(flag)]; !ok {
-			add("--%s %q: port %d is not among the containerPorts %v", flag, inv.value(flag), inv.port(flag), declared)
-		}
-	}
-	for p, name := range declared {
-		if p != inv.port("listen") && (inv.cmd != "sidecar" || p != inv.port("ops-listen")) {
-			add("containerPort %d (%s) is none of keygate %s's listeners", p, name, inv.cmd)
-		}
+// probes, scrape annotations, and what Kubernetes adds to its environment.
+func (m *manifests) keygateProblems(w *workload, c *corev1.Container, inv *invocation) {
+	add := func(format string, args ...any) { m.add(inv.where+": "+format, args...) }
+	if commands[inv.cmd] == nil {
+		return // inv.problems says why
 	}
 	health := inv.healthFlag()
-	host, healthPort, _ := splitHostPort(inv.value(health))
-	if isLoopback(host) {
-		add("--%s %q: the kubelet's probes and Prometheus cannot reach a loopback address; set %s=:%d", health, inv.value(health), envFor(health), healthPort)
+	if host, port, _ := splitHostPort(inv.value(health)); isLoopback(host) {
+		add("--%s %q: the kubelet's probes and Prometheus cannot reach a loopback address; set %s=:%d", health, inv.value(health), envFor(health), port)
 	}
-	for kind, pr := range map[string]*k8sProbe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe, "startup": c.StartupProbe} {
-		if pr == nil {
-			if kind != "startup" {
-				add("no %s probe", kind)
-			}
-			continue
-		}
-		if pr.HTTPGet == nil {
-			add("%s probe is not httpGet", kind)
-			continue
-		}
-		if pr.HTTPGet.Scheme != "" && pr.HTTPGet.Scheme != "HTTP" {
-			add("%s probe scheme %s: keygate serves plain HTTP", kind, pr.HTTPGet.Scheme)
-		}
-		if port := containerPortOf(c, pr.HTTPGet.Port); port != healthPort {
-			add("%s probe port %s is %d, not the %s listener (%d) where keygate %s serves %s", kind, pr.HTTPGet.Port, port, health, healthPort, inv.cmd, pr.HTTPGet.Path)
-		}
+	// TestKubernetesRuns asks the probes and the scrape port.
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
+		add("want an httpGet liveness and readiness probe")
 	}
-	// Kubernetes sets NAME_SERVICE_HOST, NAME_PORT, … for every Service of
-	// the namespace unless enableServiceLinks is false: none may collide
-	// with a variable keygate reads.
-	if w.pod.EnableServiceLinks == nil || *w.pod.EnableServiceLinks {
-		for _, s := range cl.services {
-			for _, v := range serviceLinkVars(s) {
-				if f, ok := commands[inv.cmd].byEnv[v]; ok {
-					add("Service %s makes Kubernetes set %s, which keygate reads as --%s: set enableServiceLinks: false", s.obj.Metadata.Name, v, f.name)
-				}
-			}
-		}
+	if ann := w.pod.Annotations; ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] == "" {
+		add("no prometheus.io/scrape and prometheus.io/port annotations")
 	}
-	// Prometheus scrape annotations point at keygate's /metrics listener.
-	ann := w.spec.Template.Metadata.Annotations
-	if ann["prometheus.io/scrape"] != "true" {
-		add("the pod has no prometheus.io/scrape: \"true\" annotation")
-	} else if metricsPort := metricsPortOf(w); metricsPort == 0 {
-		add("prometheus.io/port %q is not the /metrics port of a keygate container in the pod", ann["prometheus.io/port"])
-	} else if !cl.admits(w, metricsPort, client{monitoringNamespace, nil}) {
-		add("a NetworkPolicy keeps Prometheus (namespace %s) from port %d", monitoringNamespace, metricsPort)
+	// The kubelet would set KEYGATE_SERVICE_HOST, KEYGATE_PORT… from the
+	// Service named keygate, in the variables keygate reads.
+	if ptr.Deref(w.pod.Spec.EnableServiceLinks, true) {
+		add("set enableServiceLinks: false, or the kubelet sets KEYGATE_* variables of its own")
 	}
-	return out
-}
-
-// metricsPortOf is the pod's annotated scrape port when a keygate container
-// serves /metrics there, else 0.
-func metricsPortOf(w *workload) int {
-	ann := w.spec.Template.Metadata.Annotations
-	p, _ := strconv.Atoi(ann["prometheus.io/port"])
-	if path := ann["prometheus.io/path"]; path != "" && path != "/metrics" {
-		return 0
+	if g := ptr.Deref(w.pod.Spec.TerminationGracePeriodSeconds, 30); g <= drainSeconds {
+		add("terminationGracePeriodSeconds %d does not cover keygate's %d s drain", g, drainSeconds)
 	}
-	for _, k := range w.keygate {
-		if _, ok := commands[k.inv.cmd]; ok && p == k.inv.port(k.inv.healthFlag()) {
-			return p
-		}
-	}
-	return 0
-}
-
-// containerPortOf resolves a probe's port within its container.
-func containerPortOf(c *container, p intOrString) int {
-	if p.name == "" {
-		return p.num
-	}
-	for _, cp := range c.Ports {
-		if cp.Name == p.name {
-			return cp.ContainerPort
-		}
-	}
-	return 0
-}
-
-// serviceLinkVars are the variables the kubelet derives from a Service.
-func serviceLinkVars(s *service) []string {
-	name := strings.ToUpper(strings.ReplaceAll(s.obj.Metadata.Name, "-", "_"))
-	out := []string{name + "_SERVICE_HOST", name + "_SERVICE_PORT", name + "_PORT"}
-	for _, p := range s.spec.Ports {
-		if p.Name != "" {
-			out = append(out, name+"_SERVICE_PORT_"+strings.ToUpper(strings.ReplaceAll(p.Name, "-", "_")))
-		}
-		base := fmt.Sprintf("%s_PORT_%d_TCP", name, p.Port)
-		out = append(out, base, base+"_PROTO", base+"_PORT", base+"_ADDR")
-	}
-	return out
-}
-
-// checkMonitoring checks ServiceMonitors and PodMonitors against the
-// Services and pods they scrape.
-func (cl *cluster) checkMonitoring() {
-	for _, o := range cl.objects {
-		var m struct {
-			Spec struct {
-				Selector            labelSelector `yaml:"selector"`
-				Endpoints           []monEndpoint `yaml:"endpoints"`
-				PodMetricsEndpoints []monEndpoint `yaml:"podMetricsEndpoints"`
-			} `yaml:"spec"`
-		}
-		switch o.Kind {
-		case "ServiceMonitor":
-			decodeLoose(o.raw, &m)
-			var svcs []*service
-			for _, s := range cl.services {
-				if m.Spec.Selector.matches(s.obj.Metadata.Labels) && !m.Spec.Selector.empty() {
-					svcs = append(svcs, s)
-				}
-			}
-			if len(svcs) == 0 {
-				cl.add("%s selects no Service", o)
-			}
-			for _, s := range svcs {
-				for _, ep := range m.Spec.Endpoints {
-					targets, err := cl.target(s, 0, ep.Port)
-					if err != nil {
-						cl.add("%s: %v", o, err)
-						continue
-					}
-					for w, port := range targets {
-						cl.checkScrape(o, w, port, ep.Path)
-					}
-				}
-			}
-		case "PodMonitor":
-			decodeLoose(o.raw, &m)
-			n := 0
-			for _, w := range cl.workloads {
-				if m.Spec.Selector.empty() || !m.Spec.Selector.matches(w.labels()) {
-					continue
-				}
-				n++
-				for _, ep := range m.Spec.PodMetricsEndpoints {
-					port, _, ok := w.port(intOrString{name: ep.Port})
-					if !ok {
-						cl.add("%s: %s has no port named %q", o, w.obj, ep.Port)
-						continue
-					}
-					cl.checkScrape(o, w, port, ep.Path)
-				}
-			}
-			if n == 0 {
-				cl.add("%s selects no workload", o)
-			}
+	for _, name := range []string{"KEYGATE_ADMIN_TOKENS", "KEYGATE_HASH_KEY"} {
+		if v, ok := inv.env[name]; ok && !strings.Contains(v, "CHANGE-ME") {
+			add("%s is %q: the committed value must be a CHANGE-ME placeholder", name, v)
 		}
 	}
 }
 
-type monEndpoint struct {
-	Port string `yaml:"port"`
-	Path string `yaml:"path"`
-}
-
-func (cl *cluster) checkScrape(o *k8sObject, w *workload, port int, path string) {
-	if path != "" && path != "/metrics" {
-		cl.add("%s: path %q: keygate serves /metrics", o, path)
-	}
-	for _, k := range w.keygate {
-		if _, ok := commands[k.inv.cmd]; ok && port == k.inv.port(k.inv.healthFlag()) {
-			if !cl.admits(w, port, client{monitoringNamespace, nil}) {
-				cl.add("%s: a NetworkPolicy keeps Prometheus (namespace %s) from %s port %d", o, monitoringNamespace, w.obj, port)
-			}
-			return
-		}
-	}
-	cl.add("%s: %s port %d is not where a keygate container serves /metrics", o, w.obj, port)
-}
-
-// forwardAuth is an Ingress's auth-url, resolved.
+// forwardAuth is an Ingress's auth-url and the headers it forwards.
 type forwardAuth struct {
-	ingress *k8sObject
+	ingress string
 	url     *url.URL
-	headers []string // auth-response-headers
-	serve   *workload
+	headers []string
 }
 
-func (cl *cluster) checkIngresses() []forwardAuth {
+// forwardAuths checks that each Ingress's auth-url reaches keygate serve's
+// listener through its Service, in the manifests' namespace.
+func (m *manifests) forwardAuths() []forwardAuth {
 	var out []forwardAuth
-	for _, o := range cl.objects {
-		if o.Kind != "Ingress" {
-			continue
-		}
-		var ing struct {
-			Spec struct {
-				Rules []struct {
-					HTTP struct {
-						Paths []struct {
-							Backend struct {
-								Service struct {
-									Name string `yaml:"name"`
-									Port struct {
-										Name   string `yaml:"name"`
-										Number int    `yaml:"number"`
-									} `yaml:"port"`
-								} `yaml:"service"`
-							} `yaml:"backend"`
-						} `yaml:"paths"`
-					} `yaml:"http"`
-				} `yaml:"rules"`
-			} `yaml:"spec"`
-		}
-		decodeLoose(o.raw, &ing)
-		for _, r := range ing.Spec.Rules {
-			for _, p := range r.HTTP.Paths {
-				be := p.Backend.Service
-				s, err := cl.serviceByHost(be.Name)
-				if err != nil {
-					cl.add("%s: backend: %v", o, err)
-					continue
-				}
-				targets, err := cl.target(s, be.Port.Number, be.Port.Name)
-				if err != nil {
-					cl.add("%s: backend: %v", o, err)
-					continue
-				}
-				for w, port := range targets {
-					if !cl.admits(w, port, client{ingressNamespace, nil}) {
-						cl.add("%s: a NetworkPolicy keeps the ingress controller (namespace %s) from %s port %d", o, ingressNamespace, w.obj, port)
-					}
-				}
-			}
-		}
-		raw := o.Metadata.Annotations["nginx.ingress.kubernetes.io/auth-url"]
+	for _, ing := range m.ingresses {
+		raw := ing.Annotations["nginx.ingress.kubernetes.io/auth-url"]
+		u, err := url.Parse(raw)
 		if raw == "" {
 			continue
-		}
-		fa := forwardAuth{ingress: o}
-		u, err := url.Parse(raw)
-		if err != nil || u.Scheme != "http" {
-			cl.add("%s: auth-url %q is not an http:// URL", o, raw)
+		} else if err != nil || u.Scheme != "http" || u.Path != "/forward-auth" && !strings.HasPrefix(u.Path, "/forward-auth/") {
+			m.add("Ingress %s: auth-url %q is not http://…/forward-auth", ing.Name, raw)
 			continue
 		}
-		fa.url = u
-		if u.Path != "/forward-auth" && !strings.HasPrefix(u.Path, "/forward-auth/") {
-			cl.add("%s: auth-url path %q: keygate serve answers /forward-auth and below", o, u.Path)
+		// name.namespace.svc.cluster.local: the Service, in the namespace.
+		name, ns, _ := strings.Cut(u.Hostname()+"."+m.namespace, ".")
+		targets, err := m.servicePort(name, intstr.Parse(cmp.Or(u.Port(), "80")))
+		if ns, _, _ = strings.Cut(ns, "."); ns != m.namespace {
+			err = fmt.Errorf("host %q is not in namespace %s", u.Hostname(), m.namespace)
 		}
-		s, err := cl.serviceByHost(u.Hostname())
 		if err != nil {
-			cl.add("%s: auth-url: %v", o, err)
-			continue
+			m.add("Ingress %s: auth-url: %v", ing.Name, err)
 		}
-		port, _ := strconv.Atoi(u.Port())
-		if port == 0 {
-			port = 80
-		}
-		targets, err := cl.target(s, port, "")
-		if err != nil {
-			cl.add("%s: auth-url: %v", o, err)
-			continue
-		}
-		for w, tp := range targets {
-			isServe := false
-			for _, k := range w.keygate {
-				if k.inv.cmd == "serve" && tp == k.inv.port("listen") {
-					isServe = true
-					fa.serve = w
-				}
-			}
-			if !isServe {
-				cl.add("%s: auth-url reaches %s port %d, which is not keygate serve's listener", o, w.obj, tp)
-			}
-			if !cl.admits(w, tp, client{ingressNamespace, nil}) {
-				cl.add("%s: a NetworkPolicy keeps the ingress controller (namespace %s) from keygate serve", o, ingressNamespace)
+		for w, p := range targets {
+			if inv := w.keygateAt(p, false); inv == nil || inv.cmd != "serve" {
+				m.add("Ingress %s: auth-url reaches %s port %d, not keygate serve", ing.Name, w.name, p)
 			}
 		}
-		for _, h := range strings.Split(o.Metadata.Annotations["nginx.ingress.kubernetes.io/auth-response-headers"], ",") {
+		fa := forwardAuth{ingress: ing.Name, url: u}
+		for _, h := range strings.Split(ing.Annotations["nginx.ingress.kubernetes.io/auth-response-headers"], ",") {
 			if h = strings.TrimSpace(h); h != "" {
-				fa.headers = append(fa.headers, h)
+				fa.headers = append(fa.headers, http.CanonicalHeaderKey(h))
 			}
-		}
-		if len(fa.headers) == 0 {
-			cl.add("%s: no auth-response-headers: the app would not learn whose key it was", o)
 		}
 		out = append(out, fa)
 	}
@@ -560,123 +455,86 @@ func (cl *cluster) checkIngresses() []forwardAuth {
 }
 
 // TestKubernetesRuns runs every keygate container as the manifests
-// configure it: probes and scrape paths answer as they must, serve and the
-// sidecar agree (the README session), the sidecar's public paths and route
-// scopes work, and the ingress auth-url returns the headers the Ingress
-// forwards.
+// configure it: probes and scrape annotations answer as they must, serve
+// and the sidecar agree (the README session), the sidecar's public paths
+// and route scopes work, and the Ingress auth-url returns the headers the
+// Ingress forwards.
 func TestKubernetesRuns(t *testing.T) {
-	cl := loadCluster(t)
-	var serveInv, sidecarInv *invocation
-	for _, w := range cl.workloads {
-		for _, k := range w.keygate {
-			if _, ok := commands[k.inv.cmd]; !ok {
-				t.Fatalf("%s: not serve or sidecar (see TestKubernetesManifests)", k.inv.where)
+	m := loadManifests(t)
+	byCmd := map[string]*invocation{}
+	for _, w := range m.workloads {
+		for c, inv := range w.keygate {
+			if commands[inv.cmd] == nil {
+				t.Fatalf("%s: not serve or sidecar (see TestKubernetesManifests)", inv.where)
 			}
-			var probes []probe
-			for _, p := range []struct {
-				kind string
-				pr   *k8sProbe
-			}{{"liveness", k.c.LivenessProbe}, {"readiness", k.c.ReadinessProbe}, {"liveness", k.c.StartupProbe}} {
-				if p.pr != nil && p.pr.HTTPGet != nil {
-					probes = append(probes, probe{k.inv.where, p.kind, p.pr.HTTPGet.Path, containerPortOf(k.c, p.pr.HTTPGet.Port)})
+			scrape, _ := strconv.Atoi(w.pod.Annotations["prometheus.io/port"])
+			probes := []probe{{inv.where + " prometheus.io annotations", "metrics", cmp.Or(w.pod.Annotations["prometheus.io/path"], "/metrics"), scrape}}
+			for kind, pr := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+				if pr != nil && pr.HTTPGet != nil {
+					port, _ := containerPort(&w.pod.Spec, pr.HTTPGet.Port)
+					probes = append(probes, probe{inv.where, kind, pr.HTTPGet.Path, port})
 				}
 			}
-			ann := w.spec.Template.Metadata.Annotations
-			if port, err := strconv.Atoi(ann["prometheus.io/port"]); err == nil {
-				path := ann["prometheus.io/path"]
-				if path == "" {
-					path = "/metrics"
-				}
-				probes = append(probes, probe{k.inv.where + " prometheus.io annotations", "metrics", path, port})
-			}
-			checkProbes(t, k.inv, probes)
-			switch k.inv.cmd {
-			case "serve":
-				serveInv = k.inv
-			case "sidecar":
-				sidecarInv = k.inv
-			}
+			checkProbes(t, inv, probes)
+			byCmd[inv.cmd] = inv
 		}
 	}
-	if serveInv == nil || sidecarInv == nil {
+	if byCmd["serve"] == nil || byCmd["sidecar"] == nil {
 		t.Fatal("the manifests need a keygate serve and a keygate sidecar")
 	}
-	serve, sidecar, _, _ := session(t, serveInv, sidecarInv)
-	admin := strings.Split(serveInv.value("admin-tokens"), ",")[0]
+	serve, sidecar := session(t, byCmd["serve"], byCmd["sidecar"])
+	admin, _, _ := strings.Cut(byCmd["serve"].value("admin-tokens"), ",")
+	checkPublic(t, sidecar)
 
-	// The sidecar's --public and --require-scopes, as configured.
-	for _, prefix := range strings.Split(sidecarInv.value("public"), ";") {
-		if prefix = strings.TrimSpace(prefix); prefix != "" {
-			if status, _ := get(t, "http://"+sidecar.listen+prefix, ""); status != 200 {
-				t.Errorf("%s: public path %s without a key: %d, want 200", sidecarInv.where, prefix, status)
-			}
-		}
-	}
-	for _, rule := range strings.Split(sidecarInv.value("require-scopes"), ";") {
+	// The sidecar's --require-scopes, as configured.
+	for _, rule := range strings.Split(sidecar.inv.value("require-scopes"), ";") {
 		route, scopes, ok := strings.Cut(strings.TrimSpace(rule), "=")
 		if !ok {
 			continue
 		}
-		method, path := "GET", route
-		if m, p, ok := strings.Cut(route, " "); ok {
-			method, path = m, p
+		method, path, ok := strings.Cut(route, " ")
+		if !ok {
+			method, path = "GET", route
 		}
-		scopeJSON := `"` + strings.Join(strings.Split(scopes, ","), `","`) + `"`
-		without := createKey(t, serve.listen, admin, `{"name":"no scopes","subject":"user_1"}`)
-		with := createKey(t, serve.listen, admin, `{"name":"scoped","subject":"user_1","scopes":[`+scopeJSON+`]}`)
-		if status, _, _ := do(t, method, "http://"+sidecar.listen+path, without.Secret, ""); status != 403 {
-			t.Errorf("%s: %s %s with a key lacking %s: %d, want 403", sidecarInv.where, method, path, scopes, status)
-		}
-		if status, _, _ := do(t, method, "http://"+sidecar.listen+path, with.Secret, ""); status != 200 {
-			t.Errorf("%s: %s %s with a key holding %s: %d, want 200", sidecarInv.where, method, path, scopes, status)
+		for want, key := range map[int]createdKey{
+			http.StatusForbidden: createKey(t, serve.listen, admin, `{"name":"no scopes","subject":"user_1"}`),
+			http.StatusOK:        createKey(t, serve.listen, admin, `{"name":"scoped","subject":"user_1","scopes":`+jsonOf(strings.Split(scopes, ","))+`}`),
+		} {
+			if status, _, _ := do(t, method, "http://"+sidecar.listen+path, key.Secret, ""); status != want {
+				t.Errorf("%s: %s %s (needs %s) with key %s: %d, want %d", sidecar.inv.where, method, path, scopes, key.ID, status, want)
+			}
 		}
 	}
 
-	// ingress-nginx: the auth-url answers 200 with the headers the Ingress
-	// forwards, exactly the identity headers keygate sets.
-	cl.problems = nil
-	for _, fa := range cl.checkIngresses() {
-		if fa.serve == nil {
-			continue
-		}
-		var scopes []string
-		for _, s := range strings.Split(fa.url.Query().Get("scopes"), ",") {
-			if s != "" {
-				scopes = append(scopes, `"`+s+`"`)
-			}
-		}
-		key := createKey(t, serve.listen, admin, `{"name":"ingress","subject":"user_7","claims":{"plan":"pro"},"scopes":[`+strings.Join(scopes, ",")+`]}`)
+	// ingress-nginx: the auth-url answers 200 with exactly the identity
+	// headers the Ingress forwards, 401 without a key, 403 without the scope.
+	for _, fa := range m.forwardAuths() {
+		scopes := slices.DeleteFunc(strings.Split(fa.url.Query().Get("scopes"), ","), func(s string) bool { return s == "" })
 		authURL := "http://" + serve.listen + fa.url.RequestURI()
+		key := createKey(t, serve.listen, admin, `{"name":"ingress","subject":"user_7","claims":{"plan":"pro"},"scopes":`+jsonOf(scopes)+`}`)
 		status, body, h := do(t, "GET", authURL, key.Secret, "")
-		if status != 200 {
-			t.Errorf("%s: auth-url with a valid key: %d %s, want 200", fa.ingress, status, body)
-			continue
-		}
 		var identity []string
 		for name := range h {
 			if strings.HasPrefix(name, "X-Api-Key-") {
 				identity = append(identity, name)
 			}
 		}
-		sort.Strings(identity)
-		annotated := append([]string{}, fa.headers...)
-		for i := range annotated {
-			annotated[i] = http.CanonicalHeaderKey(annotated[i])
+		if slices.Sort(identity); status != http.StatusOK || !slices.Equal(identity, slices.Sorted(slices.Values(fa.headers))) {
+			t.Errorf("Ingress %s: auth-url with a valid key: %d %s with %v; want 200 with the auth-response-headers %v", fa.ingress, status, body, identity, fa.headers)
 		}
-		sort.Strings(annotated)
-		if strings.Join(identity, ",") != strings.Join(annotated, ",") {
-			t.Errorf("%s: auth-response-headers %v, but keygate answers with %v", fa.ingress, annotated, identity)
+		if status, _, _ := do(t, "GET", authURL, "", ""); status != http.StatusUnauthorized {
+			t.Errorf("Ingress %s: auth-url without a key: %d, want 401", fa.ingress, status)
 		}
-		if status, _, _ := do(t, "GET", authURL, "", ""); status != 401 {
-			t.Errorf("%s: auth-url without a key: %d, want 401", fa.ingress, status)
-		}
-		if len(scopes) > 0 {
-			bare := createKey(t, serve.listen, admin, `{"name":"ingress bare","subject":"user_7"}`)
-			if status, _, _ := do(t, "GET", authURL, bare.Secret, ""); status != 403 {
-				t.Errorf("%s: auth-url with a key lacking %v: %d, want 403", fa.ingress, scopes, status)
-			}
+		bare := createKey(t, serve.listen, admin, `{"name":"ingress bare","subject":"user_7"}`)
+		if status, _, _ := do(t, "GET", authURL, bare.Secret, ""); len(scopes) > 0 && status != http.StatusForbidden {
+			t.Errorf("Ingress %s: auth-url with a key lacking %v: %d, want 403", fa.ingress, scopes, status)
 		}
 	}
 	sidecar.stop(t)
 	serve.stop(t)
+}
+
+func jsonOf(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
 }

@@ -3,21 +3,19 @@ package deploy
 import (
 	"bufio"
 	"bytes"
-	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
-
-	"gopkg.in/yaml.v3"
 )
 
 const modulePath = "github.com/keygate/keygate"
@@ -26,8 +24,12 @@ const modulePath = "github.com/keygate/keygate"
 // the release version, so that TestVersionLdflag proves the -X target exists.
 const testVersion = "deploytest-1"
 
+// drainSeconds is how long keygate drains requests after SIGTERM
+// (cmd/keygate/serve.go, runServers): a stop timeout must exceed it.
+const drainSeconds = 20
+
 var (
-	repoRoot string // the module root, found from this package's directory
+	repoRoot string // the repository root, above this module
 	keygate  string // the binary built by TestMain
 	// commands are the long-running subcommands, as their --help lists them.
 	commands = map[string]*command{}
@@ -36,9 +38,8 @@ var (
 // command is one keygate subcommand and its flags, read from its --help.
 type command struct {
 	name  string
-	help  string
-	flags map[string]flagInfo // by flag name
-	byEnv map[string]flagInfo // by environment variable
+	flags map[string]*flagInfo // by flag name
+	byEnv map[string]*flagInfo // by environment variable
 }
 
 type flagInfo struct {
@@ -104,27 +105,24 @@ func readHelp(name string) (*command, error) {
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("keygate %s --help: %v\n%s", name, err, out.String())
 	}
-	c := &command{name: name, help: out.String(), flags: map[string]flagInfo{}, byEnv: map[string]flagInfo{}}
+	help := out.String()
+	c := &command{name: name, flags: map[string]*flagInfo{}, byEnv: map[string]*flagInfo{}}
 	last := "" // the flag whose usage line comes next
 	sc := bufio.NewScanner(&out)
 	for sc.Scan() {
 		line := sc.Text()
 		if m := helpFlag.FindStringSubmatch(line); m != nil {
-			c.flags[m[1]] = flagInfo{name: m[1], env: m[2]}
+			c.flags[m[1]] = &flagInfo{name: m[1], env: m[2]}
 			last = m[1]
 			continue
 		}
-		if last != "" {
-			if m := helpDefault.FindStringSubmatch(strings.TrimSpace(line)); m != nil {
-				f := c.flags[last]
-				f.def = m[1]
-				c.flags[last] = f
-			}
-			last = ""
+		if m := helpDefault.FindStringSubmatch(strings.TrimSpace(line)); m != nil && last != "" {
+			c.flags[last].def = m[1]
 		}
+		last = ""
 	}
 	if len(c.flags) == 0 {
-		return nil, fmt.Errorf("keygate %s --help lists no flag in the form \"  --flag  KEYGATE_FLAG\":\n%s", name, c.help)
+		return nil, fmt.Errorf("keygate %s --help lists no flag in the form \"  --flag  KEYGATE_FLAG\":\n%s", name, help)
 	}
 	for _, f := range c.flags {
 		c.byEnv[f.env] = f
@@ -139,13 +137,7 @@ func envFor(flag string) string {
 
 // cleanEnv is the test's environment without KEYGATE_ variables.
 func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEYGATE_") {
-			out = append(out, kv)
-		}
-	}
-	return out
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "KEYGATE_") })
 }
 
 func TestHelpFollowsTheEnvRule(t *testing.T) {
@@ -153,17 +145,6 @@ func TestHelpFollowsTheEnvRule(t *testing.T) {
 		for _, f := range c.flags {
 			if f.env != envFor(f.name) {
 				t.Errorf("keygate %s --help: --%s is read from %s, the rule says %s", c.name, f.name, f.env, envFor(f.name))
-			}
-		}
-	}
-	// The flags these files rely on; each file's own checks say where.
-	for cmd, names := range map[string][]string{
-		"serve":   {"listen", "redis-url", "admin-tokens", "hash-key", "data-dir"},
-		"sidecar": {"listen", "ops-listen", "upstream", "redis-url", "hash-key", "public", "require-scopes"},
-	} {
-		for _, n := range names {
-			if _, ok := commands[cmd].flags[n]; !ok {
-				t.Errorf("keygate %s --help has no --%s", cmd, n)
 			}
 		}
 	}
@@ -189,11 +170,9 @@ type invocation struct {
 }
 
 // problems checks the invocation against the binary's help.
-func (inv *invocation) problems() []string {
-	var out []string
-	add := func(format string, args ...any) {
-		out = append(out, inv.where+": "+fmt.Sprintf(format, args...))
-	}
+func (inv *invocation) problems() problems {
+	var out problems
+	add := func(format string, args ...any) { out.add(inv.where+": "+format, args...) }
 	c, ok := commands[inv.cmd]
 	if !ok {
 		add("%q is not a keygate command that serves (want serve or sidecar)", inv.cmd)
@@ -202,22 +181,14 @@ func (inv *invocation) problems() []string {
 	if _, err := inv.flagArgs(); err != nil {
 		add("%v", err)
 	}
-	for _, k := range sortedKeys(inv.env) {
-		if strings.HasPrefix(k, "KEYGATE_") {
-			if _, ok := c.byEnv[k]; !ok {
-				add("%s is not read by keygate %s (its variables: %s)", k, inv.cmd, strings.Join(sortedKeys(c.byEnv), " "))
-			}
+	for _, k := range slices.Sorted(maps.Keys(inv.env)) {
+		if _, ok := c.byEnv[k]; strings.HasPrefix(k, "KEYGATE_") && !ok {
+			add("%s is not read by keygate %s (its variables: %s)", k, inv.cmd, strings.Join(slices.Sorted(maps.Keys(c.byEnv)), " "))
 		}
 	}
-	if inv.cmd == "serve" || inv.cmd == "sidecar" {
-		if _, _, err := splitHostPort(inv.value("listen")); err != nil {
-			add("--listen %q: %v", inv.value("listen"), err)
-		}
-	}
+	listeners := []string{"listen"}
 	if inv.cmd == "sidecar" {
-		if _, _, err := splitHostPort(inv.value("ops-listen")); err != nil {
-			add("--ops-listen %q: %v", inv.value("ops-listen"), err)
-		}
+		listeners = append(listeners, "ops-listen")
 		if inv.value("upstream") == "" {
 			add("the sidecar has no upstream (KEYGATE_UPSTREAM or --upstream)")
 		}
@@ -225,56 +196,45 @@ func (inv *invocation) problems() []string {
 			add("the sidecar has no Redis (KEYGATE_REDIS_URL or KEYGATE_REDIS_ADDRS): it cannot use the embedded store")
 		}
 	}
+	for _, l := range listeners {
+		if _, _, err := splitHostPort(inv.value(l)); err != nil {
+			add("--%s %q: %v", l, inv.value(l), err)
+		}
+	}
 	return out
 }
 
-// flagArgs parses the flags after the subcommand as Go's flag package does:
-// -f, --f, -f=v, --f=v, "-f v" for non-boolean flags.
-func (inv *invocation) flagArgs() (map[string][]string, error) {
-	c, ok := commands[inv.cmd]
-	if !ok {
-		return nil, fmt.Errorf("unknown command %q", inv.cmd)
+// flagArgs parses the flags after the subcommand with Go's flag package, as
+// the binary does, and returns the value of each flag given.
+func (inv *invocation) flagArgs() (map[string]string, error) {
+	fs := flag.NewFlagSet(inv.cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	for _, f := range commands[inv.cmd].flags {
+		if f.isBool() {
+			fs.Bool(f.name, false, "")
+		} else {
+			fs.String(f.name, "", "")
+		}
 	}
-	out := map[string][]string{}
-	for i := 0; i < len(inv.args); i++ {
-		a := inv.args[i]
-		if !strings.HasPrefix(a, "-") || a == "-" || a == "--" {
-			return nil, fmt.Errorf("argument %q: keygate %s takes no positional arguments", a, inv.cmd)
-		}
-		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		f, ok := c.flags[name]
-		if !ok {
-			return nil, fmt.Errorf("keygate %s has no flag --%s", inv.cmd, name)
-		}
-		if !hasVal {
-			if f.isBool() {
-				val = "true"
-			} else {
-				if i+1 == len(inv.args) {
-					return nil, fmt.Errorf("--%s needs a value", name)
-				}
-				i++
-				val = inv.args[i]
-			}
-		}
-		out[name] = append(out[name], val)
+	if err := fs.Parse(inv.args); err != nil || fs.NArg() > 0 {
+		return nil, fmt.Errorf("keygate %s %q: %v (no positional arguments: %q)", inv.cmd, inv.args, err, fs.Args())
 	}
-	return out, nil
+	given := map[string]string{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = f.Value.String() })
+	return given, nil
 }
 
 // value is what the binary will use for a flag: the command line wins, then
 // the environment, then the default.
 func (inv *invocation) value(flag string) string {
-	if fa, err := inv.flagArgs(); err == nil {
-		if v := fa[flag]; len(v) > 0 {
-			return v[len(v)-1]
-		}
+	if given, err := inv.flagArgs(); err == nil && given[flag] != "" {
+		return given[flag]
 	}
 	if v := inv.env[envFor(flag)]; v != "" {
 		return v
 	}
-	if c, ok := commands[inv.cmd]; ok {
-		return c.flags[flag].def
+	if f := commands[inv.cmd].flags[flag]; f != nil {
+		return f.def
 	}
 	return ""
 }
@@ -294,6 +254,21 @@ func (inv *invocation) healthFlag() string {
 	return "listen"
 }
 
+// shared checks what every keygate process of one deployment must agree on:
+// the Redis they use, the namespace of its keys, the secret prefix and the
+// hash key. A sidecar with another hash key refuses every key serve creates.
+func shared(invs []*invocation) problems {
+	var out problems
+	for _, flag := range []string{"redis-url", "namespace", "key-prefix", "hash-key"} {
+		for _, inv := range invs[min(1, len(invs)):] {
+			if first := invs[0]; inv.value(flag) != first.value(flag) {
+				out.add("%s and %s disagree on --%s (%s): %q and %q", first.where, inv.where, flag, envFor(flag), first.value(flag), inv.value(flag))
+			}
+		}
+	}
+	return out
+}
+
 func splitHostPort(addr string) (string, int, error) {
 	host, p, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -309,37 +284,28 @@ func splitHostPort(addr string) (string, int, error) {
 // isLoopback reports whether a listen host is reachable only from inside
 // the container, pod or host itself.
 func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
 	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return host == "localhost" || ip != nil && ip.IsLoopback()
 }
 
 // imageRepo is an image reference without its tag or digest.
 func imageRepo(ref string) string {
-	if i := strings.Index(ref, "@"); i >= 0 {
-		ref = ref[:i]
-	}
+	ref, _, _ = strings.Cut(ref, "@")
 	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
 		ref = ref[:i]
 	}
 	return ref
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
+// problems collects what is wrong with the files, to report it all at once.
+type problems []string
+
+func (ps *problems) add(format string, args ...any) { *ps = append(*ps, fmt.Sprintf(format, args...)) }
 
 // report fails t with every problem, one per line.
-func report(t *testing.T, problems []string) {
+func report(t *testing.T, ps problems) {
 	t.Helper()
-	for _, p := range problems {
+	for _, p := range ps {
 		t.Error(p)
 	}
 }
@@ -352,74 +318,4 @@ func readFile(t *testing.T, rel string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// TestEveryYAMLParses parses every YAML file under deploy/, every document
-// of each, so that none is left unchecked; the forward-auth configurations,
-// which have no test of their own here, must also point at serve's port.
-func TestEveryYAMLParses(t *testing.T) {
-	_, servePort, err := splitHostPort(commands["serve"].flags["listen"].def)
-	if err != nil {
-		t.Fatalf("keygate serve --listen default: %v", err)
-	}
-	n := 0
-	err = filepath.WalkDir(filepath.Join(repoRoot, "deploy"), func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || (!strings.HasSuffix(path, ".yaml") && !strings.HasSuffix(path, ".yml")) {
-			return err
-		}
-		rel, _ := filepath.Rel(filepath.Join(repoRoot, "deploy"), path)
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		for doc := 1; ; doc++ {
-			var v any
-			err := dec.Decode(&v)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Errorf("%s: document %d: %v", rel, doc, err)
-				break
-			}
-			if strings.HasPrefix(rel, "forward-auth/") {
-				for _, s := range yamlStrings(v) {
-					u, err := url.Parse(s)
-					if err == nil && u.Host != "" && strings.HasPrefix(u.Path, "/forward-auth") && u.Port() != strconv.Itoa(servePort) {
-						t.Errorf("%s: %s is not keygate serve's default port %d", rel, s, servePort)
-					}
-				}
-			}
-		}
-		n++
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n < 10 {
-		t.Errorf("parsed only %d YAML files under deploy/", n)
-	}
-}
-
-// yamlStrings are every string value of a decoded YAML tree.
-func yamlStrings(v any) []string {
-	switch x := v.(type) {
-	case string:
-		return []string{x}
-	case map[string]any:
-		var out []string
-		for _, e := range x {
-			out = append(out, yamlStrings(e)...)
-		}
-		return out
-	case []any:
-		var out []string
-		for _, e := range x {
-			out = append(out, yamlStrings(e)...)
-		}
-		return out
-	}
-	return nil
 }

@@ -8,15 +8,15 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/keygate/keygate/internal/syncbuf"
-
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/syncbuf"
 )
 
 // unreachableRedis is a loopback port nothing listens on: the binary starts,
@@ -26,8 +26,8 @@ const unreachableRedis = "127.0.0.1:1"
 // proc is a keygate process started from an invocation.
 type proc struct {
 	inv    *invocation
-	listen string // the address it serves on (loopback, free port)
-	ops    string // the sidecar's ops address
+	listen string            // the address it serves on (loopback, free port)
+	addrs  map[string]string // by listen flag: listen, and the sidecar's ops-listen
 	cmd    *exec.Cmd
 	out    *syncbuf.Buffer
 	done   chan struct{}
@@ -51,9 +51,12 @@ func freeAddr(t *testing.T) string {
 func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *proc {
 	t.Helper()
 	p := &proc{inv: inv, listen: freeAddr(t), out: &syncbuf.Buffer{}, done: make(chan struct{})}
+	p.addrs = map[string]string{"listen": p.listen}
+	if inv.cmd == "sidecar" {
+		p.addrs["ops-listen"] = freeAddr(t)
+	}
 	env := cleanEnv()
-	for _, k := range sortedKeys(inv.env) {
-		v := inv.env[k]
+	for k, v := range inv.env {
 		if k == "KEYGATE_REDIS_URL" {
 			u, err := url.Parse(v)
 			if err != nil {
@@ -65,10 +68,8 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 		env = append(env, k+"="+v)
 	}
 	args := append([]string{inv.cmd}, inv.args...)
-	args = append(args, "--listen", p.listen)
-	if inv.cmd == "sidecar" {
-		p.ops = freeAddr(t)
-		args = append(args, "--ops-listen", p.ops)
+	for flag, addr := range p.addrs {
+		args = append(args, "--"+flag, addr)
 	}
 	args = append(args, extra...)
 	p.cmd = exec.Command(keygate, args...)
@@ -86,19 +87,15 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 			<-p.done
 		}
 	})
-	health := "http://" + p.addrOf(inv.healthFlag()) + "/healthz"
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if resp, err := http.Get(health); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
+	health := "http://" + p.addrs[inv.healthFlag()] + "/healthz"
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if resp, err := http.Get(health); err == nil && resp.Body.Close() == nil && resp.StatusCode == http.StatusOK {
+			return p
 		}
 		select {
 		case <-p.done:
 			t.Fatalf("%s: keygate %s exited at start (status %d):\n%s", inv.where, strings.Join(args, " "), p.cmd.ProcessState.ExitCode(), p.out)
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: %s did not answer 200 within 20s:\n%s", inv.where, health, p.out)
@@ -106,20 +103,12 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 	}
 }
 
-// addrOf is the test address of a listen flag.
-func (p *proc) addrOf(flag string) string {
-	if flag == "ops-listen" {
-		return p.ops
-	}
-	return p.listen
-}
-
 // addrOfPort maps a port of the configuration (a probe's, a Service's) to
 // the test address of the listener the configuration gives that port.
 func (p *proc) addrOfPort(port int) (string, bool) {
-	for _, flag := range []string{"listen", "ops-listen"} {
-		if _, ok := commands[p.inv.cmd].flags[flag]; ok && p.inv.port(flag) == port {
-			return p.addrOf(flag), true
+	for flag, addr := range p.addrs {
+		if p.inv.port(flag) == port {
+			return addr, true
 		}
 	}
 	return "", false
@@ -148,6 +137,17 @@ type probe struct {
 	port  int
 }
 
+// healthProbes are liveness, readiness and metrics on the listener where
+// keygate serves them, for a configuration that names no probe of its own.
+func healthProbes(inv *invocation) []probe {
+	port := inv.port(inv.healthFlag())
+	return []probe{
+		{inv.where, "liveness", "/healthz", port},
+		{inv.where, "readiness", "/readyz", port},
+		{inv.where, "metrics", "/metrics", port},
+	}
+}
+
 // checkProbes starts inv with its store down and asks every probe: liveness
 // must answer 200 (a Redis outage must not restart keygate), readiness 503
 // (the path really checks the store), metrics 200 with keygate's metrics.
@@ -160,20 +160,13 @@ func checkProbes(t *testing.T, inv *invocation, probes []probe) {
 			t.Errorf("%s: %s port %d is none of keygate %s's listeners", pr.where, pr.kind, pr.port, inv.cmd)
 			continue
 		}
-		status, body := get(t, "http://"+addr+pr.path, "")
-		switch pr.kind {
-		case "liveness":
-			if status != http.StatusOK {
-				t.Errorf("%s: liveness %s answers %d with Redis down, want 200 (a Redis outage would restart every pod)", pr.where, pr.path, status)
-			}
-		case "readiness":
-			if status != http.StatusServiceUnavailable {
-				t.Errorf("%s: readiness %s answers %d with Redis down, want 503 (it must take the instance out of rotation)", pr.where, pr.path, status)
-			}
-		case "metrics":
-			if status != http.StatusOK || !strings.Contains(body, "keygate_") {
-				t.Errorf("%s: metrics %s answers %d without keygate_ metrics", pr.where, pr.path, status)
-			}
+		want := map[string]int{"liveness": http.StatusOK, "readiness": http.StatusServiceUnavailable, "metrics": http.StatusOK}[pr.kind]
+		if status, body := get(t, "http://"+addr+pr.path, ""); status != want || pr.kind == "metrics" && !strings.Contains(body, "keygate_") {
+			t.Errorf("%s: %s %s answers %d with Redis down, want %d (%s)", pr.where, pr.kind, pr.path, status, want, map[string]string{
+				"liveness":  "a Redis outage would restart every instance",
+				"readiness": "the instance must leave the rotation",
+				"metrics":   "with keygate_ metrics",
+			}[pr.kind])
 		}
 	}
 	p.stop(t)
@@ -211,29 +204,17 @@ func do(t *testing.T, method, rawURL, bearer, body string) (int, string, http.He
 	return resp.StatusCode, string(b), resp.Header
 }
 
-// upstream is a test application that records what reached it.
-type upstream struct {
-	*httptest.Server
-	mu   sync.Mutex
-	last http.Header
-}
-
-func newUpstream(t *testing.T) *upstream {
-	u := &upstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.last = r.Header.Clone()
-		u.mu.Unlock()
+// newUpstream is a test application that records the headers of the last
+// request that reached it.
+func newUpstream(t *testing.T) (*httptest.Server, *atomic.Pointer[http.Header]) {
+	var last atomic.Pointer[http.Header]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		last.Store(&h)
 		io.WriteString(w, "hello from the app\n")
 	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *upstream) lastHeader() http.Header {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.last
+	t.Cleanup(srv.Close)
+	return srv, &last
 }
 
 // createdKey is the part of the admin API's create answer the sessions use.
@@ -261,14 +242,14 @@ func createKey(t *testing.T, serveAddr, adminToken, body string) createdKey {
 // through the sidecar without and with it, revoke it, and see 401. It
 // proves that the two agree on Redis, namespace, key prefix and hash key,
 // and that the configured admin token works.
-func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc, up *upstream, redisAddr string) {
+func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc) {
 	t.Helper()
-	redisAddr = redistest.Start(t).Addr
-	up = newUpstream(t)
+	redisAddr := redistest.Start(t).Addr
+	up, last := newUpstream(t)
 	serve = start(t, serveInv, redisAddr)
 	sidecar = start(t, sidecarInv, redisAddr, "--upstream", up.URL)
 	for _, p := range []*proc{serve, sidecar} {
-		if status, body := get(t, "http://"+p.addrOf(p.inv.healthFlag())+"/readyz", ""); status != http.StatusOK {
+		if status, body := get(t, "http://"+p.addrs[p.inv.healthFlag()]+"/readyz", ""); status != http.StatusOK {
 			t.Fatalf("%s: /readyz with Redis up: %d %s", p.inv.where, status, body)
 		}
 	}
@@ -282,7 +263,7 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	if status, body := get(t, proxy, key.Secret); status != http.StatusOK {
 		t.Fatalf("through %s with the key serve created: %d %s, want 200 (do serve and sidecar share Redis, namespace and hash key?)", sidecarInv.where, status, body)
 	}
-	h := up.lastHeader()
+	h := *last.Load()
 	if h.Get("X-Api-Key-Id") != key.ID || h.Get("X-Api-Key-Subject") != "user_42" {
 		t.Errorf("the app got identity %q %q, want %q user_42", h.Get("X-Api-Key-Id"), h.Get("X-Api-Key-Subject"), key.ID)
 	}
@@ -296,18 +277,26 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	if status, _ := get(t, proxy, key.Secret); status != http.StatusUnauthorized {
 		t.Errorf("through the sidecar with the revoked key: %d, want 401", status)
 	}
-	return serve, sidecar, up, redisAddr
+	return serve, sidecar
+}
+
+// checkPublic asks the sidecar's --public paths without a key: they reach
+// the app.
+func checkPublic(t *testing.T, sidecar *proc) {
+	t.Helper()
+	for _, prefix := range strings.Split(sidecar.inv.value("public"), ";") {
+		if prefix = strings.TrimSpace(prefix); prefix != "" {
+			if status, _ := get(t, "http://"+sidecar.listen+prefix, ""); status != http.StatusOK {
+				t.Errorf("%s: public path %s without a key: %d, want 200", sidecar.inv.where, prefix, status)
+			}
+		}
+	}
 }
 
 // mustOne returns the only invocation of a command in invs.
 func mustOne(t *testing.T, invs []*invocation, cmd string) *invocation {
 	t.Helper()
-	var found []*invocation
-	for _, inv := range invs {
-		if inv.cmd == cmd {
-			found = append(found, inv)
-		}
-	}
+	found := slices.DeleteFunc(slices.Clone(invs), func(inv *invocation) bool { return inv.cmd != cmd })
 	if len(found) != 1 {
 		t.Fatalf("want one keygate %s, found %d", cmd, len(found))
 	}

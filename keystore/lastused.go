@@ -71,7 +71,7 @@ func (s *Store) FlushLastUsed(ctx context.Context) error {
 	failed, err := s.touch(ctx, ids, batch, touchScript.EvalSha)
 	if len(failed) > 0 && err == nil {
 		// NOSCRIPT: the server has not seen the script yet. EVAL loads it.
-		failed, err = s.touch(ctx, failed, batch, touchScript.Eval)
+		_, err = s.touch(ctx, failed, batch, touchScript.Eval)
 	}
 	if err != nil {
 		s.lastUsed.putBack(batch)

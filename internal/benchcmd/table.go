@@ -88,15 +88,6 @@ func ratios(a, b []float64) []float64 {
 	return out
 }
 
-// seconds turns durations into seconds, for median.
-func seconds(ds []time.Duration) []float64 {
-	out := make([]float64, len(ds))
-	for i, d := range ds {
-		out[i] = d.Seconds()
-	}
-	return out
-}
-
 // dur formats a duration in seconds for a table cell: 3 significant
 // digits, in the unit that fits.
 func dur(s float64) string {

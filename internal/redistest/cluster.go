@@ -21,7 +21,7 @@ import (
 )
 
 // ClusterInstallHint tells how to get redis-cli, which creates a Cluster.
-const ClusterInstallHint = "redis-cli not found on PATH: install it (Debian: apt-get install -y redis-tools) or run .ci/run"
+const ClusterInstallHint = "redis-cli not found on PATH: install it (Debian: apt-get install -y redis-tools) or run make test, which installs it"
 
 // ClusterNodeTimeout is the cluster-node-timeout of the Clusters that
 // [StartCluster] starts: a killed master's replica takes over a few seconds
@@ -189,22 +189,6 @@ func (c *Cluster) Addrs() []string {
 		addrs[i] = n.Addr
 	}
 	return addrs
-}
-
-// Masters returns the nodes that are masters now, serving slots, as a
-// running node sees them.
-func (c *Cluster) Masters(ctx context.Context) ([]*ClusterNode, error) {
-	top, err := c.topology(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var masters []*ClusterNode
-	for _, n := range c.Nodes {
-		if e := top[n.ID]; e.master && len(e.slots) > 0 {
-			masters = append(masters, n)
-		}
-	}
-	return masters, nil
 }
 
 // MasterOf returns the node that is the master of key's slot now.

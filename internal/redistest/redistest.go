@@ -24,7 +24,7 @@ import (
 )
 
 // InstallHint tells how to get redis-server when it is missing.
-const InstallHint = "redis-server not found on PATH: install it (Debian: apt-get install -y redis-server) or run .ci/run"
+const InstallHint = "redis-server not found on PATH: install it (Debian: apt-get install -y redis-server) or run make test, which installs it"
 
 // Mini returns a miniredis server and a client on it, both closed at cleanup.
 func Mini(t testing.TB) (*miniredis.Miniredis, *redis.Client) {

@@ -21,7 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-const installHint = "run `npm ci` in interop/clerk (or `npm ci --prefix interop/clerk` from the repository root; .ci/run does it)"
+const installHint = "run `npm ci` in interop/clerk (or `npm ci --prefix interop/clerk` from the repository root; make test does it)"
 
 // TestClerkSDK runs clerk_interop.mjs, Clerk's own SDK, against the admin
 // API served on a loopback listener over a real redis-server.
