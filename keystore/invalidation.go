@@ -605,9 +605,7 @@ func (v *Verifier) session() error {
 	close(sub.done)
 	sub.ps.Close()
 	pinger.Wait()
-	if err != nil {
-		v.store.metrics.errors.WithLabelValues(opSubscribe).Inc()
-	}
+	v.store.metrics.errors.WithLabelValues(opSubscribe).Inc() // receive only returns on failure
 	return err
 }
 
