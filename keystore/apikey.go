@@ -24,6 +24,8 @@ type APIKey struct {
 	Revoked          bool            `json:"revoked"`
 	RevocationReason *string         `json:"revocation_reason"`
 	LastUsedAt       *int64          `json:"last_used_at"`
+	RateLimits       []RateLimit     `json:"rate_limits"` // never nil on keys the store returns
+	Credits          *Credits        `json:"credits"`     // nil: unmetered
 
 	// Secret is set only on the key that Create returns.
 	Secret string `json:"secret,omitempty"`

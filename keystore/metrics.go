@@ -13,7 +13,7 @@ import (
 // outcomes are the values of the result label, indexed by outcomeIndex.
 var outcomes = [...]string{
 	"valid", "missing", "malformed", "not_found", "revoked", "expired",
-	"insufficient_scope", "unavailable",
+	"insufficient_scope", "unavailable", "rate_limited", "usage_exceeded",
 }
 
 // sources are the values of the source label the verifier knows in advance.
@@ -33,6 +33,7 @@ const (
 	opHeartbeat  = "heartbeat"
 	opAck        = "ack"
 	opSubscribe  = "subscribe"
+	opMeter      = "meter"
 )
 
 // verifierMetrics are the verifier's series. The series of the known sources

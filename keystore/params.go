@@ -35,6 +35,9 @@ type CreateParams struct {
 	CreatedBy   *string         `json:"created_by"`
 	// SecondsUntilExpiration is nil for a key that never expires.
 	SecondsUntilExpiration *int64 `json:"seconds_until_expiration"`
+	// RateLimits and Credits meter the key (docs/usage.md); none by default.
+	RateLimits []RateLimit `json:"rate_limits"`
+	Credits    *Credits    `json:"credits"`
 }
 
 // UpdateParams are the inputs of [Store.Update]. A nil field is left as it is.
@@ -51,6 +54,13 @@ type UpdateParams struct {
 	SecondsUntilExpiration *int64
 	// NeverExpires removes the expiration. It wins over SecondsUntilExpiration.
 	NeverExpires bool
+	// RateLimits replaces the rate limits (and restarts them); a pointer to
+	// an empty slice removes them.
+	RateLimits *[]RateLimit
+	// Credits replaces the credits (remaining and refill); NoCredits
+	// removes them and wins over Credits.
+	Credits   *Credits
+	NoCredits bool
 }
 
 // ListParams select and page the keys [Store.List] returns, newest first.
@@ -114,6 +124,12 @@ func (p *CreateParams) validate() error {
 	if err := checkScopes(p.Scopes); err != nil {
 		return err
 	}
+	if err := checkRateLimits(p.RateLimits); err != nil {
+		return err
+	}
+	if err := checkCredits(p.Credits); err != nil {
+		return err
+	}
 	if p.SecondsUntilExpiration != nil {
 		return checkSeconds(*p.SecondsUntilExpiration)
 	}
@@ -143,6 +159,16 @@ func (p *UpdateParams) validate() error {
 	}
 	if p.Scopes != nil {
 		if err := checkScopes(*p.Scopes); err != nil {
+			return err
+		}
+	}
+	if p.RateLimits != nil {
+		if err := checkRateLimits(*p.RateLimits); err != nil {
+			return err
+		}
+	}
+	if !p.NoCredits {
+		if err := checkCredits(p.Credits); err != nil {
 			return err
 		}
 	}

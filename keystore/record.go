@@ -65,6 +65,15 @@ func (r *record) fields() []any {
 	if k.Expiration != nil {
 		f = append(f, fExpiration, *k.Expiration)
 	}
+	if len(k.RateLimits) > 0 {
+		f = append(f, fRateLimits, encodeRateLimits(k.RateLimits))
+	}
+	if c := k.Credits; c != nil {
+		f = append(f, fCredits, c.Remaining)
+		if c.Refill != nil {
+			f = append(f, fRefill, encodeRefill(c.Refill))
+		}
+	}
 	return f
 }
 
@@ -110,6 +119,20 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 	if v, ok := h[fLastUsedAt]; ok {
 		ms := parseMillis(v)
 		k.LastUsedAt = &ms
+	}
+	k.RateLimits = []RateLimit{}
+	if v, ok := h[fRateLimits]; ok {
+		k.RateLimits = decodeRateLimits(v)
+	}
+	if v, ok := h[fCredits]; ok {
+		k.Credits = &Credits{Remaining: parseMillis(v)}
+		if r, ok := h[fRefill]; ok {
+			k.Credits.Refill = decodeRefill(r)
+		}
+		if v, ok := h[fLastRefill]; ok {
+			ms := parseMillis(v)
+			k.Credits.LastRefillAt = &ms
+		}
 	}
 	k.Expired = k.ExpiredAt(now)
 	return &record{key: k, digest: h[fDigest]}, true

@@ -216,6 +216,19 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
 		CreatedBy:   nonEmpty(p.CreatedBy),
 		CreatedAt:   now,
 		UpdatedAt:   now,
+		RateLimits:  append([]RateLimit{}, p.RateLimits...),
+	}
+	if p.Credits != nil {
+		c := *p.Credits
+		c.LastRefillAt = nil
+		if c.Refill != nil {
+			r := *c.Refill
+			if r.Interval == refillMonth && r.DayOfMonth == 0 {
+				r.DayOfMonth = 1
+			}
+			c.Refill = &r
+		}
+		k.Credits = &c
 	}
 	if p.SecondsUntilExpiration != nil {
 		exp := now + *p.SecondsUntilExpiration*1000
@@ -292,32 +305,40 @@ func (s *Store) Verify(ctx context.Context, secret string) (*APIKey, error) {
 
 // decide checks secret against a key's record at now and records the use
 // when it verifies. The digest is compared first, in constant time, so that
-// revocation and expiry are told only to the key's holder. A refused key is
-// returned as a copy, with Expired as of now.
+// revocation and expiry are told only to the key's holder.
 func (s *Store) decide(k *APIKey, digest, secret string, now time.Time) (*APIKey, error) {
 	d := s.digest.sum(secret)
 	if !digestsEqual(d[:], stringBytes(digest)) {
 		return nil, ErrNotFound
 	}
-	return s.admit(k, now, nil)
+	if out, err := refused(k, now); err != nil {
+		return out, err
+	}
+	return s.use(k, now, nil), nil
 }
 
-// admit decides a key whose digest matched: revoked, expired, or valid. A
-// valid key's use is recorded, unless lastRecorded (the cache entry's memo,
-// nil without one) says it already was in this millisecond: the flush writes
-// only the newest use anyway, and a hot cached key then spares every core
-// the lock of the pending uses. admit
-// returns a copy of k as it will read once the use is flushed. The copy
-// shares k's slices and pointers, and costs one allocation.
-func (s *Store) admit(k *APIKey, now time.Time, lastRecorded *atomic.Int64) (*APIKey, error) {
-	if expired := k.ExpiredAt(now); k.Revoked || expired {
-		out := *k
-		out.Expired = expired
-		if k.Revoked {
-			return &out, ErrRevoked
-		}
-		return &out, ErrExpired
+// refused returns, for a revoked or expired key, a copy of it with Expired
+// as of now and [ErrRevoked] or [ErrExpired]; nil, nil otherwise.
+func refused(k *APIKey, now time.Time) (*APIKey, error) {
+	expired := k.ExpiredAt(now)
+	if !k.Revoked && !expired {
+		return nil, nil
 	}
+	out := *k
+	out.Expired = expired
+	if k.Revoked {
+		return &out, ErrRevoked
+	}
+	return &out, ErrExpired
+}
+
+// use records a use of the valid key k at now, unless lastRecorded (the
+// cache entry's memo, nil without one) says it already was in this
+// millisecond: the flush writes only the newest use anyway, and a hot
+// cached key then spares every core the lock of the pending uses. It
+// returns a copy of k as it will read once the use is flushed; the copy
+// shares k's slices and pointers, and costs one allocation.
+func (s *Store) use(k *APIKey, now time.Time, lastRecorded *atomic.Int64) *APIKey {
 	ms := now.UnixMilli()
 	if lastRecorded == nil || lastRecorded.Load() != ms {
 		if lastRecorded != nil {
@@ -328,7 +349,7 @@ func (s *Store) admit(k *APIKey, now time.Time, lastRecorded *atomic.Int64) (*AP
 	u := &usedKey{key: *k, lastUsed: ms}
 	u.key.LastUsedAt = &u.lastUsed
 	u.key.Expired = false
-	return &u.key, nil
+	return &u.key
 }
 
 // usedKey holds a verified key and its last use in one allocation.
@@ -465,7 +486,15 @@ local n = tonumber(ARGV[3])
 local set = {'ua', ARGV[2]}
 for i = 4, 3 + 2 * n do set[#set + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(set))
-for i = 4 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 4 + 2 * n, #ARGV do
+  if ARGV[i] == 't:*' then
+    for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if string.sub(f, 1, 2) == 't:' then redis.call('HDEL', KEYS[1], f) end
+    end
+  else
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
 return redis.call('HGETALL', KEYS[1])
 `)
 
@@ -508,6 +537,26 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 		del = append(del, fExpiration)
 	case p.SecondsUntilExpiration != nil:
 		set = append(set, fExpiration, now+*p.SecondsUntilExpiration*1000)
+	}
+	if p.RateLimits != nil {
+		// New limits start afresh: their state goes.
+		del = append(del, tatPrefix+"*")
+		if len(*p.RateLimits) == 0 {
+			del = append(del, fRateLimits)
+		} else {
+			set = append(set, fRateLimits, encodeRateLimits(*p.RateLimits))
+		}
+	}
+	switch {
+	case p.NoCredits:
+		del = append(del, fCredits, fRefill, fLastRefill)
+	case p.Credits != nil:
+		set = append(set, fCredits, p.Credits.Remaining)
+		if r := p.Credits.Refill; r != nil {
+			set = append(set, fRefill, encodeRefill(r))
+		} else {
+			del = append(del, fRefill)
+		}
 	}
 	args := append([]any{p.Subject, now, len(set) / 2}, set...)
 	args = append(args, del...)

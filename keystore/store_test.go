@@ -726,6 +726,7 @@ func TestWireForm(t *testing.T) {
 		"description": nil, "claims": nil, "scopes": []any{}, "created_by": nil,
 		"created_at": float64(k.CreatedAt), "updated_at": float64(k.CreatedAt),
 		"expiration": nil, "expired": false, "revoked": false, "revocation_reason": nil, "last_used_at": nil,
+		"rate_limits": []any{}, "credits": nil,
 	}
 	if len(m) != len(want) {
 		t.Fatalf("wire form has fields %v, want %v", m, want)

@@ -199,23 +199,52 @@ func NewVerifier(store *Store, opts VerifierOptions) (*Verifier, error) {
 // in the warnings of revokers it did not answer.
 func (v *Verifier) InstanceID() string { return v.id }
 
-// Verify checks secret and that its key holds every one of scopes.
+// Request is one verification: the secret, the entry point it came
+// through, and what the route requires.
+type Request struct {
+	Secret string
+	Source Source
+	Scopes []string // every one required
+	// Cost is what the request spends of a metered key's rate limits and
+	// credits (docs/usage.md). 0 means 1.
+	Cost int64
+}
+
+// Result is what a verification learned: the key (also when refused, but
+// for missing, malformed and unknown secrets) and, for a key with rate
+// limits or credits, their state after this request.
+type Result struct {
+	Key    *APIKey
+	Limits *LimitState // nil for a key without limits or credits
+}
+
+// Verify is [Verifier.Check] of a request of cost 1, returning the key.
+func (v *Verifier) Verify(ctx context.Context, secret string, source Source, scopes ...string) (*APIKey, error) {
+	res, err := v.Check(ctx, Request{Secret: secret, Source: source, Scopes: scopes})
+	return res.Key, err
+}
+
+// Check verifies a request, in the order docs/verification.md gives: the
+// secret's form and checksum, the record, revoked and expired, the scopes,
+// the rate limits, the credits. A request refused by one step is not
+// charged by a later one.
 //
 // A refused key is an outcome, not a failure: [ErrMissing] for an empty
-// secret, [ErrMalformed], [ErrNotFound], [ErrRevoked], [ErrExpired], or a
-// [*ScopeError] (matching [ErrInsufficientScope]) with the key returned too.
-// Only an error wrapping [ErrUnavailable] means the answer is unknown, and
-// callers must then fail closed. Every call counts in
-// keygate_verifications_total under source.
+// secret, [ErrMalformed], [ErrNotFound], [ErrRevoked], [ErrExpired], a
+// [*ScopeError] (matching [ErrInsufficientScope]), or a [*LimitError]
+// (matching [ErrRateLimited] or [ErrUsageExceeded]). Only an error
+// wrapping [ErrUnavailable] means the answer is unknown, and callers must
+// then fail closed. Every call counts in keygate_verifications_total under
+// req.Source.
 //
-// A successful call records the use for last_used_at. The returned key
+// An admitted request records the use for last_used_at. The returned key
 // shares its slices and pointers (Scopes, Claims, …) with the cache: treat
 // it as read-only.
-func (v *Verifier) Verify(ctx context.Context, secret string, source Source, scopes ...string) (*APIKey, error) {
+func (v *Verifier) Check(ctx context.Context, req Request) (Result, error) {
 	start := time.Now()
-	key, hit, err := v.verify(ctx, secret, start, scopes)
-	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
-	return key, err
+	res, hit, err := v.verify(ctx, &req, start)
+	v.metrics.observe(req.Source, outcomeIndex(err), hit, time.Since(start))
+	return res, err
 }
 
 // Authorize checks, without I/O, that key (as [Verifier.Verify] returned
@@ -232,21 +261,24 @@ func (v *Verifier) Authorize(key *APIKey, source Source, scopes ...string) error
 	return err
 }
 
-// verify answers from the cache when it may, from Redis otherwise, and
-// reports which.
+// verify is the decision, top to bottom, and reports whether the cache
+// answered.
 //
 // A cached key is tried before the secret's form is checked: the digest
 // covers the whole secret, so a match proves it is the secret that was
 // issued, which is well-formed and has a good checksum. Only when nothing
 // matches is the form checked, so that a typo is still told as malformed.
-func (v *Verifier) verify(ctx context.Context, secret string, start time.Time, scopes []string) (key *APIKey, hit bool, err error) {
+func (v *Verifier) verify(ctx context.Context, req *Request, start time.Time) (res Result, hit bool, err error) {
+	secret := req.Secret
 	if secret == "" {
-		return nil, false, ErrMissing
+		return res, false, ErrMissing
 	}
 	now := start
 	if !v.wallClock {
 		now = v.store.now()
 	}
+
+	// The record: from the cache when the digest matches, else from Redis.
 	prefix := v.store.opts.KeyPrefix
 	var kid keyID
 	var e *cacheEntry
@@ -257,36 +289,48 @@ func (v *Verifier) verify(ctx context.Context, secret string, start time.Time, s
 			e = v.cache.get(&kid, now)
 		}
 	}
+	var d [32]byte
 	if e != nil {
-		d := v.store.digest.sum(secret)
-		if digestsEqual(d[:], stringBytes(e.digest)) {
-			key, err = v.store.admit(e.key, now, &e.recorded)
-			return key, true, v.scoped(key, err, scopes)
+		d = v.store.digest.sum(secret)
+	}
+	if e != nil && digestsEqual(d[:], stringBytes(e.digest)) {
+		hit = true
+	} else {
+		idHex, err := parseSecret(prefix, secret)
+		if err != nil {
+			return res, false, err
+		}
+		if e != nil {
+			return res, true, ErrNotFound // a well-formed secret, not the key's
+		}
+		if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
+			return res, false, err
+		}
+		d = v.store.digest.sum(secret)
+		if !digestsEqual(d[:], stringBytes(e.digest)) {
+			return res, false, ErrNotFound
 		}
 	}
-	idHex, err := parseSecret(prefix, secret)
-	if err != nil {
-		return nil, false, err
-	}
-	if e != nil {
-		return nil, true, ErrNotFound // a well-formed secret, not the key's
-	}
-	if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
-		return nil, false, err
-	}
-	key, err = v.store.decide(e.key, e.digest, secret, now)
-	return key, false, v.scoped(key, err, scopes)
-}
+	k := e.key
 
-// scoped returns err, or for a valid key lacking one of scopes a
-// [*ScopeError].
-func (v *Verifier) scoped(key *APIKey, err error, scopes []string) error {
-	if err == nil && !key.HasScopes(scopes...) {
-		// A copy, so that scopes does not escape: callers' variadic
-		// arguments stay on their stacks.
-		return &ScopeError{Required: append([]string(nil), scopes...)}
+	// Its state, then what the route requires, then what it spends.
+	if out, err := refused(k, now); err != nil {
+		return Result{Key: out}, hit, err
 	}
-	return err
+	if !k.HasScopes(req.Scopes...) {
+		// A copy, so that the caller's scopes do not escape: variadic
+		// arguments stay on their stacks.
+		return Result{Key: k}, hit, &ScopeError{Required: append([]string(nil), req.Scopes...)}
+	}
+	if k.limited() {
+		cost := max(req.Cost, 1)
+		res.Limits, err = v.store.meter(ctx, k, cost, now)
+		if err != nil {
+			return Result{Key: k, Limits: res.Limits}, hit, err
+		}
+	}
+	res.Key = v.store.use(k, now, &e.recorded)
+	return res, hit, nil
 }
 
 // fill loads a record and caches it, unless the subscription is not live or
@@ -361,7 +405,7 @@ func (v *Verifier) Close() error {
 
 // Outcome names the result of a verification as the metrics label it:
 // valid, missing, malformed, not_found, revoked, expired,
-// insufficient_scope or unavailable.
+// insufficient_scope, unavailable, rate_limited or usage_exceeded.
 func Outcome(err error) string { return outcomes[outcomeIndex(err)] }
 
 // outcomeIndex is the index of err's outcome in outcomes.
@@ -383,6 +427,10 @@ func outcomeIndex(err error) int {
 		return 5
 	case errors.Is(err, ErrInsufficientScope):
 		return 6
+	case errors.Is(err, ErrRateLimited):
+		return 8
+	case errors.Is(err, ErrUsageExceeded):
+		return 9
 	}
 	return 7
 }
