@@ -3,7 +3,9 @@ package middleware
 import (
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
@@ -24,6 +26,8 @@ func Status(err error) int {
 		return http.StatusServiceUnavailable
 	case "insufficient_scope":
 		return http.StatusForbidden
+	case "rate_limited", "usage_exceeded":
+		return http.StatusTooManyRequests
 	}
 	return http.StatusUnauthorized
 }
@@ -32,7 +36,7 @@ func Status(err error) int {
 // status carries none (200, 503).
 func Challenge(err error) string {
 	switch keystore.Outcome(err) {
-	case "valid", "unavailable":
+	case "valid", "unavailable", "rate_limited", "usage_exceeded":
 		return ""
 	case "missing":
 		return `Bearer realm="` + Realm + `"`
@@ -83,18 +87,65 @@ func Error(err error) *apierror.Error {
 		if errors.As(err, &se) {
 			e.LongMessage += ": " + strings.Join(se.Required, " ")
 		}
+	case "rate_limited":
+		e.Code, e.LongMessage = "api_key_rate_limited", "the API key is over one of its rate limits"
+		e.RetryAfter = retryAfter(err)
+	case "usage_exceeded":
+		e.Code, e.LongMessage = "api_key_usage_exceeded", "the API key has no credits left"
+		e.RetryAfter = retryAfter(err)
 	default:
 		e.Code, e.LongMessage, e.RetryAfter = "store_unavailable", "the key store is unavailable; retry", 1
 	}
 	return e
 }
 
+// retryAfter is a [*keystore.LimitError]'s wait in whole seconds, at least
+// 1; 0 when it has none (credits that are never refilled).
+func retryAfter(err error) int {
+	var le *keystore.LimitError
+	if !errors.As(err, &le) || le.RetryAfter <= 0 {
+		return 0
+	}
+	return int(max((le.RetryAfter+time.Second-1)/time.Second, 1))
+}
+
+// SetLimitHeaders sets the RateLimit-Policy and RateLimit header fields of
+// the IETF httpapi draft (structured form) for a key with rate limits:
+// every limit's policy, and the state of the one closest to exhaustion.
+// It sets nothing when st is nil or has no rate limits.
+//
+//	RateLimit-Policy: "default";q=100;w=60
+//	RateLimit: "default";r=42;t=18
+func SetLimitHeaders(h http.Header, st *keystore.LimitState) {
+	if st == nil || len(st.Limits) == 0 {
+		return
+	}
+	policies := make([]string, len(st.Limits))
+	for i, l := range st.Limits {
+		policies[i] = strconv.Quote(l.Name) + ";q=" + strconv.FormatInt(l.Limit, 10) + ";w=" + strconv.FormatInt((l.DurationMs+999)/1000, 10)
+	}
+	h.Set("RateLimit-Policy", strings.Join(policies, ", "))
+	c := st.Closest()
+	h.Set("RateLimit", strconv.Quote(c.Name)+";r="+strconv.FormatInt(c.Remaining, 10)+";t="+strconv.FormatInt(int64((c.Reset+time.Second-1)/time.Second), 10))
+}
+
+// limitsOf returns the limit state a refusal carries, if any.
+func limitsOf(err error) *keystore.LimitState {
+	var le *keystore.LimitError
+	if errors.As(err, &le) {
+		return le.Limits
+	}
+	return nil
+}
+
 // WriteError writes the response for a refusal: its status, the
-// WWW-Authenticate challenge, Retry-After on 503, and the contract's JSON
-// error body.
+// WWW-Authenticate challenge, Retry-After on 503 and 429, the RateLimit
+// header fields of a key with rate limits, and the contract's JSON error
+// body.
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	if c := Challenge(err); c != "" {
 		w.Header().Set("WWW-Authenticate", c)
 	}
+	SetLimitHeaders(w.Header(), limitsOf(err))
 	apierror.Write(w, apierror.RequestID(r), Error(err))
 }

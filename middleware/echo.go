@@ -40,6 +40,11 @@ type EchoConfig struct {
 	// default *echo.HTTPError. Default none.
 	ErrorHandler func(err error, c echo.Context) error
 
+	// Cost returns what a request spends of a metered key's rate limits
+	// and credits (docs/usage.md); c.Path() is the matched route. Default:
+	// 1 for every request.
+	Cost func(c echo.Context) int64
+
 	// ContinueOnIgnoredError calls the next handler, without an identity,
 	// when ErrorHandler returns nil, as in Echo's keyauth. It is never
 	// honoured for an unreachable store: that request does not go through.
@@ -75,9 +80,14 @@ func Echo(v *keystore.Verifier, cfg EchoConfig) echo.MiddlewareFunc {
 			if secret == "" && cfg.Optional {
 				return next(c)
 			}
-			key, err := v.Verify(r.Context(), secret, keystore.SourceMiddleware, scopes...)
+			req := keystore.Request{Secret: secret, Source: keystore.SourceMiddleware, Scopes: scopes}
+			if cfg.Cost != nil {
+				req.Cost = cfg.Cost(c)
+			}
+			res, err := v.Check(r.Context(), req)
+			SetLimitHeaders(c.Response().Header(), res.Limits)
 			if err == nil {
-				c.SetRequest(r.WithContext(withState(r.Context(), &state{key: key, verifier: v})))
+				c.SetRequest(r.WithContext(withState(r.Context(), &state{key: res.Key, verifier: v})))
 				return next(c)
 			}
 			if cfg.ErrorHandler == nil {

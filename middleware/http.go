@@ -37,6 +37,12 @@ type Options struct {
 	// Skipper lets the requests for which it returns true through untouched:
 	// no key is read and no identity is set. Default: none is skipped.
 	Skipper func(r *http.Request) bool
+
+	// Cost returns what a request spends of a metered key's rate limits
+	// and credits (docs/usage.md), per route: for a ServeMux behind the
+	// middleware, look the route up with mux.Handler(r). Default: 1 for
+	// every request.
+	Cost func(r *http.Request) int64
 }
 
 func (o Options) withDefaults() Options {
@@ -63,8 +69,13 @@ func (o Options) withDefaults() Options {
 //     WWW-Authenticate (error="invalid_token" unless the key is missing);
 //   - a valid key lacking one of opts.Scopes: 403 with
 //     error="insufficient_scope" and the required scopes;
+//   - a valid key over one of its rate limits, or out of credits: 429 with
+//     Retry-After (when there is a time to retry at);
 //   - the store unreachable: 503 with Retry-After. The request never goes
 //     through, whatever the options.
+//
+// For a key with rate limits every answer carries the RateLimit-Policy and
+// RateLimit header fields ([SetLimitHeaders]).
 //
 // New panics if v is nil.
 func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
@@ -85,12 +96,17 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 				next.ServeHTTP(w, r.WithContext(withState(ctx, anonymous)))
 				return
 			}
-			key, err := v.Verify(ctx, secret, keystore.SourceMiddleware, opts.Scopes...)
+			req := keystore.Request{Secret: secret, Source: keystore.SourceMiddleware, Scopes: opts.Scopes}
+			if opts.Cost != nil {
+				req.Cost = opts.Cost(r)
+			}
+			res, err := v.Check(ctx, req)
+			SetLimitHeaders(w.Header(), res.Limits)
 			if err != nil {
 				opts.ErrorHandler(w, r, err)
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(withState(ctx, &state{key: key, onError: opts.ErrorHandler, verifier: v})))
+			next.ServeHTTP(w, r.WithContext(withState(ctx, &state{key: res.Key, onError: opts.ErrorHandler, verifier: v})))
 		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -173,8 +174,17 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 		description := fs.String("description", "", "description")
 		claims := fs.String("claims", "", "custom claims, a JSON object")
 		createdBy := fs.String("created-by", "", "ID of the user creating the key")
+		var limits rateLimitFlag
+		fs.Var(&limits, "rate-limit", "a rate limit NAME=LIMIT/DURATION, e.g. default=100/1m (repeatable)")
+		credits := fs.Int64("credits", -1, "credits the key starts with (default: unmetered)")
+		refill := fs.String("refill", "", "credits refill INTERVAL:AMOUNT[:DAY], e.g. month:1000 or day:50")
 		cmds["create"] = keysCommand{fs: fs, run: func(ctx context.Context, c *client.Client, _ string, out *output) error {
-			p := keystore.CreateParams{Name: *name, Subject: *subject, Scopes: splitList(*scopes)}
+			p := keystore.CreateParams{Name: *name, Subject: *subject, Scopes: splitList(*scopes), RateLimits: limits}
+			cr, err := creditsFlags(*credits, *refill)
+			if err != nil {
+				return err
+			}
+			p.Credits = cr
 			if *description != "" {
 				p.Description = description
 			}
@@ -228,10 +238,28 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 		claims := fs.String("claims", "", "new claims, a JSON object (null clears them)")
 		expiresIn := fs.Duration("expires-in", 0, "new lifetime from now, e.g. 720h")
 		never := fs.Bool("never-expires", false, "remove the expiration")
+		var limits rateLimitFlag
+		fs.Var(&limits, "rate-limit", "a rate limit NAME=LIMIT/DURATION, e.g. default=100/1m (repeatable; replaces every limit)")
+		noLimits := fs.Bool("no-rate-limits", false, "remove every rate limit")
+		credits := fs.Int64("credits", -1, "set the credits left")
+		refill := fs.String("refill", "", "credits refill INTERVAL:AMOUNT[:DAY], with --credits")
+		noCredits := fs.Bool("no-credits", false, "remove the credits: the key is no longer metered")
 		cmds["update"] = keysCommand{fs: fs, args: 1, argName: "key ID", run: func(ctx context.Context, c *client.Client, id string, out *output) error {
 			var p keystore.UpdateParams
 			set := map[string]bool{}
 			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			switch {
+			case *noLimits:
+				p.RateLimits = &[]keystore.RateLimit{}
+			case set["rate-limit"]:
+				l := []keystore.RateLimit(limits)
+				p.RateLimits = &l
+			}
+			cr, err := creditsFlags(*credits, *refill)
+			if err != nil {
+				return err
+			}
+			p.Credits, p.NoCredits = cr, *noCredits
 			if set["description"] {
 				p.Description = description
 			}
@@ -358,6 +386,16 @@ func (o *output) key(k *keystore.APIKey) error {
 	row("created", formatTime(&k.CreatedAt))
 	row("expires", formatTime(k.Expiration))
 	row("last used", formatTime(k.LastUsedAt))
+	for _, l := range k.RateLimits {
+		row("rate limit", fmt.Sprintf("%s: %d per %s", l.Name, l.Limit, time.Duration(l.DurationMs)*time.Millisecond))
+	}
+	if cr := k.Credits; cr != nil {
+		v := strconv.FormatInt(cr.Remaining, 10) + " left"
+		if r := cr.Refill; r != nil {
+			v += fmt.Sprintf(", refilled to %d every %s", r.Amount, r.Interval)
+		}
+		row("credits", v)
+	}
 	if k.RevocationReason != nil {
 		row("revocation reason", *k.RevocationReason)
 	}
@@ -396,4 +434,55 @@ func formatTime(ms *int64) string {
 		return "-"
 	}
 	return time.UnixMilli(*ms).UTC().Format(time.RFC3339)
+}
+
+// rateLimitFlag collects --rate-limit NAME=LIMIT/DURATION values.
+type rateLimitFlag []keystore.RateLimit
+
+func (f *rateLimitFlag) String() string { return "" }
+
+func (f *rateLimitFlag) Set(v string) error {
+	name, rest, ok1 := strings.Cut(v, "=")
+	limit, dur, ok2 := strings.Cut(rest, "/")
+	n, err := strconv.ParseInt(limit, 10, 64)
+	if !ok1 || !ok2 || err != nil {
+		return fmt.Errorf("want NAME=LIMIT/DURATION, e.g. default=100/1m")
+	}
+	d, err := time.ParseDuration(dur)
+	if err != nil {
+		if d, err = time.ParseDuration("1" + dur); err != nil { // "100/s"
+			return fmt.Errorf("bad duration %q: want e.g. 1m, 10s, 1h", dur)
+		}
+	}
+	*f = append(*f, keystore.RateLimit{Name: name, Limit: n, DurationMs: d.Milliseconds()})
+	return nil
+}
+
+// creditsFlags turns --credits and --refill into credits; nil when
+// --credits is not given.
+func creditsFlags(remaining int64, refill string) (*keystore.Credits, error) {
+	if remaining < 0 {
+		if refill != "" {
+			return nil, usagef("--refill needs --credits")
+		}
+		return nil, nil
+	}
+	c := &keystore.Credits{Remaining: remaining}
+	if refill != "" {
+		f := strings.Split(refill, ":")
+		amount, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+		if len(f) == 3 {
+			amount, err = strconv.ParseInt(f[1], 10, 64)
+		}
+		if len(f) < 2 || len(f) > 3 || err != nil {
+			return nil, usagef("--refill wants INTERVAL:AMOUNT[:DAY], e.g. month:1000 or day:50")
+		}
+		c.Refill = &keystore.Refill{Interval: f[0], Amount: amount}
+		if len(f) == 3 {
+			if c.Refill.DayOfMonth, err = strconv.Atoi(f[2]); err != nil {
+				return nil, usagef("--refill's DAY must be a day of the month")
+			}
+		}
+	}
+	return c, nil
 }

@@ -81,8 +81,9 @@ type handler struct {
 
 // call is one request on its way through the handler.
 type call struct {
-	r     *http.Request
-	id    string // the {id} of the path, when the route has one
+	r      *http.Request
+	header http.Header // of the response, for operations that set fields
+	id     string      // the {id} of the path, when the route has one
 	keyID string // the key the request concerns, for the log; never a secret
 }
 
@@ -173,7 +174,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			label = r.Method + " " + rt.pattern
 		}
 	}
-	c := &call{r: r, id: id}
+	c := &call{r: r, header: w.Header(), id: id}
 	resp, err := h.dispatch(w, c, rt, op)
 
 	var body []byte

@@ -6,6 +6,7 @@ import (
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
 )
 
 // retryAfterSeconds is the Retry-After of a 503.
@@ -68,6 +69,8 @@ func verifyError(err error) error {
 	case errors.Is(err, keystore.ErrMissing):
 		return &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_missing",
 			Message: "is missing", LongMessage: "secret is missing", Param: "secret", Err: err}
+	case errors.Is(err, keystore.ErrRateLimited), errors.Is(err, keystore.ErrUsageExceeded):
+		return middleware.Error(err)
 	}
 	return err
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
 )
 
 // POST /api_keys: the new key, with its secret this once.
@@ -52,6 +53,8 @@ type updateBody struct {
 	Claims                 json.RawMessage `json:"claims"`
 	Scopes                 json.RawMessage `json:"scopes"`
 	SecondsUntilExpiration json.RawMessage `json:"seconds_until_expiration"`
+	RateLimits             json.RawMessage `json:"rate_limits"`
+	Credits                json.RawMessage `json:"credits"`
 }
 
 func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
@@ -81,6 +84,24 @@ func (b *updateBody) params() (keystore.UpdateParams, error) {
 		p.Scopes = &[]string{}
 		if !isNull(b.Scopes) {
 			if err := decodeField("scopes", b.Scopes, p.Scopes); err != nil {
+				return p, err
+			}
+		}
+	}
+	if b.RateLimits != nil {
+		p.RateLimits = &[]keystore.RateLimit{}
+		if !isNull(b.RateLimits) {
+			if err := decodeField("rate_limits", b.RateLimits, p.RateLimits); err != nil {
+				return p, err
+			}
+		}
+	}
+	if b.Credits != nil {
+		if isNull(b.Credits) {
+			p.NoCredits = true
+		} else {
+			p.Credits = &keystore.Credits{}
+			if err := decodeField("credits", b.Credits, p.Credits); err != nil {
 				return p, err
 			}
 		}
@@ -153,22 +174,33 @@ func (h *handler) secret(c *call) (any, error) {
 }
 
 // POST /api_keys/verify: the key, through the one verifier, so that the
-// verification counts as a use.
+// verification counts as a use, and spends cost (default 1) of a metered
+// key's limits and credits.
 func (h *handler) verify(c *call) (any, error) {
 	var b struct {
 		Secret string `json:"secret"`
+		Cost   *int64 `json:"cost"`
 	}
 	if err := decodeBody(c.r, &b); err != nil {
 		return nil, err
 	}
-	key, err := h.verifier.Verify(c.r.Context(), b.Secret, keystore.SourceAPI)
-	if key != nil {
-		c.keyID = key.ID
+	req := keystore.Request{Secret: b.Secret, Source: keystore.SourceAPI}
+	if b.Cost != nil {
+		if *b.Cost < 1 || *b.Cost > keystore.MaxCost {
+			return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_invalid", Message: "is invalid",
+				LongMessage: "cost must be 1 to 1000000", Param: "cost"}
+		}
+		req.Cost = *b.Cost
 	}
+	res, err := h.verifier.Check(c.r.Context(), req)
+	if res.Key != nil {
+		c.keyID = res.Key.ID
+	}
+	middleware.SetLimitHeaders(c.header, res.Limits)
 	if err != nil {
 		return nil, verifyError(err)
 	}
-	out := *key
+	out := *res.Key
 	out.Secret = ""
 	return &out, nil
 }

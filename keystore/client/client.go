@@ -199,6 +199,19 @@ func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams)
 	case p.SecondsUntilExpiration != nil:
 		body["seconds_until_expiration"] = *p.SecondsUntilExpiration
 	}
+	if p.RateLimits != nil {
+		limits := *p.RateLimits
+		if limits == nil {
+			limits = []keystore.RateLimit{}
+		}
+		body["rate_limits"] = limits
+	}
+	switch {
+	case p.NoCredits:
+		body["credits"] = nil
+	case p.Credits != nil:
+		body["credits"] = p.Credits
+	}
 	return c.key(ctx, http.MethodPatch, "/api_keys/"+url.PathEscape(id), body)
 }
 
