@@ -118,6 +118,9 @@ func (s *Store) flushLoop(every time.Duration) {
 			if err := s.FlushLastUsed(ctx); err != nil {
 				s.opts.Logger.Warn("flushing last-used times", "err", err)
 			}
+			if err := s.FlushUsage(ctx); err != nil {
+				s.opts.Logger.Warn("flushing usage history", "err", err)
+			}
 			cancel()
 		}
 	}

@@ -97,6 +97,7 @@ type Store struct {
 	names    keyNames
 	digest   digester
 	lastUsed lastUsed
+	history  history
 	metrics  *storeMetrics
 
 	// invalidationWait is Options.InvalidationWait, which a Verifier may
@@ -151,7 +152,7 @@ func (s *Store) Close() error {
 		<-s.done
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s.closeErr = s.FlushLastUsed(ctx)
+		s.closeErr = errors.Join(s.FlushLastUsed(ctx), s.FlushUsage(ctx))
 	})
 	return s.closeErr
 }

@@ -216,11 +216,13 @@ type Request struct {
 type Result struct {
 	Key    *APIKey
 	Limits *LimitState // nil for a key without limits or credits
+
+	id string // of the key the secret names, when it exists
 }
 
 // Verify is [Verifier.Check] of a request of cost 1, returning the key.
 func (v *Verifier) Verify(ctx context.Context, secret string, source Source, scopes ...string) (*APIKey, error) {
-	res, err := v.Check(ctx, Request{Secret: secret, Source: source, Scopes: scopes})
+	res, err := v.check(ctx, secret, source, scopes, 1)
 	return res.Key, err
 }
 
@@ -241,9 +243,21 @@ func (v *Verifier) Verify(ctx context.Context, secret string, source Source, sco
 // shares its slices and pointers (Scopes, Claims, …) with the cache: treat
 // it as read-only.
 func (v *Verifier) Check(ctx context.Context, req Request) (Result, error) {
+	return v.check(ctx, req.Secret, req.Source, req.Scopes, req.Cost)
+}
+
+// check is Check with the request's fields apart: escape analysis follows
+// parameters, not fields, and scopes must not escape with the secret, so
+// that Verify's variadic scopes stay on the caller's stack.
+func (v *Verifier) check(ctx context.Context, secret string, source Source, scopes []string, cost int64) (Result, error) {
 	start := time.Now()
-	res, hit, err := v.verify(ctx, &req, start)
-	v.metrics.observe(req.Source, outcomeIndex(err), hit, time.Since(start))
+	res, hit, err := v.verify(ctx, secret, scopes, cost, start)
+	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
+	if res.id != "" {
+		if o := historyOutcome(err); o != histNone {
+			v.store.history.record(res.id, start, o)
+		}
+	}
 	return res, err
 }
 
@@ -268,8 +282,7 @@ func (v *Verifier) Authorize(key *APIKey, source Source, scopes ...string) error
 // covers the whole secret, so a match proves it is the secret that was
 // issued, which is well-formed and has a good checksum. Only when nothing
 // matches is the form checked, so that a typo is still told as malformed.
-func (v *Verifier) verify(ctx context.Context, req *Request, start time.Time) (res Result, hit bool, err error) {
-	secret := req.Secret
+func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, cost int64, start time.Time) (res Result, hit bool, err error) {
 	if secret == "" {
 		return res, false, ErrMissing
 	}
@@ -301,32 +314,32 @@ func (v *Verifier) verify(ctx context.Context, req *Request, start time.Time) (r
 			return res, false, err
 		}
 		if e != nil {
-			return res, true, ErrNotFound // a well-formed secret, not the key's
+			return Result{id: e.key.ID}, true, ErrNotFound // a well-formed secret, not the key's
 		}
 		if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
 			return res, false, err
 		}
 		d = v.store.digest.sum(secret)
 		if !digestsEqual(d[:], stringBytes(e.digest)) {
-			return res, false, ErrNotFound
+			return Result{id: e.key.ID}, false, ErrNotFound
 		}
 	}
 	k := e.key
+	res.id = k.ID
 
 	// Its state, then what the route requires, then what it spends.
 	if out, err := refused(k, now); err != nil {
-		return Result{Key: out}, hit, err
+		return Result{Key: out, id: k.ID}, hit, err
 	}
-	if !k.HasScopes(req.Scopes...) {
+	if !k.HasScopes(scopes...) {
 		// A copy, so that the caller's scopes do not escape: variadic
 		// arguments stay on their stacks.
-		return Result{Key: k}, hit, &ScopeError{Required: append([]string(nil), req.Scopes...)}
+		return Result{Key: k, id: k.ID}, hit, &ScopeError{Required: append([]string(nil), scopes...)}
 	}
 	if k.limited() {
-		cost := max(req.Cost, 1)
-		res.Limits, err = v.store.meter(ctx, k, cost, now)
+		res.Limits, err = v.store.meter(ctx, k, max(cost, 1), now)
 		if err != nil {
-			return Result{Key: k, Limits: res.Limits}, hit, err
+			return Result{Key: k, Limits: res.Limits, id: k.ID}, hit, err
 		}
 	}
 	res.Key = v.store.use(k, now, &e.recorded)

@@ -127,6 +127,9 @@ var (
 	routeSecret = newRoute("/api_keys/{id}/secret", map[string]operation{
 		http.MethodGet: (*handler).secret,
 	})
+	routeUsage = newRoute("/api_keys/{id}/usage", map[string]operation{
+		http.MethodGet: (*handler).usage,
+	})
 )
 
 // match finds the route of path and its {id}; nil when there is none.
@@ -156,6 +159,8 @@ func match(path string) (*route, string) {
 		return routeRevoke, segs[0]
 	case len(segs) == 2 && segs[1] == "secret":
 		return routeSecret, segs[0]
+	case len(segs) == 2 && segs[1] == "usage":
+		return routeUsage, segs[0]
 	}
 	return nil, ""
 }

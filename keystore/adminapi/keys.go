@@ -2,7 +2,10 @@ package adminapi
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
@@ -203,6 +206,38 @@ func (h *handler) verify(c *call) (any, error) {
 	out := *res.Key
 	out.Secret = ""
 	return &out, nil
+}
+
+// GET /api_keys/{id}/usage?granularity=minute|hour|day&start=ms&end=ms:
+// the key's verifications by outcome. Defaults: hour, the last 24 hours.
+func (h *handler) usage(c *call) (any, error) {
+	c.keyID = loggableID(c.id)
+	q := c.r.URL.Query()
+	g := q.Get("granularity")
+	if g == "" {
+		g = "hour"
+	}
+	end := time.Now()
+	start := end.Add(-24 * time.Hour)
+	for _, p := range []struct {
+		name string
+		t    *time.Time
+	}{{"start", &start}, {"end", &end}} {
+		if v := q.Get(p.name); v != "" {
+			ms, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || ms < 0 {
+				return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_invalid", Message: "is invalid",
+					LongMessage: p.name + " must be a Unix time in milliseconds", Param: p.name}
+			}
+			*p.t = time.UnixMilli(ms)
+		}
+	}
+	u, err := h.store.Usage(c.r.Context(), c.id, g, start, end)
+	if errors.Is(err, keystore.ErrBadRange) {
+		return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_invalid", Message: "is invalid",
+			LongMessage: "granularity must be minute, hour or day, and start before end, at most 3,000 buckets apart", Param: "granularity", Err: err}
+	}
+	return u, err
 }
 
 // loggableID returns id when it has the form of a key ID, and "" otherwise,

@@ -215,6 +215,21 @@ func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams)
 	return c.key(ctx, http.MethodPatch, "/api_keys/"+url.PathEscape(id), body)
 }
 
+// Usage returns a key's verifications by outcome at granularity ("minute",
+// "hour" or "day") for the buckets in [start, end).
+func (c *Client) Usage(ctx context.Context, id, granularity string, start, end time.Time) (*keystore.UsageHistory, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	q := url.Values{"granularity": {granularity},
+		"start": {strconv.FormatInt(start.UnixMilli(), 10)}, "end": {strconv.FormatInt(end.UnixMilli(), 10)}}
+	var u keystore.UsageHistory
+	if err := c.do(ctx, http.MethodGet, "/v1/api_keys/"+url.PathEscape(id)+"/usage", q, nil, &u); err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
 // Revoke revokes a key, with an optional reason, and returns it. Revoking
 // a revoked key changes nothing and keeps the first reason.
 func (c *Client) Revoke(ctx context.Context, id string, reason *string) (*keystore.APIKey, error) {

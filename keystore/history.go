@@ -1,0 +1,258 @@
+package keystore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Usage history: every verification of a known key is counted by outcome,
+// in memory, and written at each flush (with last_used_at) in one pipeline:
+// per key and minute, HINCRBY on the minute's, the hour's and the day's
+// bucket. Buckets are hashes <ns>:usage:<id>:<m|h|d>:<start, Unix ms>
+// (outcome → count) that expire after the retention of their granularity.
+
+// HistoryOutcomes are the outcomes the usage history counts, in the order
+// of [UsagePoint.Counts].
+var HistoryOutcomes = [...]string{
+	"valid", "rate_limited", "usage_exceeded", "insufficient_scope", "ip_not_allowed",
+	"revoked", "disabled", "expired", "invalid_secret",
+}
+
+const (
+	histValid = iota
+	histRateLimited
+	histUsageExceeded
+	histInsufficientScope
+	histIPNotAllowed
+	histRevoked
+	histDisabled
+	histExpired
+	histInvalidSecret
+	histNone = -1
+)
+
+// granularity is one resolution of the history.
+type granularity struct {
+	name   string // as the API spells it
+	tag    string // in the bucket's key
+	step   time.Duration
+	retain time.Duration
+}
+
+var granularities = []granularity{
+	{"minute", "m", time.Minute, 48 * time.Hour},
+	{"hour", "h", time.Hour, 35 * 24 * time.Hour},
+	{"day", "d", 24 * time.Hour, 400 * 24 * time.Hour},
+}
+
+// ErrBadRange reports a usage query whose range or granularity the
+// history cannot answer.
+var ErrBadRange = errors.New("keystore: bad usage range")
+
+// historyOutcome is the history's outcome of a verification of a known
+// key, or histNone.
+func historyOutcome(err error) int {
+	switch {
+	case err == nil:
+		return histValid
+	case errors.Is(err, ErrRateLimited):
+		return histRateLimited
+	case errors.Is(err, ErrUsageExceeded):
+		return histUsageExceeded
+	case errors.Is(err, ErrInsufficientScope):
+		return histInsufficientScope
+	case errors.Is(err, ErrRevoked):
+		return histRevoked
+	case errors.Is(err, ErrExpired):
+		return histExpired
+	case errors.Is(err, ErrNotFound):
+		return histInvalidSecret // a known key ID with another secret
+	}
+	return histNone
+}
+
+type historyKey struct {
+	id      string
+	minute  int64 // Unix ms of the minute's start
+	outcome int
+}
+
+// history counts verifications in memory until the next flush, in shards
+// by key ID so that cores verifying different keys do not share a lock.
+type history struct {
+	shards [16]historyShard
+}
+
+type historyShard struct {
+	mu      sync.Mutex
+	pending map[historyKey]int64
+	_       [40]byte // keeps shards' locks on separate cache lines
+}
+
+func (h *history) shard(id string) *historyShard {
+	return &h.shards[id[len(id)-1]&15] // the ID's last hex digit
+}
+
+func (h *history) record(id string, now time.Time, outcome int) {
+	k := historyKey{id: id, minute: now.Truncate(time.Minute).UnixMilli(), outcome: outcome}
+	s := h.shard(id)
+	s.mu.Lock()
+	if s.pending == nil {
+		s.pending = make(map[historyKey]int64)
+	}
+	s.pending[k]++
+	s.mu.Unlock()
+}
+
+func (h *history) take() map[historyKey]int64 {
+	var batch map[historyKey]int64
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		p := s.pending
+		s.pending = nil
+		s.mu.Unlock()
+		if batch == nil {
+			batch = p
+			continue
+		}
+		for k, n := range p {
+			batch[k] += n
+		}
+	}
+	return batch
+}
+
+func (h *history) putBack(batch map[historyKey]int64) {
+	for k, n := range batch {
+		s := h.shard(k.id)
+		s.mu.Lock()
+		if s.pending == nil {
+			s.pending = make(map[historyKey]int64)
+		}
+		s.pending[k] += n
+		s.mu.Unlock()
+	}
+}
+
+func (n keyNames) usage(id string, g granularity, start int64) string {
+	return n.ns + ":usage:" + id + ":" + g.tag + ":" + strconv.FormatInt(start, 10)
+}
+
+// FlushUsage writes the counts recorded since the last flush, in one
+// pipeline. Counts that could not be written are kept for the next flush.
+// [Store.Close] and the background flush call it.
+func (s *Store) FlushUsage(ctx context.Context) error {
+	batch := s.history.take()
+	if len(batch) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Pipeline()
+	expiring := make(map[string]time.Duration)
+	for k, n := range batch {
+		t := time.UnixMilli(k.minute)
+		for _, g := range granularities {
+			key := s.names.usage(k.id, g, t.Truncate(g.step).UnixMilli())
+			pipe.HIncrBy(ctx, key, HistoryOutcomes[k.outcome], n)
+			expiring[key] = g.retain
+		}
+	}
+	for key, retain := range expiring {
+		pipe.PExpire(ctx, key, retain)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		s.history.putBack(batch)
+		return s.unavailable(opFlush, "flushing usage history", err)
+	}
+	return nil
+}
+
+// UsageHistory is one key's verifications over time, by outcome.
+type UsageHistory struct {
+	Object      string       `json:"object"` // "api_key_usage"
+	ID          string       `json:"id"`
+	Granularity string       `json:"granularity"`
+	Data        []UsagePoint `json:"data"`
+}
+
+// UsagePoint is one bucket: its start (Unix ms) and the count of each of
+// [HistoryOutcomes].
+type UsagePoint struct {
+	T      int64
+	Counts [len(HistoryOutcomes)]int64
+}
+
+// MarshalJSON writes {"t":…,"valid":…,"rate_limited":…,…}.
+func (p UsagePoint) MarshalJSON() ([]byte, error) {
+	b := append([]byte(`{"t":`), strconv.FormatInt(p.T, 10)...)
+	for i, name := range HistoryOutcomes {
+		b = append(b, `,"`...)
+		b = append(b, name...)
+		b = append(b, `":`...)
+		b = strconv.AppendInt(b, p.Counts[i], 10)
+	}
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (p *UsagePoint) UnmarshalJSON(b []byte) error {
+	var m map[string]int64
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	p.T = m["t"]
+	for i, name := range HistoryOutcomes {
+		p.Counts[i] = m[name]
+	}
+	return nil
+}
+
+// maxBuckets bounds one usage query.
+const maxBuckets = 3000
+
+// Usage returns the key's history at granularity ("minute", "hour" or
+// "day") for the buckets that start in [start, end), oldest first, every
+// bucket present (zeros included). It reports [ErrNotFound] for an unknown
+// key, and [ErrBadRange] for a granularity it does not know, a range that
+// is empty or spans more than 3,000 buckets.
+func (s *Store) Usage(ctx context.Context, id, gname string, start, end time.Time) (*UsageHistory, error) {
+	var g granularity
+	for _, c := range granularities {
+		if c.name == gname {
+			g = c
+		}
+	}
+	if g.name == "" {
+		return nil, ErrBadRange
+	}
+	first, last := start.UTC().Truncate(g.step), end.UTC()
+	if !last.After(first) || last.Sub(first)/g.step > maxBuckets {
+		return nil, ErrBadRange
+	}
+	if _, err := s.Get(ctx, id); err != nil {
+		return nil, err
+	}
+	out := &UsageHistory{Object: "api_key_usage", ID: id, Granularity: g.name, Data: []UsagePoint{}}
+	var cmds []*redis.MapStringStringCmd
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for t := first; t.Before(last); t = t.Add(g.step) {
+			out.Data = append(out.Data, UsagePoint{T: t.UnixMilli()})
+			cmds = append(cmds, p.HGetAll(ctx, s.names.usage(id, g, t.UnixMilli())))
+		}
+		return nil
+	}); err != nil {
+		return nil, s.unavailable(opGet, "reading usage of key "+id, err)
+	}
+	for i, cmd := range cmds {
+		for j, name := range HistoryOutcomes {
+			out.Data[i].Counts[j] = parseMillis(cmd.Val()[name])
+		}
+	}
+	return out, nil
+}
