@@ -110,7 +110,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintf(stderr, "keygate serve: --listen %s: %v\n", *listen, err)
 		return exitUsage
 	}
-	srv := withLog(sidecar.NewServer(*listen, mux), logger)
+	srv := withLog(sidecar.NewServer(*listen, withRequestID(mux)), logger)
 	logger.Info("keygate serve listening", "addr", ln.Addr().String(), "version", version)
 	return runServers(logger, b, server{srv, ln})
 }

@@ -161,8 +161,8 @@ func match(path string) (*route, string) {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r = apierror.WithRequestID(w, r)
 	traceID := apierror.RequestID(r)
-	w.Header().Set("X-Request-Id", traceID)
 
 	rt, id := match(r.URL.Path)
 	label := "unmatched"
