@@ -113,11 +113,11 @@ func unescapeAll(s string) string {
 
 // area is the part of the application a routed path reaches, compared
 // case-insensitively both ways (lower-casing, and upper-casing as .NET
-// does, under which the dotless i is an I).
+// does, under which the long s is an S).
 func area(p string) string {
 	for _, q := range []string{strings.ToLower(p), strings.ToLower(strings.ToUpper(p))} {
-		if q == "/admin" || strings.HasPrefix(q, "/admin/") {
-			return "admin"
+		if q == "/reports" || strings.HasPrefix(q, "/reports/") {
+			return "reports"
 		}
 	}
 	for _, q := range []string{strings.ToLower(p), strings.ToLower(strings.ToUpper(p))} {
@@ -159,6 +159,30 @@ func newRoutingUpstream(t *testing.T) *routingUpstream {
 	return u
 }
 
+// bypasses counts, and reports, the requests that reached the reports
+// without the scope reports:read, or any area but the public one without
+// a key.
+func (u *routingUpstream) bypasses(t *testing.T) int {
+	t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.hits) == 0 {
+		t.Fatal("no request reached the upstream")
+	}
+	n := 0
+	for _, h := range u.hits {
+		switch {
+		case h.area == "reports" && !strings.Contains(" "+h.scopes+" ", " reports:read "):
+			n++
+			t.Errorf("bypass: %s reached the reports through %s with key %q (scopes %q)", h.target, h.framework, h.keyID, h.scopes)
+		case h.area != "public" && h.keyID == "":
+			n++
+			t.Errorf("bypass: %s reached the %s area through %s without a key", h.target, h.area, h.framework)
+		}
+	}
+	return n
+}
+
 // rawGet sends target as the request target, byte for byte, and returns
 // the status.
 func rawGet(t *testing.T, addr, target string, header http.Header) int {
@@ -185,23 +209,96 @@ func rawGet(t *testing.T, addr, target string, header http.Header) int {
 	return resp.StatusCode
 }
 
+// pathForms are the paths of TestProxyPathForms and TestNginxPathForms,
+// against a public prefix /public/ and a rule that /reports/ needs the
+// scope reports:read, with the statuses the sidecar answers.
+var pathForms = []struct {
+	target           string
+	reader, noKey    int // statuses with the reader's key and with none
+	scopedKeyAllowed bool
+}{
+	// The reports area, as a case-insensitive, ";"-stripping framework reaches it.
+	{"/reports/x", 403, 401, true},
+	{"/REPORTS/x", 403, 401, true},
+	{"/Reports/x", 403, 401, true},
+	{"/rEpOrTs/x", 403, 401, true},
+	{"/reports", 403, 401, true},
+	{"/REPORTS", 403, 401, true},
+	{"/reports/", 403, 401, true},
+	{"/reports;", 403, 401, true},
+	{"/reports;a=b/x", 403, 401, true},
+	{"/reports;/x", 403, 401, true},
+	{"/REPORTS;jsessionid=1/x", 403, 401, true},
+	{"/%72eports/x", 403, 401, true},
+	{"/%52EPORTS/x", 403, 401, true},
+	{"/report%C5%BF/x", 403, 401, true}, // long s
+	{"/REPORT%C5%BF/x", 403, 401, true},
+	{"//reports/x", 403, 401, true},
+	{"///reports//x", 403, 401, true},
+	{"/./reports/x", 403, 401, true},
+	{"/x/../reports/x", 403, 401, true},
+	{"/x/..;/reports/x", 403, 401, true},
+	{"/x/..;a=b/reports/x", 403, 401, true},
+	{"/x//../reports/x", 403, 401, true},
+	{"/reports/../x", 403, 401, true}, // "/x" once resolved, the reports as sent
+	// Forms whose meaning depends on the decoder: refused.
+	{"/%2572eports/x", 400, 400, false},
+	{"/reports%2Fx", 400, 400, false},
+	{"/reports%2fx", 400, 400, false},
+	{"/%2Freports/x", 400, 400, false},
+	{"/reports%5Cx", 400, 400, false},
+	{`/reports\x`, 400, 400, false},
+	{"/reports%3Bx/y", 400, 400, false},
+	{"/x/%2e%2e/reports/x", 400, 400, false},
+	{"/x/.%2e/reports/x", 400, 400, false},
+	{"/x/%2E%2E/reports/x", 400, 400, false},
+	{"/x/%252e%252e/reports/x", 400, 400, false},
+	{"/x/..%3B/reports/x", 400, 400, false},
+	{"/reports/%2e%2e/x", 403, 401, true}, // the reports as sent: the stricter reading
+	// Escapes from a public prefix.
+	{"/public/x", 200, 200, true},
+	{"/public/x;y=1", 200, 200, true},
+	{"/public/%41", 200, 200, true},
+	{"/public/../reports/x", 403, 401, true},
+	{"/public/..;/reports/x", 403, 401, true},
+	{"/public;x/../reports/x", 403, 401, true},
+	{"/public//../reports/x", 403, 401, true},
+	{"/public/x/../../reports/x", 403, 401, true},
+	{"/public/./../reports/x", 403, 401, true},
+	{"/public/%2e%2e/reports/x", 400, 400, false},
+	{"/public/%252e%252e/reports/x", 400, 400, false},
+	{"/public%2F..%2Freports/x", 400, 400, false},
+	{"/public/..%2Freports/x", 400, 400, false},
+	{`/public\..\reports\x`, 400, 400, false},
+	{"/public/%5C..%5Creports/x", 400, 400, false},
+	{"/public/x%00/../../reports/x", 400, 400, false},
+	{"/public/%C0%AE%C0%AE/reports/x", 400, 400, false},
+	{"/PUBLIC/x", 200, 401, true}, // public only as written
+	{"/%70ublic/x", 200, 401, true},
+	// The rest of the application: any valid key.
+	{"/app/x", 200, 401, true},
+	{"/app/x;jsessionid=1", 200, 401, true},
+	{"/app/a%2Fb", 200, 401, true}, // an encoded slash no rule can see
+	{"/app/%252e", 200, 401, true},
+}
+
 // TestProxyPathForms sends paths written to slip past --public and
 // --require-scopes through the sidecar to an upstream that routes them as
 // each of several frameworks would (case-insensitively, with ";"
 // parameters, decoded once, twice or not at all, with or without dot
-// segments resolved, "\" as "/"), with a key that lacks the admin scope
-// and with no key. A bypass is a request that reaches the upstream's admin
-// area without the admin scope, or any area but the public one without a
+// segments resolved, "\" as "/"), with a key that lacks the scope reports:read
+// and with no key. A bypass is a request that reaches the upstream's reports
+// without that scope, or any area but the public one without a
 // key: there must be none. The statuses show what a client gets.
 func TestProxyPathForms(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	e := newEnv(t, rdb)
 	reader := e.create(t, keystore.CreateParams{Scopes: []string{"read"}})
-	admin := e.create(t, keystore.CreateParams{Scopes: []string{"admin"}})
+	scoped := e.create(t, keystore.CreateParams{Scopes: []string{"reports:read"}})
 	up := newRoutingUpstream(t)
 	u, _ := url.Parse(up.URL)
 	h, err := NewProxy(e.verifier, ProxyOptions{
-		Upstream: u, Public: []string{"/public/"}, RequireScopes: []string{"/admin/=admin"},
+		Upstream: u, Public: []string{"/public/"}, RequireScopes: []string{"/reports/=reports:read"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -210,79 +307,10 @@ func TestProxyPathForms(t *testing.T) {
 	t.Cleanup(px.Close)
 	addr := strings.TrimPrefix(px.URL, "http://")
 
-	cases := []struct {
-		target          string
-		reader, noKey   int // statuses with the reader's key and with none
-		adminKeyAllowed bool
-	}{
-		// The admin area, as a case-insensitive, ";"-stripping framework reaches it.
-		{"/admin/x", 403, 401, true},
-		{"/ADMIN/x", 403, 401, true},
-		{"/Admin/x", 403, 401, true},
-		{"/aDmIn/x", 403, 401, true},
-		{"/admin", 403, 401, true},
-		{"/ADMIN", 403, 401, true},
-		{"/admin/", 403, 401, true},
-		{"/admin;", 403, 401, true},
-		{"/admin;a=b/x", 403, 401, true},
-		{"/admin;/x", 403, 401, true},
-		{"/ADMIN;jsessionid=1/x", 403, 401, true},
-		{"/%61dmin/x", 403, 401, true},
-		{"/%41DMIN/x", 403, 401, true},
-		{"/adm%C4%B1n/x", 403, 401, true}, // dotless i
-		{"/ADM%C4%B0N/x", 403, 401, true}, // dotted capital I
-		{"//admin/x", 403, 401, true},
-		{"///admin//x", 403, 401, true},
-		{"/./admin/x", 403, 401, true},
-		{"/x/../admin/x", 403, 401, true},
-		{"/x/..;/admin/x", 403, 401, true},
-		{"/x/..;a=b/admin/x", 403, 401, true},
-		{"/x//../admin/x", 403, 401, true},
-		{"/admin/../x", 403, 401, true}, // "/x" once resolved, the admin area as sent
-		// Forms whose meaning depends on the decoder: refused.
-		{"/%2561dmin/x", 400, 400, false},
-		{"/admin%2Fx", 400, 400, false},
-		{"/admin%2fx", 400, 400, false},
-		{"/%2Fadmin/x", 400, 400, false},
-		{"/admin%5Cx", 400, 400, false},
-		{`/admin\x`, 400, 400, false},
-		{"/admin%3Bx/y", 400, 400, false},
-		{"/x/%2e%2e/admin/x", 400, 400, false},
-		{"/x/.%2e/admin/x", 400, 400, false},
-		{"/x/%2E%2E/admin/x", 400, 400, false},
-		{"/x/%252e%252e/admin/x", 400, 400, false},
-		{"/x/..%3B/admin/x", 400, 400, false},
-		{"/admin/%2e%2e/x", 403, 401, true}, // the admin area as sent: the stricter reading
-		// Escapes from a public prefix.
-		{"/public/x", 200, 200, true},
-		{"/public/x;y=1", 200, 200, true},
-		{"/public/%41", 200, 200, true},
-		{"/public/../admin/x", 403, 401, true},
-		{"/public/..;/admin/x", 403, 401, true},
-		{"/public;x/../admin/x", 403, 401, true},
-		{"/public//../admin/x", 403, 401, true},
-		{"/public/x/../../admin/x", 403, 401, true},
-		{"/public/./../admin/x", 403, 401, true},
-		{"/public/%2e%2e/admin/x", 400, 400, false},
-		{"/public/%252e%252e/admin/x", 400, 400, false},
-		{"/public%2F..%2Fadmin/x", 400, 400, false},
-		{"/public/..%2Fadmin/x", 400, 400, false},
-		{`/public\..\admin\x`, 400, 400, false},
-		{"/public/%5C..%5Cadmin/x", 400, 400, false},
-		{"/public/x%00/../../admin/x", 400, 400, false},
-		{"/public/%C0%AE%C0%AE/admin/x", 400, 400, false},
-		{"/PUBLIC/x", 200, 401, true}, // public only as written
-		{"/%70ublic/x", 200, 401, true},
-		// The rest of the application: any valid key.
-		{"/app/x", 200, 401, true},
-		{"/app/x;jsessionid=1", 200, 401, true},
-		{"/app/a%2Fb", 200, 401, true}, // an encoded slash no rule can see
-		{"/app/%252e", 200, 401, true},
+	if len(pathForms) < 40 {
+		t.Fatalf("only %d path forms", len(pathForms))
 	}
-	if len(cases) < 40 {
-		t.Fatalf("only %d path forms", len(cases))
-	}
-	for _, tc := range cases {
+	for _, tc := range pathForms {
 		t.Run(tc.target, func(t *testing.T) {
 			for _, f := range frameworks {
 				hdr := http.Header{"X-Test-Framework": {f.name}}
@@ -291,35 +319,20 @@ func TestProxyPathForms(t *testing.T) {
 				}
 				hdr.Set("Authorization", "Bearer "+reader.Secret)
 				if got := rawGet(t, addr, tc.target, hdr); got != tc.reader {
-					t.Errorf("%s, a key without the admin scope: %d, want %d", f.name, got, tc.reader)
+					t.Errorf("%s, a key without the scope: %d, want %d", f.name, got, tc.reader)
 				}
 				want := 400
-				if tc.adminKeyAllowed {
+				if tc.scopedKeyAllowed {
 					want = 200
 				}
-				hdr.Set("Authorization", "Bearer "+admin.Secret)
+				hdr.Set("Authorization", "Bearer "+scoped.Secret)
 				if got := rawGet(t, addr, tc.target, hdr); got != want {
-					t.Errorf("%s, the admin key: %d, want %d", f.name, got, want)
+					t.Errorf("%s, a key with the scope: %d, want %d", f.name, got, want)
 				}
 			}
 		})
 	}
 
-	bypasses := 0
-	up.mu.Lock()
-	defer up.mu.Unlock()
-	for _, h := range up.hits {
-		switch {
-		case h.area == "admin" && !strings.Contains(" "+h.scopes+" ", " admin "):
-			bypasses++
-			t.Errorf("bypass: %s reached the admin area through %s with key %q (scopes %q)", h.target, h.framework, h.keyID, h.scopes)
-		case h.area != "public" && h.keyID == "":
-			bypasses++
-			t.Errorf("bypass: %s reached the %s area through %s without a key", h.target, h.area, h.framework)
-		}
-	}
-	if len(up.hits) == 0 {
-		t.Fatal("no request reached the upstream")
-	}
-	t.Logf("%d path forms, %d frameworks, %d requests reached the upstream, %d bypasses", len(cases), len(frameworks), len(up.hits), bypasses)
+	bypasses := up.bypasses(t)
+	t.Logf("%d path forms, %d frameworks, %d requests reached the upstream, %d bypasses", len(pathForms), len(frameworks), len(up.hits), bypasses)
 }
