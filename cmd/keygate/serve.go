@@ -50,16 +50,15 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	logger := cfg.logger(stderr)
 
 	tokens := splitList(*adminTokens)
+	if err := adminapi.CheckAdminTokens(tokens); err != nil {
+		fmt.Fprintf(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS): %v\n", err)
+		return exitUsage
+	}
 	embedded := cfg.redisURL == "" && cfg.redisAddrs == ""
 	if len(tokens) == 0 && !embedded {
 		fmt.Fprintln(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS) is required with Redis")
 		return exitUsage
 	}
-	b, err := cfg.open(logger, true)
-	if err != nil {
-		return startError(stderr, "keygate serve", err)
-	}
-	defer b.Close()
 	if len(tokens) == 0 {
 		tok, created, err := loadOrCreateAdminToken(cfg.dataDir)
 		if err != nil {
@@ -74,6 +73,11 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		}
 		tokens = []string{tok}
 	}
+	b, err := cfg.open(logger, true)
+	if err != nil {
+		return startError(stderr, "keygate serve", err)
+	}
+	defer b.Close()
 	if err := b.ping(context.Background()); err != nil {
 		logger.Error("Redis does not answer; /readyz reports 503 and verifications fail closed until it does", "err", err)
 	}
@@ -194,6 +198,9 @@ func loadOrCreateAdminToken(dir string) (token string, created bool, err error) 
 	b, err := os.ReadFile(path)
 	if err == nil {
 		if tok := strings.TrimSpace(string(b)); tok != "" {
+			if err := adminapi.CheckAdminTokens([]string{tok}); err != nil {
+				return "", false, fmt.Errorf("%s: %w; delete the file to generate a new one", adminTokenFile, err)
+			}
 			return tok, false, nil
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {

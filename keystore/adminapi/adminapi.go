@@ -15,8 +15,14 @@ import (
 )
 
 // MaxBodyBytes is the largest request body the API reads; a larger one is
-// refused with 413 request_body_too_large.
+// refused with 413 request_body_too_large, before any of it is read when
+// its Content-Length says so.
 const MaxBodyBytes = 64 << 10
+
+// MinAdminTokenLen is the fewest characters an admin token may have: 32
+// random characters are out of reach of guessing, however many guesses
+// get through the throttle.
+const MinAdminTokenLen = 32
 
 // Options configure the handler [New] returns. Store, Verifier and at least
 // one admin token are required; every other field has a working zero value.
@@ -27,8 +33,9 @@ type Options struct {
 	// the API counts as a use and gives the same answer as every other entry
 	// point. Required; it must be the verifier over Store.
 	Verifier *keystore.Verifier
-	// AdminTokens are the bearer tokens that may call the API. Empty strings
-	// are ignored; at least one token is required.
+	// AdminTokens are the bearer tokens that may call the API, each at
+	// least [MinAdminTokenLen] characters. Empty strings are ignored; at
+	// least one token is required.
 	AdminTokens []string
 	// Logger receives one line per request. Default slog.Default().
 	Logger *slog.Logger
@@ -53,6 +60,9 @@ func New(opts Options) (http.Handler, error) {
 	}
 	if opts.Verifier == nil {
 		return nil, errors.New("adminapi: Options.Verifier is required")
+	}
+	if err := CheckAdminTokens(opts.AdminTokens); err != nil {
+		return nil, fmt.Errorf("adminapi: %w", err)
 	}
 	tokens := newTokenSet(opts.AdminTokens)
 	if tokens.empty() {

@@ -54,6 +54,9 @@ func decodeBody(r *http.Request, dst any) error {
 		}
 		return badBody("", "the request body must be a JSON object", nil)
 	}
+	if err := checkKeys(body, reflect.TypeOf(dst).Elem()); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
@@ -63,6 +66,87 @@ func decodeBody(r *http.Request, dst any) error {
 		return badBody("", "the request body must hold one JSON object and nothing after it", err)
 	}
 	return nil
+}
+
+// checkKeys refuses a body whose meaning depends on the parser that reads
+// it: an object, at any depth, that holds the same key twice (encoding/json
+// keeps the last, other parsers the first), and at the top a key that is
+// not exactly one of the wire names of body's fields (encoding/json would
+// take "SCOPES" for "scopes"). It reports nothing about JSON it cannot
+// read: decoding it explains that.
+func checkKeys(data []byte, body reflect.Type) error {
+	type frame struct {
+		object    bool
+		expectKey bool
+		keys      map[string]bool
+	}
+	var stack []*frame
+	dec := json.NewDecoder(bytes.NewReader(data))
+	top := "" // the top-level field being read
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		var f *frame
+		if len(stack) > 0 {
+			f = stack[len(stack)-1]
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{', '[':
+				if f != nil && f.object {
+					f.expectKey = true // this value is the member's whole value
+				}
+				stack = append(stack, &frame{object: d == '{', expectKey: d == '{', keys: map[string]bool{}})
+			default:
+				stack = stack[:len(stack)-1]
+				if len(stack) == 0 {
+					return nil
+				}
+			}
+			continue
+		}
+		if f == nil || !f.object || !f.expectKey {
+			if f != nil && f.object {
+				f.expectKey = true
+			}
+			continue
+		}
+		key := tok.(string)
+		f.expectKey = false
+		if len(stack) == 1 {
+			top = key
+			wire, known := wireName(body, key)
+			switch {
+			case f.keys[strings.ToLower(key)]:
+				return badBody(wire, fmt.Sprintf("the field %q appears twice (or twice in different cases)", wire), nil)
+			case known && wire != key:
+				return badBody(key, fmt.Sprintf("unknown field %q (the field is %q: names are case-sensitive)", key, wire), nil)
+			}
+			f.keys[strings.ToLower(key)] = true
+			continue
+		}
+		if f.keys[key] {
+			return badBody(top, fmt.Sprintf("%s holds an object with the key %q twice", top, key), nil)
+		}
+		f.keys[key] = true
+	}
+}
+
+// wireName returns the wire name of the field of struct type t that
+// encoding/json would fill from key, and whether there is one.
+func wireName(t reflect.Type, key string) (string, bool) {
+	if t.Kind() != reflect.Struct {
+		return key, false
+	}
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" && strings.EqualFold(name, key) {
+			return name, true
+		}
+	}
+	return key, false
 }
 
 // decodeError explains a failure to decode into a struct of type body,

@@ -22,8 +22,8 @@ import (
 )
 
 const (
-	adminToken  = "kg-admin-7c1d93e0a4b2f6"
-	otherToken  = "kg-admin-second-0b9e"
+	adminToken  = "kg-admin-7c1d93e0a4b2f6a8e1c05d3b97f4"
+	otherToken  = "kg-admin-second-0b9e6c2a71f83d5e9b04"
 	testSubject = "user_42"
 )
 
