@@ -88,6 +88,11 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		AdminTokens: tokens,
 		Logger:      logger,
 		Registerer:  b.registry,
+		Throttle: adminapi.ThrottleOptions{
+			FailuresPerMinute: throttleOpts.FailuresPerMinute,
+			Burst:             throttleOpts.Burst,
+			TrustedProxies:    throttleOpts.TrustedProxies,
+		},
 	})
 	if err != nil {
 		return startError(stderr, "keygate serve", err)

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -41,6 +43,30 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives keygate_admin_requests_total. Default: none.
 	Registerer prometheus.Registerer
+	// Throttle limits failed authentications per client IP. Default: off.
+	Throttle ThrottleOptions
+}
+
+// ThrottleOptions configure the throttling of failed authentications (an
+// Authorization header without a right admin token) per client IP
+// address. The zero value throttles nothing.
+//
+// A client whose failures exceed its budget gets 429 too_many_requests
+// with Retry-After instead of 401, until the budget refills. A request
+// with a right token is never throttled, whoever shares its address, and
+// a request without an Authorization header counts for nothing.
+type ThrottleOptions struct {
+	// FailuresPerMinute is how fast a client's budget refills. Zero
+	// disables throttling.
+	FailuresPerMinute float64
+	// Burst is how many failures a client may make in a row. Default:
+	// FailuresPerMinute.
+	Burst int
+	// TrustedProxies are the direct peers whose X-Forwarded-For names the
+	// client; from any other peer the header is ignored.
+	TrustedProxies []netip.Prefix
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
 }
 
 func (o Options) withDefaults() Options {
@@ -78,6 +104,12 @@ func New(opts Options) (http.Handler, error) {
 		tokens:   tokens,
 		log:      opts.Logger,
 		metrics:  m,
+		limiter: throttle.New(throttle.Config{
+			FailuresPerMinute: opts.Throttle.FailuresPerMinute,
+			Burst:             opts.Throttle.Burst,
+			Now:               opts.Throttle.Now,
+		}),
+		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
 	}, nil
 }
 
@@ -87,6 +119,8 @@ type handler struct {
 	tokens   tokenSet
 	log      *slog.Logger
 	metrics  *metrics
+	limiter  *throttle.Limiter // failed authentications; nil: off
+	proxies  throttle.Proxies
 }
 
 // call is one request on its way through the handler.
@@ -213,6 +247,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *handler) dispatch(w http.ResponseWriter, c *call, rt *route, op operation) (any, error) {
 	switch {
 	case !h.tokens.authorized(c.r.Header.Get("Authorization")):
+		if c.r.Header.Get("Authorization") != "" {
+			if ok, wait := h.limiter.Fail(h.proxies.ClientIP(c.r)); !ok {
+				return nil, throttle.TooManyRequests(wait, "failed authentications")
+			}
+		}
 		return nil, errUnauthenticated
 	case rt == nil:
 		return nil, &apierror.Error{Status: http.StatusNotFound, Code: "resource_not_found", Message: "not found",

@@ -4,9 +4,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
-	"unicode/utf8"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/keygate/keygate/internal/apierror"
 )
