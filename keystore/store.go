@@ -638,10 +638,14 @@ func (s *Store) changed(ctx context.Context, id string) {
 }
 
 // unavailable counts a failed Redis operation under op and wraps err so
-// that errors.Is(err, ErrUnavailable) holds.
+// that errors.Is(err, ErrUnavailable) holds. A caller that went away
+// (context.Canceled) says nothing about Redis: it is neither counted nor
+// a reason to reload a Cluster's slot map.
 func (s *Store) unavailable(op, doing string, err error) error {
-	s.metrics.errors.WithLabelValues(op).Inc()
-	s.refreshTopology(err)
+	if storeFault(err) {
+		s.metrics.errors.WithLabelValues(op).Inc()
+		s.refreshTopology(err)
+	}
 	return unavailable(doing, err)
 }
 
