@@ -207,6 +207,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	r = apierror.WithRequestID(w, r)
 	traceID := apierror.RequestID(r)
+	reqBody := r.Body // as the server gave it, for linger
 
 	rt, id := match(r.URL.Path)
 	label := "unmatched"
@@ -234,7 +235,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="keygate"`)
 		}
+		if status == http.StatusRequestEntityTooLarge {
+			w.Header().Set("Connection", "close")
+		}
 		apierror.Write(w, traceID, apiErr)
+		if status == http.StatusRequestEntityTooLarge {
+			linger(w, r, reqBody)
+		}
 	} else {
 		writeJSON(w, append(body, '\n'))
 	}

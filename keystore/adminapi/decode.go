@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/keygate/keygate/internal/apierror"
@@ -20,13 +21,18 @@ import (
 
 // readBody reads the request body, at most [MaxBodyBytes]. Whatever the
 // Content-Type says, the body is read as JSON; an empty one reads as {}.
+// A body whose Content-Length is over the limit is refused before any of
+// it is read, so that a client that sent Expect: 100-continue is told 413
+// instead of being asked for the body.
 func readBody(r *http.Request) ([]byte, error) {
+	if r.ContentLength > MaxBodyBytes {
+		return nil, errTooLarge
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		return nil, &apierror.Error{Status: http.StatusRequestEntityTooLarge, Code: "request_body_too_large",
-			Message: "request body too large", LongMessage: fmt.Sprintf("the request body must be at most %d bytes", MaxBodyBytes)}
+		return nil, errTooLarge
 	case err != nil:
 		return nil, badBody("", "reading the request body failed", err)
 	case !utf8.Valid(body):
@@ -37,6 +43,33 @@ func readBody(r *http.Request) ([]byte, error) {
 		return []byte("{}"), nil
 	}
 	return body, nil
+}
+
+var errTooLarge = &apierror.Error{Status: http.StatusRequestEntityTooLarge, Code: "request_body_too_large",
+	Message: "request body too large", LongMessage: fmt.Sprintf("the request body must be at most %d bytes", MaxBodyBytes)}
+
+// Bounds of what the handler reads of a body it refused as too large,
+// after its 413 is on the wire: see [linger].
+const (
+	lingerBytes   = 1 << 20
+	lingerTimeout = 2 * time.Second
+)
+
+// linger reads and discards, for at most lingerTimeout and lingerBytes,
+// what the client still sends of a body refused as too large, once the
+// 413 has been flushed. Closing a connection that has unread data makes
+// the kernel reset it, and the reset can destroy the 413 before the client
+// has read it; a client that reads the answer stops sending, and its
+// remaining bytes are read here. A client that asked Expect: 100-continue
+// and was refused before any read sends no body: nothing is read then.
+func linger(w http.ResponseWriter, r *http.Request, body io.Reader) {
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	if r.ContentLength > MaxBodyBytes && strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		return
+	}
+	_ = rc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	_, _ = io.CopyN(io.Discard, body, lingerBytes)
 }
 
 // decodeBody reads the request body into dst, a pointer to a struct whose
