@@ -85,15 +85,24 @@ type proxy struct {
 // outside a public prefix is verified through v (source sidecar) with the
 // scopes its route requires; a refused one is answered as §3 says with the
 // contract's JSON error, and a verified one is forwarded with its
-// credentials removed, every client-supplied X-Api-Key-* header removed,
-// the identity headers set, and X-Forwarded-For, -Host and -Proto set
-// (X-Forwarded-For to the client's address only: what a client claims is
-// dropped). The upstream sees the Host the client sent. Requests on a
-// public prefix are forwarded as they came, except that X-Api-Key-*
-// headers are removed there too. Rules match the path as the upstream
-// will resolve it (decoded, dot segments and double slashes resolved); a
-// path with a ".." segment that survives that ("..;") is a 400
-// (request_path_invalid). Bodies stream both ways,
+// credentials removed, the identity headers set, and X-Forwarded-For,
+// -Host and -Proto set from what the sidecar knows (the client and the
+// trusted proxies before it, see [ProxyOptions.TrustedProxies]). Every
+// client header the upstream could take for an identity or forwarding
+// header (X-Api-Key-*, X-Forwarded-*, Forwarded,
+// X-Real-Ip, True-Client-Ip, X-Original-Url, X-Rewrite-Url, with "_" read
+// as "-" and in any case) is removed, on public prefixes too; there the
+// request is otherwise forwarded as it came. The upstream sees the Host
+// the client sent, the path as the client sent it, and an X-Request-Id
+// that is also the response's.
+//
+// Rules match every reading an upstream may take of the path (as sent or
+// decoded once, with or without ";" parameters, repeated slashes and dot
+// segments, case-insensitively for scope rules): a
+// request needs the strictest of them, and one whose meaning depends on
+// the decoder (an encoded slash, an escaped escape, a dot segment or ";"
+// that appears only once decoded) is a 400 (request_path_invalid) when
+// that changes what it needs. Bodies stream both ways,
 // and each write of the response is flushed at once, so server-sent events
 // pass. An upstream that cannot be reached is a 502 (code
 // upstream_unavailable); one that accepts the connection but sends no
