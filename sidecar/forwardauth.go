@@ -92,7 +92,7 @@ func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	path := logPath(uri) // the query may carry a key
 	if err != nil {
-		if errors.Is(err, keystore.ErrUnavailable) {
+		if errors.Is(err, keystore.ErrUnavailable) && !clientGone(r, err) {
 			fa.log.ErrorContext(r.Context(), "forward-auth: key store unavailable", "method", method, "uri", path, "err", err)
 		} else {
 			fa.log.DebugContext(r.Context(), "forward-auth: refused", "method", method, "uri", path, "outcome", keystore.Outcome(err))

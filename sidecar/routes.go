@@ -209,6 +209,12 @@ type errAmbiguousPath struct{ reason string }
 
 func (e errAmbiguousPath) Error() string { return e.reason }
 
+// maxReadPath bounds the length of a path whose readings are tried (up to
+// 72 of them): longer ones, rare in practice, are refused rather than let
+// a client spend the sidecar's CPU. A plain path has one reading and no
+// bound.
+const maxReadPath = 2048
+
 // methodOverrides are the request headers with which common frameworks
 // (Rails, Express's method-override, Symfony, Laravel) let a client
 // replace the request's method.
@@ -224,7 +230,8 @@ var methodOverrides = []string{"X-Http-Method-Override", "X-Http-Method", "X-Met
 // the decoder (encoded slashes, escapes that decode to an escape, dot
 // segments or ";" that appear only after decoding, control characters or
 // invalid UTF-8 once decoded) is refused with an error when that changes
-// what the request needs.
+// what the request needs, and so is a path of more than [maxReadPath]
+// bytes that has more than one reading.
 func (rt *router) route(r *http.Request) (need, error) {
 	if len(rt.rules) == 0 {
 		return need{}, nil
@@ -252,12 +259,19 @@ func (rt *router) route(r *http.Request) (need, error) {
 		}
 		return n, nil
 	}
+	if len(p) > maxReadPath {
+		return need{}, errAmbiguousPath{fmt.Sprintf("a request path over %d bytes that holds escapes, \";\", \"//\" or dot segments is not read", maxReadPath)}
+	}
 	base, all := need{public: true}, need{public: true}
-	for _, rd := range readings(p) {
-		q, ok := rd.read(p)
-		if !ok {
-			return need{}, errAmbiguousPath{"the request path holds a control character or invalid UTF-8 once decoded"}
-		}
+	rds := readings(p)
+	segs, ok := splitSegments(p, rds[len(rds)-1].decode)
+	if !ok {
+		return need{}, errAmbiguousPath{"the request path holds a control character or invalid UTF-8 once decoded"}
+	}
+	var buf []string
+	for _, rd := range rds {
+		var q string
+		q, buf = rd.read(segs, buf)
 		folded := foldPath(q)
 		for _, m := range methods {
 			rl := rt.match(m, q, folded, rd.decode == 0)
@@ -349,27 +363,51 @@ func readings(p string) []reading {
 	return out
 }
 
-// read returns p as rd reads it. Within a segment, a decoded "/" or "\"
-// that does not separate segments is written %2F or %5C, so that it
-// cannot pass for a separator. ok is false when a decoded segment holds a
-// control character or invalid UTF-8, which some servers truncate or
-// misread.
-func (rd reading) read(p string) (string, bool) {
-	var segs []string
+// segment is one segment of a path in each form a reading may take of it:
+// forms[strip][decode], with ";" parameters cut when strip is 1, and
+// percent-decoded decode times.
+type segment struct{ forms [2][3]string }
+
+// splitSegments splits p into its segments and decodes each up to
+// decodes times, once for all readings. ok is false when a decoded
+// segment holds a control character or invalid UTF-8, which some servers
+// truncate or misread.
+func splitSegments(p string, decodes int) (segs []segment, ok bool) {
 	raw := strings.Split(p[1:], "/")
+	segs = make([]segment, len(raw))
 	for i, s := range raw {
-		last := i == len(raw)-1
-		if rd.strip {
-			s, _, _ = strings.Cut(s, ";")
+		for strip := range 2 {
+			f := s
+			if strip == 1 {
+				f, _, _ = strings.Cut(s, ";")
+			}
+			segs[i].forms[strip][0] = f
+			for d := 1; d <= decodes; d++ {
+				if f = unescape(f); !validSegment(f) {
+					return nil, false
+				}
+				segs[i].forms[strip][d] = f
+			}
 		}
-		rawDot := s == "." || s == ".."
-		d := s
-		for range rd.decode {
-			d = unescape(d)
-		}
-		if rd.decode > 0 && !validSegment(d) {
-			return "", false
-		}
+	}
+	return segs, true
+}
+
+// read returns the path rd reads in segs, using buf (returned for reuse)
+// for its segments. Within a segment, a decoded "/" or "\" that does not
+// separate segments is written %2F or %5C, so that it cannot pass for a
+// separator.
+func (rd reading) read(segs []segment, buf []string) (string, []string) {
+	out := buf[:0]
+	strip := 0
+	if rd.strip {
+		strip = 1
+	}
+	for i := range segs {
+		last := i == len(segs)-1
+		sent := segs[i].forms[strip][0]
+		rawDot := sent == "." || sent == ".."
+		d := segs[i].forms[strip][rd.decode]
 		parts := []string{d}
 		if rd.slashes && strings.ContainsAny(d, `/\`) {
 			parts = strings.FieldsFunc(d, func(c rune) bool { return c == '/' || c == '\\' })
@@ -388,26 +426,26 @@ func (rd reading) read(p string) (string, bool) {
 			dot := rd.dots && ((len(parts) == 1 && rawDot) || (rd.late && (q == "." || q == "..")))
 			switch {
 			case dot && q == "..":
-				if len(segs) > 0 {
-					segs = segs[:len(segs)-1]
+				if len(out) > 0 {
+					out = out[:len(out)-1]
 				}
 				if lastPart {
-					segs = append(segs, "")
+					out = append(out, "")
 				}
 			case dot:
 				if lastPart {
-					segs = append(segs, "")
+					out = append(out, "")
 				}
 			case q == "" && rd.merge && !lastPart:
 			default:
 				if rd.decode > 0 && !rd.slashes && strings.ContainsAny(q, `/\`) {
 					q = strings.ReplaceAll(strings.ReplaceAll(q, "/", "%2F"), `\`, "%5C")
 				}
-				segs = append(segs, q)
+				out = append(out, q)
 			}
 		}
 	}
-	return "/" + strings.Join(segs, "/"), true
+	return "/" + strings.Join(out, "/"), out
 }
 
 // unescape percent-decodes s once; an escape that is not one is kept as

@@ -137,8 +137,10 @@ func TestRoute(t *testing.T) {
 		{method: "GET", target: "/public/%252e%252e/admin/x", refused: true},
 		{method: "GET", target: "/public/..%3B/admin/x", refused: true},
 		{method: "GET", target: "/public/x%00/../../admin", refused: true},
-		{method: "GET", target: "/files/a%2Fb", scopes: "files:read"}, // ambiguous, but every reading needs the same
-		{method: "GET", target: "/docs/a%2Fb/%252e"},                  // likewise: no rule can apply
+		{method: "GET", target: "/files/a%2Fb", scopes: "files:read"},                  // ambiguous, but every reading needs the same
+		{method: "GET", target: "/docs/a%2Fb/%252e"},                                   // likewise: no rule can apply
+		{method: "GET", target: "/docs/" + strings.Repeat("a%20", 600), refused: true}, // too long to read every way
+		{method: "GET", target: "/docs/" + strings.Repeat("abcd", 600)},                // plain: one reading, no bound
 	}
 	for _, tc := range cases {
 		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
@@ -155,6 +157,30 @@ func TestRoute(t *testing.T) {
 			}
 			if err != nil || n.public != tc.public || strings.Join(n.scopes, " ") != tc.scopes {
 				t.Fatalf("got public=%v scopes=%q (%v), want public=%v scopes=%q", n.public, n.scopes, err, tc.public, tc.scopes)
+			}
+		})
+	}
+}
+
+// BenchmarkRoute measures what deciding a request's rules costs: a plain
+// path (one reading), and the worst a client can ask for, a path of
+// maxReadPath bytes with every feature that multiplies the readings.
+func BenchmarkRoute(b *testing.B) {
+	rt, err := newRouter([]string{"/public/"}, []string{"/admin/=admin", "GET /reports/=reports:read"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	crafted := "/public/..;%2F%252e/" + strings.Repeat("a;b//./%41/", maxReadPath/11)
+	crafted = crafted[:maxReadPath]
+	for _, bc := range []struct{ name, target string }{
+		{"plain", "/reports/2024/q1"},
+		{"crafted-2KiB", crafted},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			req := httptest.NewRequest("GET", "http://example.com"+bc.target, nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				rt.route(req)
 			}
 		})
 	}
