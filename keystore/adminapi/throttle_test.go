@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
-	"github.com/keygate/keygate/internal/testclock"
-	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
 )
 
@@ -19,26 +17,12 @@ import (
 // of its own, X-Forwarded-For is believed from trusted proxies only, and
 // the budget refills with time.
 func TestAdminAuthThrottle(t *testing.T) {
-	_, rdb := redistest.Mini(t)
-	clock := testclock.New()
-	store, err := keystore.New(rdb, keystore.Options{Now: clock.Now, LastUsedFlush: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	verifier, err := keystore.NewVerifier(store, keystore.VerifierOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { verifier.Close() })
-	h, err := adminapi.New(adminapi.Options{
-		Store: store, Verifier: verifier, AdminTokens: []string{adminToken},
-		Throttle: adminapi.ThrottleOptions{FailuresPerMinute: 1, Burst: 2, Now: clock.Now,
-			TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}},
+	mr, rdb := redistest.Mini(t)
+	e := newEnvOn(t, mr, rdb, func(e *env, o *adminapi.Options) {
+		o.Throttle = adminapi.ThrottleOptions{FailuresPerMinute: 1, Burst: 2, Now: e.clock.Now,
+			TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, clock := e.h, e.clock
 	call := func(from, auth string, xff ...string) *httptest.ResponseRecorder {
 		t.Helper()
 		r := httptest.NewRequest("GET", "/v1/api_keys", nil)
