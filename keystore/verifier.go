@@ -247,7 +247,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, start time.Time, s
 	if !v.wallClock {
 		now = v.store.now()
 	}
-	prefix := v.store.opts.KeyPrefix
+	prefix := v.store.secretPrefix(secret)
 	var kid keyID
 	var e *cacheEntry
 	if len(secret) == len(prefix)+bodyLen && secret[:len(prefix)] == prefix {
