@@ -142,7 +142,13 @@ func redirected(err error) bool {
 // that the store follows a failover as soon as the cluster has promoted a
 // replica. go-redis coalesces the reloads and spaces them by 200ms.
 func (s *Store) refreshTopology(err error) {
-	if c, ok := s.rdb.(*redis.ClusterClient); ok && err != nil && !errors.Is(err, redis.Nil) {
+	if c, ok := s.rdb.(*redis.ClusterClient); ok && storeFault(err) {
 		c.ReloadState(context.Background())
 	}
+}
+
+// storeFault reports whether err says something about Redis: not a
+// missing key, and not a caller that went away.
+func storeFault(err error) bool {
+	return err != nil && !errors.Is(err, redis.Nil) && !errors.Is(err, context.Canceled)
 }

@@ -21,6 +21,10 @@ type Options struct {
 	// KeyPrefix starts every secret: letters, digits and "_", ending in "_".
 	// Default "ak_".
 	KeyPrefix string
+	// AcceptedKeyPrefixes are earlier KeyPrefix values: secrets issued
+	// under them still verify, and new ones get KeyPrefix. Default none:
+	// changing KeyPrefix alone makes every existing secret malformed.
+	AcceptedKeyPrefixes []string
 	// HashKey, when set, makes digests HMAC-SHA-256 under it instead of
 	// SHA-256. Changing it makes every existing key unverifiable.
 	HashKey []byte
@@ -118,8 +122,10 @@ type Store struct {
 // to stop the background flush of last-used times and flush them a last time.
 func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
 	opts = opts.withDefaults()
-	if !ValidPrefix(opts.KeyPrefix) {
-		return nil, fmt.Errorf("keystore: key prefix %q must be letters, digits and _, ending in _, at most 32 characters", opts.KeyPrefix)
+	for _, p := range append([]string{opts.KeyPrefix}, opts.AcceptedKeyPrefixes...) {
+		if !ValidPrefix(p) {
+			return nil, fmt.Errorf("keystore: key prefix %q must be letters, digits and _, ending in _, at most 32 characters", p)
+		}
 	}
 	m, err := newStoreMetrics(opts.Registerer)
 	if err != nil {
@@ -293,7 +299,7 @@ func (s *Store) load(ctx context.Context, id, op string) (*record, error) {
 // error wrapping [ErrUnavailable] means the answer is unknown. Verify costs
 // one Redis round trip.
 func (s *Store) Verify(ctx context.Context, secret string) (*APIKey, error) {
-	idHex, err := parseSecret(s.opts.KeyPrefix, secret)
+	idHex, err := parseSecret(s.secretPrefix(secret), secret)
 	if err != nil {
 		return nil, err
 	}
@@ -302,6 +308,24 @@ func (s *Store) Verify(ctx context.Context, secret string) (*APIKey, error) {
 		return nil, err
 	}
 	return s.decide(rec.key, rec.digest, secret, s.now())
+}
+
+// secretPrefix returns the prefix secret was issued under: KeyPrefix or
+// one of AcceptedKeyPrefixes, told apart by the secret's length. It
+// returns KeyPrefix for a secret under neither, which parsing then finds
+// malformed.
+func (s *Store) secretPrefix(secret string) string {
+	p := s.opts.KeyPrefix
+	n := len(secret) - bodyLen
+	if n <= 0 || n == len(p) && secret[:n] == p || len(s.opts.AcceptedKeyPrefixes) == 0 {
+		return p
+	}
+	for _, a := range s.opts.AcceptedKeyPrefixes {
+		if len(a) == n && secret[:n] == a {
+			return a
+		}
+	}
+	return p
 }
 
 // decide checks secret against a key's record at now and records the use
@@ -714,10 +738,14 @@ func (s *Store) change(ctx context.Context, id, op, doing string, write func() e
 }
 
 // unavailable counts a failed Redis operation under op and wraps err so
-// that errors.Is(err, ErrUnavailable) holds.
+// that errors.Is(err, ErrUnavailable) holds. A caller that went away
+// (context.Canceled) says nothing about Redis: it is neither counted nor
+// a reason to reload a Cluster's slot map.
 func (s *Store) unavailable(op, doing string, err error) error {
-	s.metrics.errors.WithLabelValues(op).Inc()
-	s.refreshTopology(err)
+	if storeFault(err) {
+		s.metrics.errors.WithLabelValues(op).Inc()
+		s.refreshTopology(err)
+	}
 	return unavailable(doing, err)
 }
 

@@ -292,7 +292,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 	}
 
 	// The record: from the cache when the digest matches, else from Redis.
-	prefix := v.store.opts.KeyPrefix
+	prefix := v.store.secretPrefix(secret)
 	var kid keyID
 	var e *cacheEntry
 	if len(secret) == len(prefix)+bodyLen && secret[:len(prefix)] == prefix {

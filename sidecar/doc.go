@@ -30,7 +30,12 @@
 // prefix locations do: "/docs" also matches "/docs-internal", "/docs/"
 // does not. The longest matching prefix decides; on a tie a
 // method-specific rule wins over an any-method one, and a scope rule over a
-// public one.
+// public one. So that an upstream's routing cannot outflank them, scope
+// rules compare case-insensitively and a rule for "/admin/" also covers
+// "/admin"; public prefixes compare exactly. A request needs what every
+// reading of its path needs (as sent or decoded, with or without ";"
+// parameters, merged slashes and resolved dot segments), and is refused
+// with 400 when the decoder would change that.
 //
 // Configuration for nginx (the one the tests run), Traefik, Caddy and
 // Envoy is in deploy/forward-auth/.

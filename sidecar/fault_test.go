@@ -35,7 +35,7 @@ import (
 	"github.com/keygate/keygate/sidecar"
 )
 
-const faultAdminToken = "fault-admin-token"
+const faultAdminToken = "fault-admin-token-0123456789abcdef"
 
 // faultClient is a Redis client as keygate builds one (cmd/keygate's
 // failFast): one retry, 1 s dial, read and write timeouts.

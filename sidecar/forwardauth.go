@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/middleware"
 )
@@ -83,6 +84,7 @@ func NewForwardAuth(v *keystore.Verifier, opts ForwardAuthOptions) (http.Handler
 }
 
 func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = apierror.WithRequestID(w, r)
 	method, uri := originalRequest(r)
 	scopes := requiredScopes(r)
 	key, err := fa.verifier.Verify(r.Context(), fa.key(r, uri), keystore.SourceForwardAuth, scopes...)
@@ -90,7 +92,7 @@ func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	path := logPath(uri) // the query may carry a key
 	if err != nil {
-		if errors.Is(err, keystore.ErrUnavailable) {
+		if errors.Is(err, keystore.ErrUnavailable) && !clientGone(r, err) {
 			fa.log.ErrorContext(r.Context(), "forward-auth: key store unavailable", "method", method, "uri", path, "err", err)
 		} else {
 			fa.log.DebugContext(r.Context(), "forward-auth: refused", "method", method, "uri", path, "outcome", keystore.Outcome(err))

@@ -25,19 +25,55 @@ const (
 // separated.
 const HeaderRequiredScopes = "X-Required-Scopes"
 
-// identityPrefix starts every identity header, and every header that a
-// client must never be able to send upstream.
-const identityPrefix = "X-Api-Key-"
-
-// stripIdentity removes every header whose name starts with X-Api-Key-,
-// compared case-insensitively. X-Api-Key itself, a credential header, is
-// not matched.
-func stripIdentity(h http.Header) {
-	for name := range h {
-		if len(name) > len(identityPrefix) && strings.EqualFold(name[:len(identityPrefix)], identityPrefix) {
-			delete(h, name)
+// spoofable reports whether a header of this name, sent by a client, must
+// never reach the upstream: an identity header (X-Api-Key-*), a
+// forwarding header (X-Forwarded-*, Forwarded, X-Real-Ip, True-Client-Ip),
+// or a header with which some frameworks replace the path they route
+// (X-Original-Url, X-Rewrite-Url). Names are compared with "_" read as
+// "-" and case folded, as CGI, WSGI and Rack read them: X_Api_Key_Subject
+// reaches such an application as X-Api-Key-Subject. X-Api-Key itself, a
+// credential header, does not match.
+func spoofable(name string) bool {
+	for _, p := range spoofablePrefixes {
+		if len(name) > len(p) && headerNameIs(name[:len(p)], p) {
+			return true
 		}
 	}
+	for _, n := range spoofableNames {
+		if headerNameIs(name, n) {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	spoofablePrefixes = []string{"X-Api-Key-", "X-Forwarded-"}
+	spoofableNames    = []string{"Forwarded", "X-Real-Ip", "True-Client-Ip", "X-Original-Url", "X-Rewrite-Url"}
+)
+
+// headerNameIs reports whether the header names a and b are the same when
+// case is folded and "_" is read as "-".
+func headerNameIs(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if foldHeaderByte(a[i]) != foldHeaderByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func foldHeaderByte(c byte) byte {
+	switch {
+	case c == '_':
+		return '-'
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // setIdentity sets the identity headers of key on h, replacing any value

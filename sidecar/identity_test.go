@@ -8,19 +8,33 @@ import (
 	"github.com/keygate/keygate/keystore"
 )
 
-func TestStripIdentity(t *testing.T) {
-	h := http.Header{
-		"X-Api-Key-Subject": {"spoof"},
-		"x-api-key-id":      {"spoof"}, // not canonical: a map key set by hand
-		"X-API-KEY-CLAIMS":  {"spoof"},
-		"X-Api-Key-Future":  {"spoof"},
-		"X-Api-Key":         {"credential"}, // the credential header is not an identity header
-		"X-Api-Keys":        {"other"},
-		"Authorization":     {"Bearer x"},
+func TestSpoofable(t *testing.T) {
+	cases := map[string]bool{
+		"X-Api-Key-Subject":    true,
+		"x-api-key-id":         true,
+		"X-API-KEY-CLAIMS":     true,
+		"X_Api_Key_Scopes":     true,
+		"x_api-key_NAME":       true,
+		"X-Api-Key-Future":     true,
+		"X-Forwarded-For":      true,
+		"x_forwarded_host":     true,
+		"X-Forwarded-Anything": true,
+		"Forwarded":            true,
+		"X_Real_IP":            true,
+		"true-client-ip":       true,
+		"X-Original-URL":       true,
+		"X_Rewrite_Url":        true,
+		"X-Api-Key":            false, // the credential header is not an identity header
+		"X_Api_Key":            false,
+		"X-Api-Keys":           false,
+		"X-Forwarded":          false,
+		"Authorization":        false,
+		"X-Real-Ip-2":          false,
 	}
-	stripIdentity(h)
-	if len(h) != 3 || h.Get("X-Api-Key") != "credential" || h.Get("X-Api-Keys") != "other" || h.Get("Authorization") == "" {
-		t.Fatalf("left %v", h)
+	for name, want := range cases {
+		if got := spoofable(name); got != want {
+			t.Errorf("spoofable(%q) = %v, want %v", name, got, want)
+		}
 	}
 }
 

@@ -8,14 +8,17 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/middleware"
 )
@@ -46,6 +49,11 @@ type ProxyOptions struct {
 	Logger *slog.Logger
 	// Throttle limits failed verifications per client IP. Default: off.
 	Throttle ThrottleOptions
+	// TrustedProxies are the direct peers whose X-Forwarded-For,
+	// X-Forwarded-Host and X-Forwarded-Proto are believed (--trusted-proxies),
+	// for the headers sent upstream and for throttling. Default:
+	// Throttle.TrustedProxies.
+	TrustedProxies []netip.Prefix
 }
 
 func (o ProxyOptions) withDefaults() ProxyOptions {
@@ -70,21 +78,31 @@ type proxy struct {
 	requests *statusCounter
 	log      *slog.Logger
 	throttle *throttler // nil: off
+	trusted  throttle.Proxies
 }
 
 // NewProxy returns the sidecar's reverse proxy (CONTRACT §5). Every request
 // outside a public prefix is verified through v (source sidecar) with the
 // scopes its route requires; a refused one is answered as §3 says with the
 // contract's JSON error, and a verified one is forwarded with its
-// credentials removed, every client-supplied X-Api-Key-* header removed,
-// the identity headers set, and X-Forwarded-For, -Host and -Proto set
-// (X-Forwarded-For to the client's address only: what a client claims is
-// dropped). The upstream sees the Host the client sent. Requests on a
-// public prefix are forwarded as they came, except that X-Api-Key-*
-// headers are removed there too. Rules match the path as the upstream
-// will resolve it (decoded, dot segments and double slashes resolved); a
-// path with a ".." segment that survives that ("..;") is a 400
-// (request_path_invalid). Bodies stream both ways,
+// credentials removed, the identity headers set, and X-Forwarded-For,
+// -Host and -Proto set from what the sidecar knows (the client and the
+// trusted proxies before it, see [ProxyOptions.TrustedProxies]). Every
+// client header the upstream could take for an identity or forwarding
+// header (X-Api-Key-*, X-Forwarded-*, Forwarded,
+// X-Real-Ip, True-Client-Ip, X-Original-Url, X-Rewrite-Url, with "_" read
+// as "-" and in any case) is removed, on public prefixes too; there the
+// request is otherwise forwarded as it came. The upstream sees the Host
+// the client sent, the path as the client sent it, and an X-Request-Id
+// that is also the response's.
+//
+// Rules match every reading an upstream may take of the path (as sent or
+// decoded once, with or without ";" parameters, repeated slashes and dot
+// segments, case-insensitively for scope rules): a
+// request needs the strictest of them, and one whose meaning depends on
+// the decoder (an encoded slash, an escaped escape, a dot segment or ";"
+// that appears only once decoded) is a 400 (request_path_invalid) when
+// that changes what it needs. Bodies stream both ways,
 // and each write of the response is flushed at once, so server-sent events
 // pass. An upstream that cannot be reached is a 502 (code
 // upstream_unavailable); one that accepts the connection but sends no
@@ -111,6 +129,10 @@ func NewProxy(v *keystore.Verifier, opts ProxyOptions) (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sidecar: key lookup: %w", err)
 	}
+	throttleOpts := opts.Throttle
+	if len(opts.TrustedProxies) > 0 {
+		throttleOpts.TrustedProxies = opts.TrustedProxies
+	}
 	rt, err := newRouter(opts.Public, opts.RequireScopes)
 	if err != nil {
 		return nil, fmt.Errorf("sidecar: %w", err)
@@ -123,7 +145,8 @@ func NewProxy(v *keystore.Verifier, opts ProxyOptions) (http.Handler, error) {
 		router:   rt,
 		upstream: u,
 		log:      opts.Logger,
-		throttle: newThrottler(opts.Throttle, opts.Logger),
+		throttle: newThrottler(throttleOpts, opts.Logger),
+		trusted:  throttle.Proxies(throttleOpts.TrustedProxies),
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:       p.rewrite,
@@ -132,6 +155,8 @@ func NewProxy(v *keystore.Verifier, opts ProxyOptions) (http.Handler, error) {
 		BufferPool:    bufferPool{},
 		ErrorHandler:  p.upstreamError,
 		ModifyResponse: func(resp *http.Response) error {
+			// The response already carries the request's ID (ServeHTTP).
+			resp.Header.Del(apierror.HeaderRequestID)
 			p.requests.inc(resp.StatusCode)
 			return nil
 		},
@@ -158,25 +183,24 @@ func NewProxy(v *keystore.Verifier, opts ProxyOptions) (http.Handler, error) {
 type proxyKeyContextKey struct{}
 
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	routed, publicOK, ok := routePath(r)
-	if !ok {
+	r = apierror.WithRequestID(w, r)
+	n, err := p.router.route(r)
+	if err != nil {
 		p.requests.inc(http.StatusBadRequest)
 		closeUnread(w, r)
 		apierror.Write(w, apierror.RequestID(r), &apierror.Error{
-			Status: http.StatusBadRequest, Code: "request_path_invalid",
-			LongMessage: "the request path has a dot-dot segment that cannot be resolved",
+			Status: http.StatusBadRequest, Code: "request_path_invalid", LongMessage: err.Error(),
 		})
 		return
 	}
-	public, scopes := p.router.match(r.Method, routed, publicOK)
-	if public {
+	if n.public {
 		p.rp.ServeHTTP(w, r)
 		return
 	}
-	key, err := p.verifier.Verify(r.Context(), p.lookup.Key(r), keystore.SourceSidecar, scopes...)
+	key, err := p.verifier.Verify(r.Context(), p.lookup.Key(r), keystore.SourceSidecar, n.scopes...)
 	if err != nil {
-		if errors.Is(err, keystore.ErrUnavailable) {
-			p.log.ErrorContext(r.Context(), "sidecar: key store unavailable", "method", r.Method, "path", routed, "err", err)
+		if errors.Is(err, keystore.ErrUnavailable) && !clientGone(r, err) {
+			p.log.ErrorContext(r.Context(), "sidecar: key store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		closeUnread(w, r)
 		if p.throttle.deny(w, r, err) {
@@ -190,20 +214,31 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), proxyKeyContextKey{}, key)))
 }
 
+// clientGone reports whether err came from the client going away rather
+// than from the store.
+func clientGone(r *http.Request, err error) bool {
+	return errors.Is(err, context.Canceled) && r.Context().Err() != nil
+}
+
 // rewrite builds the outbound request. Out starts as a copy of In without
-// hop-by-hop and X-Forwarded-* headers.
+// hop-by-hop headers and without X-Forwarded-For, -Host, -Proto and
+// Forwarded in their usual spelling; every other spelling, and every
+// header the upstream could take for keygate's or a proxy's, is removed
+// here.
 func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 	host := pr.In.Host
 	pr.SetURL(p.upstream)
 	pr.Out.Host = host // the upstream sees the Host the client asked for
-	pr.SetXForwarded()
-	stripIdentity(pr.Out.Header)
 	key, _ := pr.In.Context().Value(proxyKeyContextKey{}).(*keystore.APIKey)
+	for name := range pr.Out.Header {
+		if spoofable(name) || (key != nil && p.credential(name)) {
+			delete(pr.Out.Header, name)
+		}
+	}
+	p.setForwarded(pr)
+	pr.Out.Header.Set(apierror.HeaderRequestID, apierror.RequestID(pr.In))
 	if key == nil { // a public prefix
 		return
-	}
-	for _, h := range p.headers {
-		delete(pr.Out.Header, h) // canonical already: ParseKeyLookup made them so
 	}
 	if len(p.params) > 0 && pr.Out.URL.RawQuery != "" {
 		q := pr.Out.URL.Query()
@@ -219,6 +254,62 @@ func (p *proxy) rewrite(pr *httputil.ProxyRequest) {
 		}
 	}
 	setIdentity(pr.Out.Header, key)
+}
+
+// credential reports whether name, read as [spoofable] reads names, is
+// one of the headers that carry the key.
+func (p *proxy) credential(name string) bool {
+	for _, h := range p.headers {
+		if headerNameIs(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// setForwarded sets X-Forwarded-For, -Host and -Proto from what keygate
+// knows: the client and the proxies between it and the sidecar, as far as
+// the trusted proxies vouch for them, and the Host and scheme of the
+// request, or those a trusted proxy reported.
+func (p *proxy) setForwarded(pr *httputil.ProxyRequest) {
+	in, h := pr.In, pr.Out.Header
+	chain := p.trusted.Chain(in)
+	if len(chain) > 0 && chain[0].IsValid() {
+		hops := make([]string, len(chain))
+		for i, a := range chain {
+			hops[len(chain)-1-i] = a.String()
+		}
+		h["X-Forwarded-For"] = []string{strings.Join(hops, ", ")}
+	}
+	host, proto := in.Host, "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	if len(chain) > 0 && p.trusted.Contains(chain[0]) {
+		if v := in.Header.Get("X-Forwarded-Proto"); v == "http" || v == "https" {
+			proto = v
+		}
+		if v := in.Header.Get("X-Forwarded-Host"); v != "" && validHost(v) {
+			host = v
+		}
+	}
+	h["X-Forwarded-Host"] = []string{host}
+	h["X-Forwarded-Proto"] = []string{proto}
+}
+
+// validHost reports whether v can be a host[:port] as a proxy reports it.
+func validHost(v string) bool {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !isAlnumByte(c) && strings.IndexByte(".-:[]_", c) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnumByte(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
 }
 
 // upstreamError answers a request whose upstream round trip failed before

@@ -167,8 +167,9 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		{"longest prefix wins", "DELETE", "/admin/users", bearer(k.full.Secret), 403, "insufficient_scope",
 			`Bearer realm="keygate", error="insufficient_scope", scope="admin"`},
 		{"a public prefix does not cover a dot-dot escape", "GET", "/public/../admin/users", nil, 401, "authentication_invalid", noError},
-		{"a public prefix does not cover an encoded slash", "GET", "/public%2F..%2Fadmin/users", nil, 401, "authentication_invalid", noError},
-		{"a dot-dot segment that survives cleaning", "GET", "/x/..;/admin/users", bearer(k.full.Secret), 400, "request_path_invalid", ""},
+		{"a path that decoders read differently", "GET", "/public%2F..%2Fadmin/users", nil, 400, "request_path_invalid", ""},
+		{"a dot-dot segment with a parameter", "GET", "/x/..;/admin/users", bearer(k.full.Secret), 403, "insufficient_scope",
+			`Bearer realm="keygate", error="insufficient_scope", scope="admin"`},
 	}
 	for _, tc := range denied {
 		t.Run("denied/"+tc.name, func(t *testing.T) {

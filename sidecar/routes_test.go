@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -92,42 +93,94 @@ func TestRouterMatch(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
-			public, scopes := rt.match(tc.method, tc.path, true)
-			if public != tc.public || strings.Join(scopes, " ") != tc.scopes {
-				t.Fatalf("got public=%v scopes=%q, want public=%v scopes=%q", public, scopes, tc.public, tc.scopes)
+			n, err := rt.route(httptest.NewRequest(tc.method, tc.path, nil))
+			if err != nil || n.public != tc.public || strings.Join(n.scopes, " ") != tc.scopes {
+				t.Fatalf("got public=%v scopes=%q (%v), want public=%v scopes=%q", n.public, n.scopes, err, tc.public, tc.scopes)
 			}
 		})
 	}
-	if public, _ := rt.match("GET", "/public/x", false); public {
-		t.Fatal("a public rule applied to a path that is not public-eligible")
+}
+
+// TestRoute checks what route makes of paths that upstreams read in
+// different ways; TestProxyPathForms sends such paths through the proxy
+// to upstreams that read them those ways.
+func TestRoute(t *testing.T) {
+	rt, err := newRouter([]string{"/public/"}, []string{"/admin/=admin", "GET /files=files:read"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		method, target string
+		header         http.Header
+		public         bool
+		scopes         string
+		refused        bool
+	}{
+		{method: "GET", target: "/public/x", public: true},
+		{method: "GET", target: "/public/%41", public: true},
+		{method: "GET", target: "/PUBLIC/x"},                           // public only as written
+		{method: "GET", target: "/%70ublic/x"},                         // an upstream may route the encoded form
+		{method: "GET", target: "/public/../admin/x", scopes: "admin"}, // resolved, or not: the stricter
+		{method: "GET", target: "/public/..;/admin/x", scopes: "admin"},
+		{method: "GET", target: "/public//../admin/x", scopes: "admin"},
+		{method: "GET", target: "/ADMIN/x", scopes: "admin"},
+		{method: "GET", target: "/admin", scopes: "admin"}, // "/admin/" covers "/admin"
+		{method: "GET", target: "/admin;a=b/x", scopes: "admin"},
+		{method: "GET", target: "/%61dmin/x", scopes: "admin"},
+		{method: "GET", target: "/adm%C4%B1n/x", scopes: "admin"}, // dotless i
+		{method: "GET", target: "/%E2%84%AAey/x"},                 // the Kelvin sign folds to k: no rule here
+		{method: "GET", target: "/x", header: http.Header{"X-Http-Method-Override": {"get"}}, scopes: ""},
+		{method: "POST", target: "/files/1", header: http.Header{"X-Http-Method-Override": {"GET"}}, scopes: "files:read"},
+		{method: "GET", target: "/%2561dmin/x", refused: true},
+		{method: "GET", target: "/admin%2Fx", refused: true},
+		{method: "GET", target: "/public/%2e%2e/admin/x", refused: true},
+		{method: "GET", target: "/public/%252e%252e/admin/x", refused: true},
+		{method: "GET", target: "/public/..%3B/admin/x", refused: true},
+		{method: "GET", target: "/public/x%00/../../admin", refused: true},
+		{method: "GET", target: "/files/a%2Fb", scopes: "files:read"},                  // ambiguous, but every reading needs the same
+		{method: "GET", target: "/docs/a%2Fb/%252e"},                                   // likewise: no rule can apply
+		{method: "GET", target: "/docs/" + strings.Repeat("a%20", 600), refused: true}, // too long to read every way
+		{method: "GET", target: "/docs/" + strings.Repeat("abcd", 600)},                // plain: one reading, no bound
+	}
+	for _, tc := range cases {
+		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, "http://example.com"+tc.target, nil)
+			for k, v := range tc.header {
+				req.Header[k] = v
+			}
+			n, err := rt.route(req)
+			if tc.refused {
+				if err == nil {
+					t.Fatalf("got public=%v scopes=%q, want the path refused", n.public, n.scopes)
+				}
+				return
+			}
+			if err != nil || n.public != tc.public || strings.Join(n.scopes, " ") != tc.scopes {
+				t.Fatalf("got public=%v scopes=%q (%v), want public=%v scopes=%q", n.public, n.scopes, err, tc.public, tc.scopes)
+			}
+		})
 	}
 }
 
-func TestRoutePath(t *testing.T) {
-	cases := []struct {
-		target   string
-		want     string
-		publicOK bool
-		ok       bool
-	}{
-		{"/public/x", "/public/x", true, true},
-		{"/public/x/", "/public/x/", true, true},
-		{"/public/../admin", "/admin", false, true},
-		{"/public//admin", "/public/admin", false, true},
-		{"/public/./x", "/public/x", false, true},
-		{`/public\..\admin`, "/admin", false, true},
-		{"/public%2F..%2Fadmin", "/admin", false, true},
-		{"/public%2fx", "/public/x", false, true},
-		{"/%70ublic/x", "/public/x", true, true}, // decoded as upstreams decode it
-		{"/public/..;/admin", "/public/..;/admin", false, false},
-		{"/../../etc/passwd", "/etc/passwd", false, true},
+// BenchmarkRoute measures what deciding a request's rules costs: a plain
+// path (one reading), and the worst a client can ask for, a path of
+// maxReadPath bytes with every feature that multiplies the readings.
+func BenchmarkRoute(b *testing.B) {
+	rt, err := newRouter([]string{"/public/"}, []string{"/admin/=admin", "GET /reports/=reports:read"})
+	if err != nil {
+		b.Fatal(err)
 	}
-	for _, tc := range cases {
-		t.Run(tc.target, func(t *testing.T) {
-			req := httptest.NewRequest("GET", "http://example.com"+tc.target, nil)
-			got, publicOK, ok := routePath(req)
-			if got != tc.want || publicOK != tc.publicOK || ok != tc.ok {
-				t.Fatalf("got %q publicOK=%v ok=%v, want %q %v %v", got, publicOK, ok, tc.want, tc.publicOK, tc.ok)
+	crafted := "/public/..;%2F%252e/" + strings.Repeat("a;b//./%41/", maxReadPath/11)
+	crafted = crafted[:maxReadPath]
+	for _, bc := range []struct{ name, target string }{
+		{"plain", "/reports/2024/q1"},
+		{"crafted-2KiB", crafted},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			req := httptest.NewRequest("GET", "http://example.com"+bc.target, nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				rt.route(req)
 			}
 		})
 	}

@@ -4,7 +4,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"time"
 
 	"github.com/keygate/keygate/internal/apierror"
@@ -80,14 +79,10 @@ func (t *throttler) deny(w http.ResponseWriter, r *http.Request, err error) bool
 	if ok {
 		return false
 	}
-	retry := throttle.RetryAfter(wait)
+	e := throttle.TooManyRequests(wait, "failed verifications")
 	t.log.DebugContext(r.Context(), "throttled a client over its budget of failed verifications",
-		"client", client.String(), "retry_after", retry)
-	apierror.Write(w, apierror.RequestID(r), &apierror.Error{
-		Status: http.StatusTooManyRequests, Code: "too_many_requests", Message: "too many requests",
-		LongMessage: "too many failed verifications from this address; retry after " + strconv.Itoa(retry) + "s",
-		RetryAfter:  retry,
-	})
+		"client", client.String(), "retry_after", e.RetryAfter)
+	apierror.Write(w, apierror.RequestID(r), e)
 	return true
 }
 

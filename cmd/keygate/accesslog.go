@@ -9,6 +9,15 @@ import (
 	"github.com/keygate/keygate/internal/apierror"
 )
 
+// withRequestID gives every request its one ID before h sees it: the same
+// in the X-Request-Id response header, in an error's clerk_trace_id and in
+// every log line about the request.
+func withRequestID(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, apierror.WithRequestID(w, r))
+	})
+}
+
 // accessLog logs one debug line per request: method, path, status,
 // duration and request ID. Never the query string or a header: either may
 // carry a key.

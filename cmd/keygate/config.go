@@ -30,6 +30,7 @@ type storeConfig struct {
 
 	namespace         string
 	keyPrefix         string
+	keyPrefixes       string // --key-prefixes-accepted
 	hashKey           string
 	cacheTTL          time.Duration
 	cacheMaxBytes     int64
@@ -53,6 +54,7 @@ func (c *storeConfig) register(fs *flagSet) {
 	fs.StringVar(&c.dataDir, "data-dir", "./keygate-data", "where the embedded store (used when no Redis is configured) keeps its data")
 	fs.StringVar(&c.namespace, "namespace", "keygate", "prefix of every Redis key and channel")
 	fs.StringVar(&c.keyPrefix, "key-prefix", "ak_", "prefix of every secret: letters, digits and _, ending in _")
+	fs.StringVar(&c.keyPrefixes, "key-prefixes-accepted", "", "comma-separated earlier --key-prefix values whose secrets still verify (new keys get --key-prefix)")
 	fs.StringVar(&c.hashKey, "hash-key", "", "HMAC key for secret digests (default: plain SHA-256)")
 	fs.DurationVar(&c.cacheTTL, "cache-ttl", 30*time.Second, "longest a verified key is served from memory; 0 reads Redis on every verification")
 	fs.Int64Var(&c.cacheMaxBytes, "cache-max-bytes", 64<<20, "most memory, in bytes, the verifier's cache keeps alive (estimated per record)")
@@ -90,6 +92,8 @@ func (c *storeConfig) check() error {
 		return usagef("--subscription-stale must be positive")
 	case !keystore.ValidPrefix(c.keyPrefix):
 		return usagef("--key-prefix %q must be letters, digits and _, ending in _, at most 32 characters", c.keyPrefix)
+	case c.badAcceptedPrefix() != "":
+		return usagef("--key-prefixes-accepted: %q must be letters, digits and _, ending in _, at most 32 characters", c.badAcceptedPrefix())
 	case c.logFormat != "json" && c.logFormat != "text":
 		return usagef("--log-format must be json or text, not %q", c.logFormat)
 	}
@@ -103,6 +107,17 @@ func (c *storeConfig) check() error {
 		return usagef("--log-level must be debug, info, warn or error, not %q", c.logLevel)
 	}
 	return nil
+}
+
+// badAcceptedPrefix returns the first entry of --key-prefixes-accepted
+// that cannot be a prefix, or "".
+func (c *storeConfig) badAcceptedPrefix() string {
+	for _, p := range splitList(c.keyPrefixes) {
+		if !keystore.ValidPrefix(p) {
+			return p
+		}
+	}
+	return ""
 }
 
 // redactURL keeps a Redis URL's password out of an error message.
@@ -169,13 +184,14 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 		return nil, usagef("no Redis configured: set --redis-url or --redis-addrs")
 	}
 	store, err := keystore.New(b.rdb, keystore.Options{
-		Namespace:     c.namespace,
-		KeyPrefix:     c.keyPrefix,
-		HashKey:       []byte(c.hashKey),
-		LastUsedFlush: c.lastUsedFlush,
-		ReplicaWait:   c.replicaWait,
-		Logger:        logger,
-		Registerer:    b.registry,
+		Namespace:           c.namespace,
+		KeyPrefix:           c.keyPrefix,
+		AcceptedKeyPrefixes: splitList(c.keyPrefixes),
+		HashKey:             []byte(c.hashKey),
+		LastUsedFlush:       c.lastUsedFlush,
+		ReplicaWait:         c.replicaWait,
+		Logger:              logger,
+		Registerer:          b.registry,
 	})
 	if err != nil {
 		b.Close()

@@ -258,7 +258,7 @@ func TestWalkthroughRedisWithSidecar(t *testing.T) {
 
 	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	base := "http://" + addr
-	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=admintok", "KEYGATE_ADMIN_TOKEN=admintok", "KEYGATE_URL=" + base}
+	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=admintok-of-thirty-two-characters-0", "KEYGATE_ADMIN_TOKEN=admintok-of-thirty-two-characters-0", "KEYGATE_URL=" + base}
 	serve := start(t, env, base+"/readyz", "serve", "--listen", addr)
 	side := start(t, env, "http://"+opsAddr+"/readyz", "sidecar", "--upstream", upstream.URL, "--listen", proxyAddr, "--ops-listen", opsAddr)
 

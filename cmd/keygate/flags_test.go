@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -35,6 +37,10 @@ func TestBadConfigurationIsOneLine(t *testing.T) {
 		{"cluster without addrs", []string{"serve", "--redis-cluster"}, env(), "--redis-cluster"},
 		{"bad key prefix", []string{"serve", "--key-prefix", "ak-", "--data-dir", "@tmp"}, env(), "--key-prefix"},
 		{"redis without tokens", []string{"serve", "--redis-url", "redis://127.0.0.1:1"}, env(), "--admin-tokens"},
+		{"short admin token", []string{"serve", "--redis-url", "redis://127.0.0.1:1"}, env("KEYGATE_ADMIN_TOKENS", "kg-admin-"+strings.Repeat("a", 32)+","+strings.Repeat("s", 31)),
+			"--admin-tokens (KEYGATE_ADMIN_TOKENS): admin token 2 has 31 characters; each needs at least 32"},
+		{"short saved admin token", []string{"serve", "--data-dir", "@short-token"}, env(), "admin-token: admin token 1 has 5 characters"},
+		{"bad accepted key prefix", []string{"serve", "--key-prefixes-accepted", "ak_,old-", "--data-dir", "@tmp"}, env(), "--key-prefixes-accepted"},
 		{"unknown flag", []string{"serve", "--nope"}, env(), "nope"},
 		{"sidecar without upstream", []string{"sidecar", "--redis-url", "redis://127.0.0.1:1"}, env(), "--upstream"},
 		{"sidecar bad upstream", []string{"sidecar", "--upstream", "ftp://x", "--redis-url", "redis://127.0.0.1:1"}, env(), "--upstream"},
@@ -46,8 +52,14 @@ func TestBadConfigurationIsOneLine(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for i, a := range tc.args {
-				if a == "@tmp" {
+				switch a {
+				case "@tmp":
 					tc.args[i] = t.TempDir()
+				case "@short-token":
+					tc.args[i] = t.TempDir()
+					if err := os.WriteFile(filepath.Join(tc.args[i], adminTokenFile), []byte("short\n"), 0o600); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}
 			var stdout, stderr bytes.Buffer

@@ -50,16 +50,15 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	logger := cfg.logger(stderr)
 
 	tokens := splitList(*adminTokens)
+	if err := adminapi.CheckAdminTokens(tokens); err != nil {
+		fmt.Fprintf(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS): %v\n", err)
+		return exitUsage
+	}
 	embedded := cfg.redisURL == "" && cfg.redisAddrs == ""
 	if len(tokens) == 0 && !embedded {
 		fmt.Fprintln(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS) is required with Redis")
 		return exitUsage
 	}
-	b, err := cfg.open(logger, true)
-	if err != nil {
-		return startError(stderr, "keygate serve", err)
-	}
-	defer b.Close()
 	if len(tokens) == 0 {
 		tok, created, err := loadOrCreateAdminToken(cfg.dataDir)
 		if err != nil {
@@ -74,6 +73,11 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		}
 		tokens = []string{tok}
 	}
+	b, err := cfg.open(logger, true)
+	if err != nil {
+		return startError(stderr, "keygate serve", err)
+	}
+	defer b.Close()
 	if err := b.ping(context.Background()); err != nil {
 		logger.Error("Redis does not answer; /readyz reports 503 and verifications fail closed until it does", "err", err)
 	}
@@ -84,6 +88,11 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		AdminTokens: tokens,
 		Logger:      logger,
 		Registerer:  b.registry,
+		Throttle: adminapi.ThrottleOptions{
+			FailuresPerMinute: throttleOpts.FailuresPerMinute,
+			Burst:             throttleOpts.Burst,
+			TrustedProxies:    throttleOpts.TrustedProxies,
+		},
 	})
 	if err != nil {
 		return startError(stderr, "keygate serve", err)
@@ -110,7 +119,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintf(stderr, "keygate serve: --listen %s: %v\n", *listen, err)
 		return exitUsage
 	}
-	srv := withLog(sidecar.NewServer(*listen, mux), logger)
+	srv := withLog(sidecar.NewServer(*listen, withRequestID(mux)), logger)
 	logger.Info("keygate serve listening", "addr", ln.Addr().String(), "version", version)
 	return runServers(logger, b, server{srv, ln})
 }
@@ -194,6 +203,9 @@ func loadOrCreateAdminToken(dir string) (token string, created bool, err error) 
 	b, err := os.ReadFile(path)
 	if err == nil {
 		if tok := strings.TrimSpace(string(b)); tok != "" {
+			if err := adminapi.CheckAdminTokens([]string{tok}); err != nil {
+				return "", false, fmt.Errorf("%s: %w; delete the file to generate a new one", adminTokenFile, err)
+			}
 			return tok, false, nil
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {

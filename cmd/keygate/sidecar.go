@@ -59,13 +59,14 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 	}
 
 	proxy, err := sidecar.NewProxy(b.verifier, sidecar.ProxyOptions{
-		Upstream:      up,
-		KeyLookup:     *keyLookup,
-		Public:        public,
-		RequireScopes: requireScopes,
-		Logger:        logger,
-		Registerer:    b.registry,
-		Throttle:      throttleOpts,
+		Upstream:       up,
+		KeyLookup:      *keyLookup,
+		Public:         public,
+		RequireScopes:  requireScopes,
+		Logger:         logger,
+		Registerer:     b.registry,
+		Throttle:       throttleOpts,
+		TrustedProxies: throttleOpts.TrustedProxies,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "keygate sidecar: %v\n", err)
@@ -82,7 +83,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 		fmt.Fprintf(stderr, "keygate sidecar: --ops-listen %s: %v\n", *opsListen, err)
 		return exitUsage
 	}
-	proxySrv := withLog(sidecar.NewProxyServer(*listen, accessLog(proxy, logger, "sidecar")), logger)
+	proxySrv := withLog(sidecar.NewProxyServer(*listen, withRequestID(accessLog(proxy, logger, "sidecar"))), logger)
 	opsSrv := withLog(sidecar.NewServer(*opsListen, sidecar.NewOps(b.verifier, b.registry)), logger)
 	logger.Info("keygate sidecar listening", "addr", ln.Addr().String(), "ops", opsLn.Addr().String(), "upstream", up.Redacted())
 	return runServers(logger, b, server{proxySrv, ln}, server{opsSrv, opsLn})

@@ -22,13 +22,12 @@ type throttleConfig struct {
 }
 
 func (c *throttleConfig) register(fs *flagSet, forwardAuth bool) {
-	what := "the sidecar"
+	what := "failed verifications a client IP may make per minute before the sidecar answers 429"
 	if forwardAuth {
-		what = "forward-auth (only with --trusted-proxies: every request comes from the proxy)"
+		what = "failed admin tokens, and failed verifications on forward-auth (there only with --trusted-proxies: every request comes from the proxy), a client IP may make per minute before keygate answers 429"
 	}
-	fs.Float64Var(&c.perMinute, "throttle-failures-per-minute", defaultThrottlePerMinute,
-		"failed verifications a client IP may make per minute before "+what+" answers 429; 0 turns throttling off")
-	fs.IntVar(&c.burst, "throttle-burst", defaultThrottleBurst, "failed verifications a client IP may make in a row")
+	fs.Float64Var(&c.perMinute, "throttle-failures-per-minute", defaultThrottlePerMinute, what+"; 0 turns throttling off")
+	fs.IntVar(&c.burst, "throttle-burst", defaultThrottleBurst, "failures a client IP may make in a row")
 	fs.StringVar(&c.trustedProxies, "trusted-proxies", "",
 		"comma-separated CIDRs or IPs of proxies whose X-Forwarded-For names the client (default: none, the direct peer is the client)")
 }

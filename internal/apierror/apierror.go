@@ -9,6 +9,7 @@
 package apierror
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -79,10 +80,34 @@ func Write(w http.ResponseWriter, traceID string, e *Error) {
 	})
 }
 
-// RequestID returns the request's X-Request-Id when it is a sane token, else
-// a fresh random one.
+// HeaderRequestID carries a request's ID, in the request (from a client or
+// a proxy, when it is a sane token) and in every response.
+const HeaderRequestID = "X-Request-Id"
+
+type requestIDKey struct{}
+
+// WithRequestID gives r its one request ID, unless it has one already:
+// the X-Request-Id it came with when that is a sane token, else a fresh
+// random one. The ID is set as the response's X-Request-Id and kept in the
+// returned request's context, where [RequestID] finds it, so that the
+// access log, the error body's clerk_trace_id and the header agree.
+func WithRequestID(w http.ResponseWriter, r *http.Request) *http.Request {
+	if _, ok := r.Context().Value(requestIDKey{}).(string); ok {
+		return r
+	}
+	id := RequestID(r)
+	w.Header().Set(HeaderRequestID, id)
+	return r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
+}
+
+// RequestID returns the ID that [WithRequestID] gave r; for a request that
+// went through no WithRequestID, its X-Request-Id when that is a sane
+// token, else a fresh random one.
 func RequestID(r *http.Request) string {
-	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && printable(id) {
+	if id, ok := r.Context().Value(requestIDKey{}).(string); ok {
+		return id
+	}
+	if id := r.Header.Get(HeaderRequestID); id != "" && len(id) <= 128 && printable(id) {
 		return id
 	}
 	var b [12]byte

@@ -65,34 +65,53 @@ func (p Proxies) Contains(a netip.Addr) bool {
 // r.RemoteAddr is no IP address (a Unix socket): such clients share one
 // budget.
 func (p Proxies) ClientIP(r *http.Request) netip.Addr {
+	var client netip.Addr
+	p.walk(r, func(a netip.Addr) { client = a })
+	return client
+}
+
+// Chain returns the addresses r came through as far as the trusted
+// proxies vouch for them: the direct peer first, then the hops of
+// X-Forwarded-For that [Proxies.ClientIP] reads, the client last. The
+// direct peer is the zero Addr when r.RemoteAddr is no IP address.
+func (p Proxies) Chain(r *http.Request) []netip.Addr {
+	var chain []netip.Addr
+	p.walk(r, func(a netip.Addr) { chain = append(chain, a) })
+	return chain
+}
+
+// walk calls hop with the direct peer and then, while the address just
+// given is a trusted proxy, with each address of X-Forwarded-For from the
+// right, until one is not an address.
+func (p Proxies) walk(r *http.Request, hop func(netip.Addr)) {
 	client := parseHop(r.RemoteAddr)
+	hop(client)
 	if len(p) == 0 || !p.Contains(client) {
-		return client
+		return
 	}
 	values := r.Header.Values("X-Forwarded-For")
 	for i := len(values) - 1; i >= 0; i-- {
 		v := values[i]
 		for v != "" {
-			var hop string
+			var h string
 			if j := strings.LastIndexByte(v, ','); j >= 0 {
-				v, hop = v[:j], v[j+1:]
+				v, h = v[:j], v[j+1:]
 			} else {
-				v, hop = "", v
+				v, h = "", v
 			}
-			if strings.TrimSpace(hop) == "" {
+			if strings.TrimSpace(h) == "" {
 				continue
 			}
-			a := parseHop(hop)
+			a := parseHop(h)
 			if !a.IsValid() {
-				return client
+				return
 			}
-			client = a
+			hop(a)
 			if !p.Contains(a) {
-				return client
+				return
 			}
 		}
 	}
-	return client
 }
 
 // parseHop parses "192.0.2.1", "192.0.2.1:443", "2001:db8::1" or

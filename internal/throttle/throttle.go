@@ -17,9 +17,13 @@ package throttle
 
 import (
 	"math"
+	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/keygate/keygate/internal/apierror"
 )
 
 // DefaultMaxClients is the default bound on the client addresses a
@@ -173,6 +177,18 @@ func Key(a netip.Addr) netip.Addr {
 		return p.Addr()
 	}
 	return a
+}
+
+// TooManyRequests is the answer to a client over its budget: 429
+// too_many_requests, with Retry-After for wait. what names what failed
+// ("failed verifications", "failed authentications").
+func TooManyRequests(wait time.Duration, what string) *apierror.Error {
+	retry := RetryAfter(wait)
+	return &apierror.Error{
+		Status: http.StatusTooManyRequests, Code: "too_many_requests", Message: "too many requests",
+		LongMessage: "too many " + what + " from this address; retry after " + strconv.Itoa(retry) + "s",
+		RetryAfter:  retry,
+	}
 }
 
 // RetryAfter returns the value of a Retry-After header for wait: whole

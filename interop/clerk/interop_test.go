@@ -48,7 +48,7 @@ func TestClerkSDK(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { verifier.Close() })
-	const token = "kg-interop-admin-token-51d0"
+	const token = "kg-interop-admin-token-51d0a9c3e7f2b846"
 	h, err := adminapi.New(adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{token}, Logger: logger})
 	if err != nil {
 		t.Fatal(err)

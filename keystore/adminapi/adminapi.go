@@ -6,17 +6,25 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // MaxBodyBytes is the largest request body the API reads; a larger one is
-// refused with 413 request_body_too_large.
+// refused with 413 request_body_too_large, before any of it is read when
+// its Content-Length says so.
 const MaxBodyBytes = 64 << 10
+
+// MinAdminTokenLen is the fewest characters an admin token may have: 32
+// random characters are out of reach of guessing, however many guesses
+// get through the throttle.
+const MinAdminTokenLen = 32
 
 // Options configure the handler [New] returns. Store, Verifier and at least
 // one admin token are required; every other field has a working zero value.
@@ -27,13 +35,38 @@ type Options struct {
 	// the API counts as a use and gives the same answer as every other entry
 	// point. Required; it must be the verifier over Store.
 	Verifier *keystore.Verifier
-	// AdminTokens are the bearer tokens that may call the API. Empty strings
-	// are ignored; at least one token is required.
+	// AdminTokens are the bearer tokens that may call the API, each at
+	// least [MinAdminTokenLen] characters. Empty strings are ignored; at
+	// least one token is required.
 	AdminTokens []string
 	// Logger receives one line per request. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives keygate_admin_requests_total. Default: none.
 	Registerer prometheus.Registerer
+	// Throttle limits failed authentications per client IP. Default: off.
+	Throttle ThrottleOptions
+}
+
+// ThrottleOptions configure the throttling of failed authentications (an
+// Authorization header without a right admin token) per client IP
+// address. The zero value throttles nothing.
+//
+// A client whose failures exceed its budget gets 429 too_many_requests
+// with Retry-After instead of 401, until the budget refills. A request
+// with a right token is never throttled, whoever shares its address, and
+// a request without an Authorization header counts for nothing.
+type ThrottleOptions struct {
+	// FailuresPerMinute is how fast a client's budget refills. Zero
+	// disables throttling.
+	FailuresPerMinute float64
+	// Burst is how many failures a client may make in a row. Default:
+	// FailuresPerMinute.
+	Burst int
+	// TrustedProxies are the direct peers whose X-Forwarded-For names the
+	// client; from any other peer the header is ignored.
+	TrustedProxies []netip.Prefix
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
 }
 
 func (o Options) withDefaults() Options {
@@ -54,6 +87,9 @@ func New(opts Options) (http.Handler, error) {
 	if opts.Verifier == nil {
 		return nil, errors.New("adminapi: Options.Verifier is required")
 	}
+	if err := CheckAdminTokens(opts.AdminTokens); err != nil {
+		return nil, fmt.Errorf("adminapi: %w", err)
+	}
 	tokens := newTokenSet(opts.AdminTokens)
 	if tokens.empty() {
 		return nil, errors.New("adminapi: at least one non-empty admin token is required")
@@ -68,6 +104,12 @@ func New(opts Options) (http.Handler, error) {
 		tokens:   tokens,
 		log:      opts.Logger,
 		metrics:  m,
+		limiter: throttle.New(throttle.Config{
+			FailuresPerMinute: opts.Throttle.FailuresPerMinute,
+			Burst:             opts.Throttle.Burst,
+			Now:               opts.Throttle.Now,
+		}),
+		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
 	}, nil
 }
 
@@ -77,6 +119,8 @@ type handler struct {
 	tokens   tokenSet
 	log      *slog.Logger
 	metrics  *metrics
+	limiter  *throttle.Limiter // failed authentications; nil: off
+	proxies  throttle.Proxies
 }
 
 // call is one request on its way through the handler.
@@ -167,8 +211,9 @@ func match(path string) (*route, string) {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r = apierror.WithRequestID(w, r)
 	traceID := apierror.RequestID(r)
-	w.Header().Set("X-Request-Id", traceID)
+	reqBody := r.Body // as the server gave it, for linger
 
 	rt, id := match(r.URL.Path)
 	label := "unmatched"
@@ -196,7 +241,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="keygate"`)
 		}
+		if status == http.StatusRequestEntityTooLarge {
+			w.Header().Set("Connection", "close")
+		}
 		apierror.Write(w, traceID, apiErr)
+		if status == http.StatusRequestEntityTooLarge {
+			linger(w, r, reqBody)
+		}
 	} else {
 		writeJSON(w, append(body, '\n'))
 	}
@@ -209,6 +260,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *handler) dispatch(w http.ResponseWriter, c *call, rt *route, op operation) (any, error) {
 	switch {
 	case !h.tokens.authorized(c.r.Header.Get("Authorization")):
+		if c.r.Header.Get("Authorization") != "" {
+			if ok, wait := h.limiter.Fail(h.proxies.ClientIP(c.r)); !ok {
+				return nil, throttle.TooManyRequests(wait, "failed authentications")
+			}
+		}
 		return nil, errUnauthenticated
 	case rt == nil:
 		return nil, &apierror.Error{Status: http.StatusNotFound, Code: "resource_not_found", Message: "not found",

@@ -341,6 +341,8 @@ func TestLifecycleOnRedisServer(t *testing.T) {
 	}
 }
 
+// TestNewRefusesIncompleteOptions also covers short admin tokens: one
+// under 32 characters is refused, named by its place, never shown.
 func TestNewRefusesIncompleteOptions(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1})
@@ -358,10 +360,14 @@ func TestNewRefusesIncompleteOptions(t *testing.T) {
 		opts adminapi.Options
 		want string
 	}{
-		{"no store", adminapi.Options{Verifier: verifier, AdminTokens: []string{"t"}}, "Store"},
-		{"no verifier", adminapi.Options{Store: store, AdminTokens: []string{"t"}}, "Verifier"},
+		{"no store", adminapi.Options{Verifier: verifier, AdminTokens: []string{adminToken}}, "Store"},
+		{"no verifier", adminapi.Options{Store: store, AdminTokens: []string{adminToken}}, "Verifier"},
 		{"no tokens", adminapi.Options{Store: store, Verifier: verifier}, "token"},
 		{"only empty tokens", adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{"", ""}}, "token"},
+		{"a short token", adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{adminToken, "", strings.Repeat("x", 31)}},
+			"admin token 2 has 31 characters; each needs at least 32"},
+		{"a short token of multibyte characters", adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{strings.Repeat("é", 20)}},
+			"admin token 1 has 20 characters"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -372,7 +378,7 @@ func TestNewRefusesIncompleteOptions(t *testing.T) {
 		})
 	}
 	t.Run("zero-value logger and registerer", func(t *testing.T) {
-		h, err := adminapi.New(adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{"t"}})
+		h, err := adminapi.New(adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{strings.Repeat("x", 32)}})
 		if err != nil || h == nil {
 			t.Fatalf("New = %v, %v", h, err)
 		}

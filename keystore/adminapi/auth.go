@@ -3,8 +3,10 @@ package adminapi
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"fmt"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/keygate/keygate/internal/apierror"
 )
@@ -44,6 +46,22 @@ func (s tokenSet) authorized(header string) bool {
 		match |= subtle.ConstantTimeCompare(d[:], s[i][:])
 	}
 	return match == 1
+}
+
+// CheckAdminTokens reports, without repeating any token, the first
+// non-empty token shorter than [MinAdminTokenLen] characters.
+func CheckAdminTokens(tokens []string) error {
+	n := 0
+	for _, t := range tokens {
+		if t == "" {
+			continue
+		}
+		n++
+		if l := utf8.RuneCountInString(t); l < MinAdminTokenLen {
+			return fmt.Errorf("admin token %d has %d characters; each needs at least %d (openssl rand -hex 32 makes one)", n, l, MinAdminTokenLen)
+		}
+	}
+	return nil
 }
 
 var errUnauthenticated = &apierror.Error{

@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/keygate/keygate/internal/apierror"
@@ -20,13 +21,18 @@ import (
 
 // readBody reads the request body, at most [MaxBodyBytes]. Whatever the
 // Content-Type says, the body is read as JSON; an empty one reads as {}.
+// A body whose Content-Length is over the limit is refused before any of
+// it is read, so that a client that sent Expect: 100-continue is told 413
+// instead of being asked for the body.
 func readBody(r *http.Request) ([]byte, error) {
+	if r.ContentLength > MaxBodyBytes {
+		return nil, errTooLarge
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		return nil, &apierror.Error{Status: http.StatusRequestEntityTooLarge, Code: "request_body_too_large",
-			Message: "request body too large", LongMessage: fmt.Sprintf("the request body must be at most %d bytes", MaxBodyBytes)}
+		return nil, errTooLarge
 	case err != nil:
 		return nil, badBody("", "reading the request body failed", err)
 	case !utf8.Valid(body):
@@ -37,6 +43,33 @@ func readBody(r *http.Request) ([]byte, error) {
 		return []byte("{}"), nil
 	}
 	return body, nil
+}
+
+var errTooLarge = &apierror.Error{Status: http.StatusRequestEntityTooLarge, Code: "request_body_too_large",
+	Message: "request body too large", LongMessage: fmt.Sprintf("the request body must be at most %d bytes", MaxBodyBytes)}
+
+// Bounds of what the handler reads of a body it refused as too large,
+// after its 413 is on the wire: see [linger].
+const (
+	lingerBytes   = 1 << 20
+	lingerTimeout = 2 * time.Second
+)
+
+// linger reads and discards, for at most lingerTimeout and lingerBytes,
+// what the client still sends of a body refused as too large, once the
+// 413 has been flushed. Closing a connection that has unread data makes
+// the kernel reset it, and the reset can destroy the 413 before the client
+// has read it; a client that reads the answer stops sending, and its
+// remaining bytes are read here. A client that asked Expect: 100-continue
+// and was refused before any read sends no body: nothing is read then.
+func linger(w http.ResponseWriter, r *http.Request, body io.Reader) {
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	if r.ContentLength > MaxBodyBytes && strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		return
+	}
+	_ = rc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	_, _ = io.CopyN(io.Discard, body, lingerBytes)
 }
 
 // decodeBody reads the request body into dst, a pointer to a struct whose
@@ -54,6 +87,9 @@ func decodeBody(r *http.Request, dst any) error {
 		}
 		return badBody("", "the request body must be a JSON object", nil)
 	}
+	if err := checkKeys(body, reflect.TypeOf(dst).Elem()); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
@@ -63,6 +99,87 @@ func decodeBody(r *http.Request, dst any) error {
 		return badBody("", "the request body must hold one JSON object and nothing after it", err)
 	}
 	return nil
+}
+
+// checkKeys refuses a body whose meaning depends on the parser that reads
+// it: an object, at any depth, that holds the same key twice (encoding/json
+// keeps the last, other parsers the first), and at the top a key that is
+// not exactly one of the wire names of body's fields (encoding/json would
+// take "SCOPES" for "scopes"). It reports nothing about JSON it cannot
+// read: decoding it explains that.
+func checkKeys(data []byte, body reflect.Type) error {
+	type frame struct {
+		object    bool
+		expectKey bool
+		keys      map[string]bool
+	}
+	var stack []*frame
+	dec := json.NewDecoder(bytes.NewReader(data))
+	top := "" // the top-level field being read
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		var f *frame
+		if len(stack) > 0 {
+			f = stack[len(stack)-1]
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{', '[':
+				if f != nil && f.object {
+					f.expectKey = true // this value is the member's whole value
+				}
+				stack = append(stack, &frame{object: d == '{', expectKey: d == '{', keys: map[string]bool{}})
+			default:
+				stack = stack[:len(stack)-1]
+				if len(stack) == 0 {
+					return nil
+				}
+			}
+			continue
+		}
+		if f == nil || !f.object || !f.expectKey {
+			if f != nil && f.object {
+				f.expectKey = true
+			}
+			continue
+		}
+		key := tok.(string)
+		f.expectKey = false
+		if len(stack) == 1 {
+			top = key
+			wire, known := wireName(body, key)
+			switch {
+			case f.keys[strings.ToLower(key)]:
+				return badBody(wire, fmt.Sprintf("the field %q appears twice (or twice in different cases)", wire), nil)
+			case known && wire != key:
+				return badBody(key, fmt.Sprintf("unknown field %q (the field is %q: names are case-sensitive)", key, wire), nil)
+			}
+			f.keys[strings.ToLower(key)] = true
+			continue
+		}
+		if f.keys[key] {
+			return badBody(top, fmt.Sprintf("%s holds an object with the key %q twice", top, key), nil)
+		}
+		f.keys[key] = true
+	}
+}
+
+// wireName returns the wire name of the field of struct type t that
+// encoding/json would fill from key, and whether there is one.
+func wireName(t reflect.Type, key string) (string, bool) {
+	if t.Kind() != reflect.Struct {
+		return key, false
+	}
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" && strings.EqualFold(name, key) {
+			return name, true
+		}
+	}
+	return key, false
 }
 
 // decodeError explains a failure to decode into a struct of type body,

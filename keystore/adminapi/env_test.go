@@ -22,8 +22,8 @@ import (
 )
 
 const (
-	adminToken  = "kg-admin-7c1d93e0a4b2f6"
-	otherToken  = "kg-admin-second-0b9e"
+	adminToken  = "kg-admin-7c1d93e0a4b2f6a8e1c05d3b97f4"
+	otherToken  = "kg-admin-second-0b9e6c2a71f83d5e9b04"
 	testSubject = "user_42"
 )
 
@@ -45,7 +45,7 @@ func newEnv(t *testing.T) *env {
 	return newEnvOn(t, mr, rdb)
 }
 
-func newEnvOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client) *env {
+func newEnvOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client, opts ...func(*env, *adminapi.Options)) *env {
 	t.Helper()
 	e := &env{rdb: rdb, mr: mr, clock: testclock.New(),
 		logs: &syncbuf.Buffer{}, registry: prometheus.NewRegistry()}
@@ -60,13 +60,17 @@ func newEnvOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { verifier.Close() })
-	h, err := adminapi.New(adminapi.Options{
+	o := adminapi.Options{
 		Store:       store,
 		Verifier:    verifier,
 		AdminTokens: []string{adminToken, "", otherToken},
 		Logger:      logger,
 		Registerer:  e.registry,
-	})
+	}
+	for _, f := range opts {
+		f(e, &o)
+	}
+	h, err := adminapi.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

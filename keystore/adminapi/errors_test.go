@@ -126,6 +126,16 @@ func errorCases() []errorCase {
 		{"unknown field", `{"name":"n","subject":"s","expires_at":5}`, "expires_at", `unknown field "expires_at"`},
 		{"camelCase field", `{"name":"n","subject":"s","createdBy":"u"}`, "createdBy", "createdBy"},
 		{"invalid UTF-8", "{\"name\":\"n\xff\xfe\",\"subject\":\"s\"}", "", "UTF-8"},
+		// A body that parsers read differently: duplicate keys (encoding/json
+		// keeps the last, others the first) and keys that differ only in case
+		// (encoding/json matches field names case-insensitively).
+		{"a duplicate key", `{"name":"n","subject":"s","scopes":["a"],"scopes":["admin"]}`, "scopes", `the field "scopes" appears twice`},
+		{"keys that differ in case", `{"name":"n","subject":"s","scopes":["a"],"SCOPES":["admin"]}`, "scopes", `the field "scopes" appears twice`},
+		{"the case variant first", `{"Scopes":["admin"],"name":"n","subject":"s","scopes":["a"]}`, "Scopes", `unknown field "Scopes"`},
+		{"a key in another case alone", `{"name":"n","SUBJECT":"s"}`, "SUBJECT", `unknown field "SUBJECT"`},
+		{"a duplicate key, escaped", `{"name":"n","subject":"s","\u0073ubject":"t"}`, "subject", `the field "subject" appears twice`},
+		{"a duplicate key in claims", `{"name":"n","subject":"s","claims":{"role":"user","role":"admin"}}`, "claims", `claims holds an object with the key "role" twice`},
+		{"a duplicate key deep in claims", `{"name":"n","subject":"s","claims":{"a":[{"b":1,"b":2}]}}`, "claims", `key "b" twice`},
 	} {
 		cases = append(cases, errorCase{name: "create " + b.name, method: "POST", path: "/api_keys", body: b.body,
 			status: 400, code: "request_body_invalid", param: b.param, long: b.long})
@@ -140,6 +150,8 @@ func errorCases() []errorCase {
 		{"seconds huge", `{"seconds_until_expiration":1e300}`, "seconds_until_expiration"},
 		{"subject a number", `{"subject":42}`, "subject"},
 		{"invalid UTF-8", "{\"description\":\"\xc3\x28\"}", ""},
+		{"a duplicate key", `{"scopes":["a"],"scopes":["admin"]}`, "scopes"},
+		{"keys that differ in case", `{"description":"a","Description":"b"}`, "description"},
 	} {
 		cases = append(cases, errorCase{name: "update " + b.name, method: "PATCH", path: "/api_keys/{id}", body: b.body,
 			status: 400, code: "request_body_invalid", param: b.param})
@@ -157,6 +169,10 @@ func errorCases() []errorCase {
 			status: 400, code: "request_body_invalid"},
 		errorCase{name: "verify unknown field", method: "POST", path: "/api_keys/verify", body: `{"secret":"{secret}","token":"x"}`,
 			status: 400, code: "request_body_invalid", param: "token"},
+		errorCase{name: "verify a duplicate key", method: "POST", path: "/api_keys/verify", body: `{"secret":"x","secret":"{secret}"}`,
+			status: 400, code: "request_body_invalid", param: "secret"},
+		errorCase{name: "revoke keys that differ in case", method: "POST", path: "/api_keys/{id}/revoke", body: `{"revocation_reason":"a","REVOCATION_REASON":"b"}`,
+			status: 400, code: "request_body_invalid", param: "revocation_reason"},
 	)
 
 	// 404 resource_not_found.

@@ -37,7 +37,7 @@ func exampleHandler() (http.Handler, func()) {
 	h, err := adminapi.New(adminapi.Options{
 		Store:       store,
 		Verifier:    verifier,
-		AdminTokens: []string{"s3cret-admin-token"},
+		AdminTokens: []string{"s3cret-admin-token-of-32-characters"},
 		Logger:      slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -52,7 +52,7 @@ var keyID = regexp.MustCompile(`ak_[0-9a-f]{32}`)
 // status and Content-Type.
 func call(method, url, body string) *http.Response {
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer s3cret-admin-token")
+	req.Header.Set("Authorization", "Bearer s3cret-admin-token-of-32-characters")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		log.Fatal(err)

@@ -22,7 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-const adminToken = "kg-client-test-token-93a1"
+const adminToken = "kg-client-test-token-93a1c7e05b2d9f48"
 
 // served is a request as the server saw it.
 type served struct {

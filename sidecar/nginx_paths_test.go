@@ -1,0 +1,87 @@
+package sidecar
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/keystore"
+)
+
+// TestNginxRemovesSpoofedHeaders sends every identity and forwarding
+// header, in every spelling, through the documented nginx configuration
+// to a location that needs a key and to the public one: none of the
+// client's values reaches the app. nginx drops the names with "_" (its
+// defaults, which the configuration states) and replaces the others.
+func TestNginxRemovesSpoofedHeaders(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	k := e.fixtures(t)
+	keygate := httptest.NewServer(forwardAuthMux(t, e, ForwardAuthOptions{}))
+	t.Cleanup(keygate.Close)
+	app := newUpstream(t)
+	base := startNginx(t, strings.TrimPrefix(keygate.URL, "http://"), strings.TrimPrefix(app.URL, "http://"))
+	c := &http.Client{Timeout: 30 * time.Second}
+
+	throughSpoofed(t, c, base, app, k.full.Secret, func(t *testing.T, verified bool, got http.Header) {
+		if v := got.Get("X-Forwarded-For"); v != "127.0.0.1" {
+			t.Errorf("the app got X-Forwarded-For %q, want nginx's peer alone", v)
+		}
+		if verified && got.Get(HeaderKeySubject) != k.full.Subject {
+			t.Errorf("the app got %s %q", HeaderKeySubject, got.Get(HeaderKeySubject))
+		}
+	})
+}
+
+// TestNginxPathForms sends the path forms of TestProxyPathForms through
+// the documented nginx configuration (whose /reports location needs
+// reports:read and whose /public/ location needs nothing) to an app that
+// routes them as each framework of that test would: no request reaches
+// the reports without the scope, or anything but the public location
+// without a key. nginx refuses more forms than the sidecar (it cannot
+// tell when a form matters), so only the plain forms' statuses are
+// checked.
+func TestNginxPathForms(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	reader := e.create(t, keystore.CreateParams{Scopes: []string{"read"}})
+	scoped := e.create(t, keystore.CreateParams{Scopes: []string{"reports:read"}})
+	keygate := httptest.NewServer(forwardAuthMux(t, e, ForwardAuthOptions{}))
+	t.Cleanup(keygate.Close)
+	app := newRoutingUpstream(t)
+	base := startNginx(t, strings.TrimPrefix(keygate.URL, "http://"), strings.TrimPrefix(app.URL, "http://"))
+	addr := strings.TrimPrefix(base, "http://")
+
+	plain := map[string][3]int{ // no key, reader, scoped
+		"/reports/x":     {401, 403, 200},
+		"/REPORTS/x":     {401, 403, 200},
+		"/reports;a=b/x": {401, 403, 200},
+		"/reports":       {401, 403, 200},
+		"/public/x":      {200, 200, 200},
+		"/app/x":         {401, 200, 200},
+		"/%72eports/x":   {400, 400, 400},
+		"/public/%41":    {400, 400, 400},
+		"/public/x;y=1":  {200, 200, 200},
+	}
+	for _, tc := range pathForms {
+		t.Run(tc.target, func(t *testing.T) {
+			for _, f := range frameworks {
+				statuses := [3]int{}
+				for i, secret := range []string{"", reader.Secret, scoped.Secret} {
+					hdr := http.Header{"X-Test-Framework": {f.name}}
+					if secret != "" {
+						hdr.Set("Authorization", "Bearer "+secret)
+					}
+					statuses[i] = rawGet(t, addr, tc.target, hdr)
+				}
+				if want, ok := plain[tc.target]; ok && statuses != want {
+					t.Errorf("%s: statuses (no key, reader, scoped) %v, want %v", f.name, statuses, want)
+				}
+			}
+		})
+	}
+	t.Logf("%d path forms through nginx, %d requests reached the app, %d bypasses", len(pathForms), len(app.hits), app.bypasses(t))
+}
