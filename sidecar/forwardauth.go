@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/keygate/keygate/internal/apierror"
@@ -86,10 +87,19 @@ func NewForwardAuth(v *keystore.Verifier, opts ForwardAuthOptions) (http.Handler
 func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = apierror.WithRequestID(w, r)
 	method, uri := originalRequest(r)
-	scopes := requiredScopes(r)
-	key, err := fa.verifier.Verify(r.Context(), fa.key(r, uri), keystore.SourceForwardAuth, scopes...)
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
+	cost, ok := requestCost(r)
+	if !ok {
+		fa.log.WarnContext(r.Context(), "forward-auth: bad cost: want ?cost= or X-Keygate-Cost from 1 to 1000000", "method", method, "uri", logPath(uri))
+		apierror.Write(w, apierror.RequestID(r), &apierror.Error{Status: http.StatusForbidden, Code: "request_cost_invalid",
+			LongMessage: "the cost asked of forward-auth (?cost= or X-Keygate-Cost) must be 1 to 1000000"})
+		return
+	}
+	res, err := fa.verifier.Check(r.Context(), keystore.Request{
+		Secret: fa.key(r, uri), Source: keystore.SourceForwardAuth, Scopes: requiredScopes(r), Cost: cost})
+	middleware.SetLimitHeaders(h, res.Limits)
+	key := res.Key
 	path := logPath(uri) // the query may carry a key
 	if err != nil {
 		if errors.Is(err, keystore.ErrUnavailable) && !clientGone(r, err) {
@@ -119,6 +129,21 @@ func (fa *forwardAuth) key(r *http.Request, uri string) string {
 		orig.URL = u
 	}
 	return fa.lookup.Key(orig)
+}
+
+// requestCost returns the cost of ?cost= or X-Keygate-Cost (the query
+// wins), 0 when neither is given, and false when one is not a cost. It is
+// a 403, not a 400: nginx turns a 400 into a 500.
+func requestCost(r *http.Request) (int64, bool) {
+	v := r.URL.Query().Get("cost")
+	if v == "" {
+		v = r.Header.Get("X-Keygate-Cost")
+	}
+	if v == "" {
+		return 0, true
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	return n, err == nil && n >= 1 && n <= keystore.MaxCost
 }
 
 // requiredScopes returns the scopes of ?scopes= and X-Required-Scopes.

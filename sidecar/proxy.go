@@ -40,6 +40,10 @@ type ProxyOptions struct {
 	// each "METHOD /prefix=scope1,scope2"; METHOD "*" or left out means any
 	// method, and a GET rule also covers HEAD. Default none.
 	RequireScopes []string
+	// Cost lists per-route costs (--cost), each "METHOD /prefix=N": what a
+	// request spends of a metered key's rate limits and credits
+	// (docs/usage.md). Default: 1 for every request.
+	Cost []string
 	// Transport carries requests to the upstream. Default [NewTransport]().
 	Transport http.RoundTripper
 	// Registerer receives keygate_proxy_requests_total{code}. Default: none.
@@ -73,6 +77,7 @@ type proxy struct {
 	headers  []string // credential headers, removed before forwarding
 	params   []string // credential query parameters, likewise
 	router   *router
+	costs    *router // of --cost rules
 	rp       *httputil.ReverseProxy
 	upstream *url.URL
 	requests *statusCounter
@@ -137,12 +142,17 @@ func NewProxy(v *keystore.Verifier, opts ProxyOptions) (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sidecar: %w", err)
 	}
+	costs, err := newCostRouter(opts.Cost)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
+	}
 	p := &proxy{
 		verifier: v,
 		lookup:   lookup,
 		headers:  lookup.Headers(),
 		params:   lookup.QueryParams(),
 		router:   rt,
+		costs:    costs,
 		upstream: u,
 		log:      opts.Logger,
 		throttle: newThrottler(throttleOpts, opts.Logger),
@@ -185,6 +195,11 @@ type proxyKeyContextKey struct{}
 func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = apierror.WithRequestID(w, r)
 	n, err := p.router.route(r)
+	if err == nil && !n.public {
+		var c need
+		c, err = p.costs.route(r)
+		n.cost = c.cost
+	}
 	if err != nil {
 		p.requests.inc(http.StatusBadRequest)
 		closeUnread(w, r)
@@ -197,7 +212,10 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.rp.ServeHTTP(w, r)
 		return
 	}
-	key, err := p.verifier.Verify(r.Context(), p.lookup.Key(r), keystore.SourceSidecar, n.scopes...)
+	res, err := p.verifier.Check(r.Context(), keystore.Request{
+		Secret: p.lookup.Key(r), Source: keystore.SourceSidecar, Scopes: n.scopes, Cost: n.cost})
+	middleware.SetLimitHeaders(w.Header(), res.Limits)
+	key := res.Key
 	if err != nil {
 		if errors.Is(err, keystore.ErrUnavailable) && !clientGone(r, err) {
 			p.log.ErrorContext(r.Context(), "sidecar: key store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)

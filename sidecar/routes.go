@@ -7,9 +7,12 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/keygate/keygate/keystore"
 )
 
 // rule is one --public or --require-scopes entry.
@@ -21,6 +24,7 @@ type rule struct {
 	sentF  string   // sent, case-folded
 	scopes []string // nil for a public rule
 	public bool
+	cost   int64 // of a --cost rule; 0 for the others
 }
 
 // router decides, per request, whether a key is needed and which scopes it
@@ -94,11 +98,28 @@ func newRule(method, prefix string, scopes []string) rule {
 // left out for any method.
 func parseRule(s string) (rule, error) {
 	const want = "want 'METHOD /prefix=scope1,scope2' (METHOD optional, * for any)"
+	method, prefix, value, err := parseRoute(s, want)
+	if err != nil {
+		return rule{}, err
+	}
+	var scopes []string
+	for _, sc := range strings.Split(value, ",") {
+		sc = strings.TrimSpace(sc)
+		if !validScope(sc) {
+			return rule{}, fmt.Errorf("scope %q must be 1 to 128 characters of [A-Za-z0-9:._/*-]: %s", sc, want)
+		}
+		scopes = append(scopes, sc)
+	}
+	return newRule(method, prefix, scopes), nil
+}
+
+// parseRoute splits "METHOD /prefix=value" (METHOD optional, "*" for
+// any) and checks the method and the prefix; want is the error's hint.
+func parseRoute(s, want string) (method, prefix, value string, err error) {
 	eq := strings.LastIndexByte(s, '=')
 	if eq < 0 {
-		return rule{}, fmt.Errorf("no '=': %s", want)
+		return "", "", "", fmt.Errorf("no '=': %s", want)
 	}
-	var method, prefix string
 	fields := strings.Fields(s[:eq])
 	switch len(fields) {
 	case 1:
@@ -108,24 +129,51 @@ func parseRule(s string) (rule, error) {
 		if method == "*" {
 			method = ""
 		} else if !isToken(method) {
-			return rule{}, fmt.Errorf("method %q is not an HTTP method: %s", fields[0], want)
+			return "", "", "", fmt.Errorf("method %q is not an HTTP method: %s", fields[0], want)
 		}
 	default:
-		return rule{}, fmt.Errorf("%s", want)
+		return "", "", "", fmt.Errorf("%s", want)
 	}
-	prefix, err := parsePrefix(prefix)
-	if err != nil {
-		return rule{}, err
+	if prefix, err = parsePrefix(prefix); err != nil {
+		return "", "", "", err
 	}
-	var scopes []string
-	for _, sc := range strings.Split(s[eq+1:], ",") {
-		sc = strings.TrimSpace(sc)
-		if !validScope(sc) {
-			return rule{}, fmt.Errorf("scope %q must be 1 to 128 characters of [A-Za-z0-9:._/*-]: %s", sc, want)
+	return method, prefix, strings.TrimSpace(s[eq+1:]), nil
+}
+
+// newCostRouter returns the router of --cost rules, each "METHOD
+// /prefix=N": a request's cost is that of the rule its path matches, the
+// highest over every reading of the path; 1 when none matches. Cost rules
+// match as scope rules do (case-insensitively, ";" parameters and all).
+func newCostRouter(costs []string) (*router, error) {
+	const want = "want 'METHOD /prefix=N' (METHOD optional, * for any; N from 1 to 1000000)"
+	rt := &router{}
+	seen := map[string]string{}
+	for _, c := range costs {
+		method, prefix, value, err := parseRoute(c, want)
+		if err != nil {
+			return nil, fmt.Errorf("cost %q: %w", c, err)
 		}
-		scopes = append(scopes, sc)
+		n, err := strconv.ParseInt(value, 10, 64)
+		if err != nil || n < 1 || n > keystore.MaxCost {
+			return nil, fmt.Errorf("cost %q: %q is not a cost: %s", c, value, want)
+		}
+		r := newRule(method, prefix, []string{})
+		r.cost = n
+		k := r.method + " " + r.folded
+		if prev, ok := seen[k]; ok {
+			return nil, fmt.Errorf("cost %q repeats the route of %q", c, prev)
+		}
+		seen[k] = c
+		rt.rules = append(rt.rules, r)
 	}
-	return newRule(method, prefix, scopes), nil
+	sort.SliceStable(rt.rules, func(i, j int) bool {
+		a, b := rt.rules[i], rt.rules[j]
+		if len(a.prefix) != len(b.prefix) {
+			return len(a.prefix) > len(b.prefix)
+		}
+		return a.method != "" && b.method == ""
+	})
+	return rt, nil
 }
 
 func parsePrefix(p string) (string, error) {
@@ -179,10 +227,11 @@ func (rt *router) match(method, p, folded string, encoded bool) *rule {
 type need struct {
 	public bool
 	scopes []string
+	cost   int64 // the highest of the cost rules matched; 0 when none
 }
 
 func (n need) equal(o need) bool {
-	return n.public == o.public && slices.Equal(n.scopes, o.scopes)
+	return n.public == o.public && slices.Equal(n.scopes, o.scopes) && n.cost == o.cost
 }
 
 // add makes n the stricter of n and what rule r (nil: no rule) asks: a
@@ -196,6 +245,7 @@ func (n *need) add(r *rule) {
 	if r == nil {
 		return
 	}
+	n.cost = max(n.cost, r.cost)
 	for _, s := range r.scopes {
 		if !slices.Contains(n.scopes, s) {
 			n.scopes = append(n.scopes, s)

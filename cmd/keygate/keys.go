@@ -24,12 +24,15 @@ const keysSynopsis = `keygate keys COMMAND [flags]
 
 Commands:
   create --name N --subject S [--scopes a,b] [--expires-in 720h] [--description D] [--claims JSON]
+         [--rate-limit NAME=LIMIT/DURATION]... [--credits N [--refill day:N|month:N[:DAY]]]
   list [--subject S] [--query Q] [--include-invalid] [--limit N] [--offset N]
   get ID
   update ID [--description D] [--scopes a,b] [--claims JSON] [--expires-in D | --never-expires]
+         [--rate-limit NAME=LIMIT/DURATION]... [--no-rate-limits] [--credits N [--refill …]] [--no-credits]
   revoke ID [--reason R]
   delete ID
   verify SECRET   (or "-" to read the secret from standard input, out of shell history)
+  usage ID [--granularity minute|hour|day] [--since 24h]   (a bar chart of its verifications)
 
 They call the admin API at --url (KEYGATE_URL, default http://127.0.0.1:8080)
 with --admin-token (KEYGATE_ADMIN_TOKEN; default: the token the embedded store
@@ -303,6 +306,19 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 			return out.key(k)
 		}}
 	}
+	{
+		fs := newFlagSet("keygate keys usage", "keygate keys usage ID [--granularity hour] [--since 24h]", io.Discard)
+		granularity := fs.String("granularity", "hour", "minute, hour or day")
+		since := fs.Duration("since", 24*time.Hour, "how far back")
+		cmds["usage"] = keysCommand{fs: fs, args: 1, argName: "key ID", run: func(ctx context.Context, c *client.Client, id string, out *output) error {
+			end := time.Now()
+			u, err := c.Usage(ctx, id, *granularity, end.Add(-*since), end)
+			if err != nil {
+				return err
+			}
+			return out.usage(u)
+		}}
+	}
 	cmds["delete"] = keysCommand{fs: newFlagSet("keygate keys delete", "keygate keys delete ID", io.Discard), args: 1, argName: "key ID",
 		run: func(ctx context.Context, c *client.Client, id string, out *output) error {
 			if err := c.Delete(ctx, id); err != nil {
@@ -400,6 +416,48 @@ func (o *output) key(k *keystore.APIKey) error {
 		row("revocation reason", *k.RevocationReason)
 	}
 	return tw.Flush()
+}
+
+// usage prints a key's history as a bar chart: one line a bucket, the bar
+// of admitted requests (#) followed by that of refused ones (x), scaled to
+// the busiest bucket.
+func (o *output) usage(u *keystore.UsageHistory) error {
+	if o.json {
+		return o.printJSON(u)
+	}
+	const width = 50
+	layout := "2006-01-02 15:04"
+	if u.Granularity == "day" {
+		layout = "2006-01-02"
+	}
+	var most int64
+	totals := make([][2]int64, len(u.Data))
+	for i, p := range u.Data {
+		for j, n := range p.Counts {
+			if j == 0 {
+				totals[i][0] += n
+			} else {
+				totals[i][1] += n
+			}
+		}
+		most = max(most, totals[i][0]+totals[i][1])
+	}
+	fmt.Fprintf(o.w, "%s, per %s: # admitted, x refused\n", u.ID, u.Granularity)
+	for i, p := range u.Data {
+		ok, refused := totals[i][0], totals[i][1]
+		bar := ""
+		if most > 0 {
+			a := int((ok*width + most - 1) / most)
+			r := int((refused*width + most - 1) / most)
+			bar = strings.Repeat("#", a) + strings.Repeat("x", r)
+		}
+		fmt.Fprintf(o.w, "%s  %-*s %d", time.UnixMilli(p.T).UTC().Format(layout), width, bar, ok)
+		if refused > 0 {
+			fmt.Fprintf(o.w, " (+%d refused)", refused)
+		}
+		fmt.Fprintln(o.w)
+	}
+	return nil
 }
 
 func (o *output) list(l *keystore.KeyList) error {

@@ -13,7 +13,7 @@ const usage = `keygate: self-hosted API keys on Redis.
 Usage:
   keygate serve     admin API, /api_keys/verify, /forward-auth, /metrics, /healthz, /readyz
   keygate sidecar   reverse proxy that verifies every request before the upstream sees it
-  keygate keys      create|list|get|update|revoke|delete|verify keys against a running serve
+  keygate keys      create|list|get|update|revoke|delete|verify|usage keys against a running serve
   keygate version   version and build info
 
 Every flag has an environment variable: --redis-url is KEYGATE_REDIS_URL, and so on.

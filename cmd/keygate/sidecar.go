@@ -27,9 +27,10 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 	opsListen := fs.String("ops-listen", "127.0.0.1:9091", "address of /metrics, /healthz and /readyz")
 	upstream := fs.String("upstream", "", "URL of the service to protect (required)")
 	keyLookup := fs.String("key-lookup", "", `where requests carry the key, e.g. "header:Authorization:Bearer ,header:X-API-Key" (the default) or add ",query:api_key"`)
-	var public, requireScopes listFlag
+	var public, requireScopes, cost listFlag
 	fs.Var(&public, "public", "path prefix passed through without a key (repeatable; ';' between values in the environment)")
 	fs.Var(&requireScopes, "require-scopes", `scopes a route needs: 'METHOD /prefix=scope1,scope2' (repeatable; ';' between values in the environment)`)
+	fs.Var(&cost, "cost", `what a route spends of a metered key's rate limits and credits: 'METHOD /prefix=N' (repeatable; default 1)`)
 	var thr throttleConfig
 	thr.register(fs, false)
 	if code, ok := parseFlags(fs, args, getenv, &cfg, stderr); !ok {
@@ -63,6 +64,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 		KeyLookup:      *keyLookup,
 		Public:         public,
 		RequireScopes:  requireScopes,
+		Cost:           cost,
 		Logger:         logger,
 		Registerer:     b.registry,
 		Throttle:       throttleOpts,
