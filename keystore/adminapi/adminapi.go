@@ -128,7 +128,7 @@ type call struct {
 	r      *http.Request
 	header http.Header // of the response, for operations that set fields
 	id     string      // the {id} of the path, when the route has one
-	keyID string // the key the request concerns, for the log; never a secret
+	keyID  string      // the key the request concerns, for the log; never a secret
 }
 
 // operation serves one method of one route. It returns the value to send
