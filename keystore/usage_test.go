@@ -288,3 +288,66 @@ func TestCreditsAcrossVerifiers(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageHistory counts verifications by outcome and reads them back,
+// after a flush, at every granularity, to the count.
+func TestUsageHistory(t *testing.T) {
+	backends(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		v := newVerifier(t, e, VerifierOptions{})
+		k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s", Scopes: []string{"read"},
+			RateLimits: []RateLimit{{Name: "default", Limit: 3, DurationMs: 60_000}}})
+		donor := mustCreate(t, e.store, CreateParams{Name: "d", Subject: "s"})
+		wrong := forgeSecret(t, k.ID, donor.Secret)
+		sent := map[string]int64{}
+		send := func(secret string, scopes ...string) {
+			_, err := check(t, v, secret, 1, scopes...)
+			sent[HistoryOutcomes[historyOutcome(err)]]++
+		}
+		send(k.Secret)
+		send(k.Secret, "write")
+		send(k.Secret)
+		send(wrong)
+		send(k.Secret)
+		send(k.Secret) // over the limit
+		if _, err := e.store.Revoke(ctx, k.ID, nil); err != nil {
+			t.Fatal(err)
+		}
+		send(k.Secret)
+		want := map[string]int64{"valid": 3, "insufficient_scope": 1, "invalid_secret": 1, "rate_limited": 1, "revoked": 1}
+		for o, n := range want {
+			if sent[o] != n {
+				t.Fatalf("sent %v, want %v", sent, want)
+			}
+		}
+		if err := e.store.FlushUsage(ctx); err != nil {
+			t.Fatal(err)
+		}
+		now := e.clock.Now()
+		for _, g := range []string{"minute", "hour", "day"} {
+			u, err := e.store.Usage(ctx, k.ID, g, now.Add(-48*time.Hour), now.Add(time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]int64{}
+			for _, p := range u.Data {
+				for i, n := range p.Counts {
+					if n != 0 {
+						got[HistoryOutcomes[i]] += n
+					}
+				}
+			}
+			if len(got) != len(want) {
+				t.Fatalf("%s: history %v, want %v", g, got, want)
+			}
+			for o, n := range want {
+				if got[o] != n {
+					t.Fatalf("%s: history %v, want %v", g, got, want)
+				}
+			}
+		}
+		if _, err := e.store.Usage(ctx, k.ID, "minute", now.Add(-72*time.Hour), now); !errors.Is(err, ErrBadRange) {
+			t.Fatalf("3 days of minutes: %v", err)
+		}
+	})
+}

@@ -255,7 +255,11 @@ func (v *Verifier) check(ctx context.Context, secret string, source Source, scop
 	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
 	if res.id != "" {
 		if o := historyOutcome(err); o != histNone {
-			v.store.history.record(res.id, start, o)
+			at := start
+			if !v.wallClock {
+				at = v.store.now()
+			}
+			v.store.history.record(res.id, at, o)
 		}
 	}
 	return res, err

@@ -141,6 +141,34 @@ func testStoreAndVerifier(t *testing.T, d deployment) {
 			t.Fatalf("key %s after the flush: %v, last_used_at %v", k.ID, err, got.LastUsedAt)
 		}
 	}
+	// Rate limits, credits and the usage history, on keys spread over
+	// every master: one script per verification, one pipeline per flush.
+	masters := map[string]bool{}
+	for i := range 30 {
+		k, err := store.Create(ctx, keystore.CreateParams{Name: fmt.Sprintf("metered %d", i), Subject: subject(i),
+			RateLimits: []keystore.RateLimit{{Name: "default", Limit: 2, DurationMs: 60_000}},
+			Credits:    &keystore.Credits{Remaining: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, err := d.masterOf(ctx, recordKey(ns, k.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		masters[addr] = true
+		if _, err := v.Check(ctx, keystore.Request{Secret: k.Secret, Source: keystore.SourceAPI}); err != nil {
+			t.Fatalf("metered key %d: %v", i, err)
+		}
+		if _, err := v.Check(ctx, keystore.Request{Secret: k.Secret, Source: keystore.SourceAPI}); !errors.Is(err, keystore.ErrUsageExceeded) {
+			t.Fatalf("metered key %d, second use: %v, want out of credits", i, err)
+		}
+	}
+	if len(masters) != d.masters {
+		t.Errorf("metered keys on %d masters, want %d", len(masters), d.masters)
+	}
+	if err := store.FlushUsage(ctx); err != nil {
+		t.Fatalf("flushing the usage history: %v", err)
+	}
 	if s := errs.String(); s != "" {
 		t.Errorf("Redis answered with redirections or cluster errors: %s", s)
 	}
