@@ -235,16 +235,24 @@ func (k *APIKey) limited() bool { return len(k.RateLimits) > 0 || k.Credits != n
 // remaining1, reset_ms1, …}: status 0 admitted, 1 over a rate limit, 2 out
 // of credits, 3 no such key; credits is -1 without credits.
 var meterScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'x') == 1 then return {3, 0, -1} end
+local f = redis.call('HMGET', KEYS[1], 'x', 'ca', 'rl', 'cr', 'crf', 'crl')
+if f[1] or not f[2] then return {3, 0, -1} end
 local now, cost, boundary = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {0, 0, -1}
+local specs, fields = {}, {}
+if f[3] then
+  for name, limit, dur in string.gmatch(f[3], '([^:,]+):(%d+):(%d+)') do
+    specs[#specs + 1] = {name, tonumber(limit), tonumber(dur)}
+    fields[#fields + 1] = 't:' .. name
+  end
+end
 local tats = {}
-local spec = redis.call('HGET', KEYS[1], 'rl')
-if spec then
-  for name, limit, dur in string.gmatch(spec, '([^:,]+):(%d+):(%d+)') do
-    limit, dur = tonumber(limit), tonumber(dur)
+if #fields > 0 then
+  local stored = redis.call('HMGET', KEYS[1], unpack(fields))
+  for i, l in ipairs(specs) do
+    local name, limit, dur = l[1], l[2], l[3]
     local step = dur / limit
-    local tat = tonumber(redis.call('HGET', KEYS[1], 't:' .. name) or '0')
+    local tat = tonumber(stored[i] or '0')
     if tat < now then tat = now end
     local new = tat + cost * step
     if new - dur > now then
@@ -252,23 +260,20 @@ if spec then
       out[2] = math.max(out[2], math.ceil(new - dur - now))
       new = tat
     end
-    tats[#tats + 1] = {name, new}
+    tats[#tats + 1] = fields[i]
+    tats[#tats + 1] = string.format('%.3f', new)
     local remaining = math.floor((now + dur - new) / step)
     if remaining < 0 then remaining = 0 end
     for _, v in ipairs({name, limit, dur, remaining, math.ceil(new - now)}) do out[#out + 1] = v end
   end
 end
 if out[1] ~= 0 then return out end
-local credits = redis.call('HGET', KEYS[1], 'cr')
-if credits then
-  credits = tonumber(credits)
-  if boundary > 0 then
-    local last = tonumber(redis.call('HGET', KEYS[1], 'crl') or redis.call('HGET', KEYS[1], 'ca') or '0')
-    local refill = redis.call('HGET', KEYS[1], 'crf')
-    if last < boundary and refill then
-      credits = tonumber(string.match(refill, '^[a-z]+:(%d+)'))
-      redis.call('HSET', KEYS[1], 'cr', credits, 'crl', boundary)
-    end
+local set = tats
+if f[4] then
+  local credits = tonumber(f[4])
+  if boundary > 0 and f[5] and tonumber(f[6] or f[2]) < boundary then
+    credits = tonumber(string.match(f[5], '^[a-z]+:(%d+)'))
+    redis.call('HSET', KEYS[1], 'cr', credits, 'crl', boundary)
   end
   if credits < cost then
     out[1] = 2
@@ -276,18 +281,24 @@ if credits then
     return out
   end
   credits = credits - cost
-  redis.call('HSET', KEYS[1], 'cr', credits)
+  set[#set + 1] = 'cr'
+  set[#set + 1] = credits
   out[3] = credits
 end
-for _, t in ipairs(tats) do redis.call('HSET', KEYS[1], 't:' .. t[1], string.format('%.3f', t[2])) end
+if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
 return out
 `)
 
-// meter checks and charges a request of cost against k's limits and
-// credits at now, in one script call. It returns the limits' state, and a
-// [*LimitError] when a limit or the credits refuse the request, or
-// [ErrNotFound] when the key is gone.
-func (s *Store) meter(ctx context.Context, k *APIKey, cost int64, now time.Time) (*LimitState, error) {
+// meterCall is one request to meter: the script's arguments, and when
+// the key's credits are next refilled (zero without refill).
+type meterCall struct {
+	key  *APIKey
+	args []any
+	next time.Time
+	now  time.Time
+}
+
+func newMeterCall(k *APIKey, cost int64, now time.Time) *meterCall {
 	var boundary int64
 	var next time.Time
 	if k.Credits != nil && k.Credits.Refill != nil {
@@ -295,18 +306,33 @@ func (s *Store) meter(ctx context.Context, k *APIKey, cost int64, now time.Time)
 		last, next = k.Credits.Refill.boundaries(now)
 		boundary = last.UnixMilli()
 	}
-	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(k.ID)}, now.UnixMilli(), cost, boundary).Slice()
+	return &meterCall{key: k, args: []any{now.UnixMilli(), cost, boundary}, next: next, now: now}
+}
+
+// meter checks and charges a request of cost against k's limits and
+// credits at now, in one script call. It returns the limits' state, and a
+// [*LimitError] when a limit or the credits refuse the request, or
+// [ErrNotFound] when the key is gone. A [Verifier] batches its calls
+// through its loader instead.
+func (s *Store) meter(ctx context.Context, k *APIKey, cost int64, now time.Time) (*LimitState, error) {
+	c := newMeterCall(k, cost, now)
+	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(k.ID)}, c.args...).Slice()
+	return s.metered(c, raw, err)
+}
+
+// metered interprets meterScript's reply to c.
+func (s *Store) metered(c *meterCall, raw []any, err error) (*LimitState, error) {
 	if err != nil {
-		return nil, s.unavailable(opMeter, "metering key "+k.ID, err)
+		return nil, s.unavailable(opMeter, "metering key "+c.key.ID, err)
 	}
 	reply, err := meterReply(raw)
 	if err != nil {
-		return nil, s.unavailable(opMeter, "metering key "+k.ID, err)
+		return nil, s.unavailable(opMeter, "metering key "+c.key.ID, err)
 	}
 	st := &LimitState{Limits: reply.limits}
 	if reply.credits >= 0 {
-		c := reply.credits
-		st.Credits = &c
+		cr := reply.credits
+		st.Credits = &cr
 	}
 	switch reply.status {
 	case 0:
@@ -315,8 +341,8 @@ func (s *Store) meter(ctx context.Context, k *APIKey, cost int64, now time.Time)
 		return st, &LimitError{Err: ErrRateLimited, RetryAfter: time.Duration(reply.retryMs) * time.Millisecond, Limits: st}
 	case 2:
 		var retry time.Duration
-		if !next.IsZero() {
-			retry = next.Sub(now)
+		if !c.next.IsZero() {
+			retry = c.next.Sub(c.now)
 		}
 		return st, &LimitError{Err: ErrUsageExceeded, RetryAfter: retry, Limits: st}
 	}

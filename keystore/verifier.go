@@ -341,7 +341,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 		return Result{Key: k, id: k.ID}, hit, &ScopeError{Required: append([]string(nil), scopes...)}
 	}
 	if k.limited() {
-		res.Limits, err = v.store.meter(ctx, k, max(cost, 1), now)
+		res.Limits, err = v.loads.meter(ctx, k, max(cost, 1), now)
 		if err != nil {
 			return Result{Key: k, Limits: res.Limits, id: k.ID}, hit, err
 		}

@@ -61,6 +61,7 @@ var measures = []measure{
 	{"revoke-fleet", revokeFleet},
 	{"revoke-frozen", revokeFrozen},
 	{"last-used", lastUsedWrites},
+	{"usage", usageControl},
 	{"memory", memoryAndList},
 }
 
