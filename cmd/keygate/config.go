@@ -155,7 +155,10 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 		failFast(&opts.MaxRetries, &opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
 		b.rdb = redis.NewUniversalClient(opts)
 	case allowEmbedded:
-		e, err := embedded.Open(c.dataDir)
+		e, err := embedded.Open(c.dataDir, embedded.Options{
+			Ephemeral: func(key string) bool { return keystore.IsEphemeral(c.namespace, key) },
+			Logger:    logger,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("--data-dir %s: %w", c.dataDir, err)
 		}
