@@ -324,6 +324,9 @@ func (s *Store) writeSnapshot(gen uint64, c *conn) error {
 		}
 		batch = appendPut(batch, k, v)
 		count++
+		if compactPause != nil && count%100 == 0 {
+			compactPause()
+		}
 		if len(batch) >= snapshotBatch {
 			w.Write(appendBatch(nil, batch))
 			batch = batch[:0]
@@ -361,6 +364,9 @@ func (s *Store) writeSnapshot(gen uint64, c *conn) error {
 	s.compactions.Add(1)
 	return nil
 }
+
+// compactPause, set by tests, slows compaction down: it runs every 100 keys.
+var compactPause func()
 
 // readConsistent reads a key whose type may change while it is read.
 func readConsistent(c *conn, key string) (*value, bool, error) {

@@ -131,7 +131,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	srv.SetPreHook(s.preHook)
 	s.rdb = redis.NewClient(&redis.Options{
-		Dialer: func(context.Context, string, string) (net.Conn, error) { return s.mr.Dial() },
+		Dialer: func(context.Context, string, string) (net.Conn, error) {
+			client, server := memPipe()
+			srv.ServeConn(server)
+			return client, nil
+		},
 		// The engine always answers: no deadline, so that a reply is never
 		// abandoned while its command runs.
 		ReadTimeout:  -1,
