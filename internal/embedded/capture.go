@@ -39,7 +39,10 @@ type dirtyKey struct {
 	members map[string]struct{}
 }
 
-func (d *dirty) mark(key string, whole, ttl bool, kind byte, members []string) {
+// mark notes that a command changed key: its TTL (kind kindTTL), some of
+// its members (kind kindZSet, kindHash or kindSet, with members), or all of
+// it (kind 0). ttl says that the TTL may have been set or cleared.
+func (d *dirty) mark(key string, ttl bool, kind byte, members []string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.keys == nil {
@@ -52,9 +55,9 @@ func (d *dirty) mark(key string, whole, ttl bool, kind byte, members []string) {
 	}
 	k.ttl = k.ttl || ttl
 	switch {
-	case k.whole:
-	case whole || members == nil || (k.kind != 0 && k.kind != kind):
-		k.whole, k.members = true, nil
+	case k.whole || kind == kindTTL:
+	case kind == 0 || members == nil || (k.kind != 0 && k.kind != kind):
+		k.whole, k.kind, k.members = true, 0, nil
 	default:
 		k.kind = kind
 		if k.members == nil {
@@ -86,6 +89,9 @@ func (d *dirty) take() (map[string]*dirtyKey, string) {
 // preHook runs in the engine before each command; returning true means it
 // answered the command itself (a refusal).
 func (s *Store) preHook(c *server.Peer, cmd string, args ...string) bool {
+	if ttlReads[cmd] && len(args) == 1 && c != s.writeConn.peer && c != s.compactConn.peer {
+		return s.answerTTL(c, cmd, args[0])
+	}
 	sp := commands[cmd]
 	if sp == nil {
 		if !readOnly[cmd] {
@@ -116,21 +122,53 @@ func (s *Store) preHook(c *server.Peer, cmd string, args ...string) bool {
 		}
 	}
 	ttl := sp.ttl != nil && sp.ttl(args)
+	kind := sp.kind
 	var members []string
 	if sp.members != nil {
 		members = sp.members(args)
 	}
 	for _, k := range keys {
+		if ttl {
+			// Until the write is captured, the engine answers TTL reads.
+			s.exp.forget(k)
+		}
 		if !s.durable(k) {
 			if ttl {
 				// Not logged, but its expiry is kept, so that it expires.
-				s.dirty.mark(k, true, true, 0, nil)
+				s.dirty.mark(k, true, kindTTL, nil)
 			}
 			continue
 		}
-		s.dirty.mark(k, members == nil, ttl, sp.kind, members)
+		s.dirty.mark(k, ttl, kind, members)
 	}
 	return false
+}
+
+// ttlReads are the commands answered from the store's expiries.
+var ttlReads = set("TTL", "PTTL", "EXPIRETIME", "PEXPIRETIME")
+
+// answerTTL answers a TTL read of a durable key from the store's
+// expiries: the engine's own TTL does not count down. Other keys (no TTL,
+// ephemeral) are left to the engine.
+func (s *Store) answerTTL(c *server.Peer, cmd, key string) bool {
+	x, ok := s.exp.get(key)
+	if !ok || !s.durable(key) {
+		return false
+	}
+	left := x.at - s.now().UnixMilli()
+	switch {
+	case left <= 0:
+		c.WriteInt(-2) // expired: gone within a second
+	case cmd == "PTTL":
+		c.WriteInt(int(left))
+	case cmd == "TTL":
+		c.WriteInt(int((left + 500) / 1000))
+	case cmd == "PEXPIRETIME":
+		c.WriteInt(int(x.at))
+	default:
+		c.WriteInt(int(x.at / 1000))
+	}
+	return true
 }
 
 func (s *Store) durable(key string) bool { return !s.opts.Ephemeral(key) }
@@ -189,7 +227,7 @@ func (s *Store) captureKey(payload []byte, key string, d *dirtyKey) ([]byte, err
 		v.expireAt = expireAt
 		return appendPut(payload, key, v), nil
 	}
-	if d.kind != 0 {
+	if d.kind != 0 && d.kind != kindTTL {
 		names := make([]string, 0, len(d.members))
 		for m := range d.members {
 			names = append(names, m)
@@ -199,7 +237,7 @@ func (s *Store) captureKey(payload []byte, key string, d *dirtyKey) ([]byte, err
 		if isWrongType(err) {
 			// The command failed on a key of another type; log the key as
 			// it is.
-			return s.captureKey(payload, key, &dirtyKey{whole: true})
+			return s.captureKey(payload, key, &dirtyKey{whole: true, ttl: d.ttl})
 		}
 		if err != nil {
 			return payload, err
@@ -221,7 +259,7 @@ func (s *Store) reconcileTTL(key string, pttl int64, mayHaveSet bool) (at int64,
 		if had {
 			s.exp.forget(key)
 		}
-		return 0, had
+		return 0, had || mayHaveSet
 	}
 	if had && !mayHaveSet && old.ttl == pttl {
 		return old.at, false

@@ -20,7 +20,7 @@ type spec struct {
 	// member-level command changes in each of its keys; nil when the
 	// arguments do not parse, and the keys are then logged whole.
 	members func(args []string) []string
-	kind    byte // for member-level commands: kindZSet, kindHash or kindSet
+	kind    byte // kindZSet, kindHash or kindSet with members; kindTTL: only the TTL changes
 	// ttl: the command may set or clear the TTL of its keys.
 	ttl func(args []string) bool
 	// blocking: the command may wait for another client's write.
@@ -53,11 +53,12 @@ var readOnly = set(
 	"WATCH",
 )
 
-// Member-level kinds.
+// What a command changes in a key, when not all of it.
 const (
 	kindZSet = 'z'
 	kindHash = 'h'
 	kindSet  = 's'
+	kindTTL  = 't'
 )
 
 var commands = map[string]*spec{
@@ -67,7 +68,7 @@ var commands = map[string]*spec{
 	"DECRBY":      whole(first),
 	"DELEX":       {keys: first, ttl: always},
 	"GETDEL":      {keys: first, ttl: always},
-	"GETEX":       {keys: first, ttl: always},
+	"GETEX":       {keys: first, ttl: always, kind: kindTTL},
 	"GETSET":      {keys: first, ttl: always},
 	"INCR":        whole(first),
 	"INCRBY":      whole(first),
@@ -85,11 +86,11 @@ var commands = map[string]*spec{
 	"COPY":      {keys: second, ttl: always, refuse: refuseWord(2, "DB", "COPY to another database")},
 	"DEL":       {keys: all, ttl: always},
 	"UNLINK":    {keys: all, ttl: always},
-	"EXPIRE":    {keys: first, ttl: always},
-	"EXPIREAT":  {keys: first, ttl: always},
-	"PEXPIRE":   {keys: first, ttl: always},
-	"PEXPIREAT": {keys: first, ttl: always},
-	"PERSIST":   {keys: first, ttl: always},
+	"EXPIRE":    {keys: first, ttl: always, kind: kindTTL},
+	"EXPIREAT":  {keys: first, ttl: always, kind: kindTTL},
+	"PEXPIRE":   {keys: first, ttl: always, kind: kindTTL},
+	"PEXPIREAT": {keys: first, ttl: always, kind: kindTTL},
+	"PERSIST":   {keys: first, ttl: always, kind: kindTTL},
 	"RENAME":    {keys: firstTwo, ttl: always},
 	"RENAMENX":  {keys: firstTwo, ttl: always},
 	"RESTORE":   {keys: first, ttl: always},

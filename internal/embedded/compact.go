@@ -324,7 +324,7 @@ func (s *Store) writeSnapshot(gen uint64, c *conn) error {
 		}
 		batch = appendPut(batch, k, v)
 		count++
-		if compactPause != nil && count%100 == 0 {
+		if compactPause != nil && count%50 == 0 {
 			compactPause()
 		}
 		if len(batch) >= snapshotBatch {
@@ -365,7 +365,7 @@ func (s *Store) writeSnapshot(gen uint64, c *conn) error {
 	return nil
 }
 
-// compactPause, set by tests, slows compaction down: it runs every 100 keys.
+// compactPause, set by tests, slows compaction down: it runs every 50 keys.
 var compactPause func()
 
 // readConsistent reads a key whose type may change while it is read.

@@ -138,7 +138,7 @@ func TestKillDuringWrites(t *testing.T) {
 		cmd, sc := child(t, "writes", dir)
 		// Kill after a random number of acknowledged calls: at a random
 		// moment of the log's write and sync cycle.
-		killAfter := a.lines + 1 + rng.IntN(300)
+		killAfter := a.lines + 1 + rng.IntN(150)
 		for a.lines < killAfter && sc.Scan() {
 			a.add(sc.Text())
 		}
@@ -257,7 +257,7 @@ func runChild(mode, dir string) int {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := g; i < 5000-n; i += 8 {
+				for i := g; i < 2000-n; i += 8 {
 					if _, ok := create("bulk"); !ok {
 						return
 					}

@@ -142,6 +142,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		WriteTimeout: -1,
 	})
 	s.rdb.AddHook(persistHook{s})
+	// Keys that expired while keygate was down go now, as logged deletes.
+	if err := s.expireDue(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.bg.Add(2)
 	go s.compactLoop()
 	go s.expireLoop()

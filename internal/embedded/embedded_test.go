@@ -150,8 +150,12 @@ func TestRoundTrip(t *testing.T) {
 	if !strings.Contains(got, `"ttl" s "v" [] exp=`+fmt.Sprint(clk.now.Add(-30*time.Minute).Add(time.Hour).UnixMilli())) {
 		t.Errorf("the TTL's absolute expiry moved:\n%s", got)
 	}
-	if left := e.Client().PTTL(ctx, "ttl").Val(); left <= 29*time.Minute || left > 30*time.Minute {
+	if left := e.Client().PTTL(ctx, "ttl").Val(); left != 30*time.Minute {
 		t.Errorf("PTTL after restart = %v, want the 30 minutes left", left)
+	}
+	clk.add(10 * time.Minute)
+	if left := e.Client().TTL(ctx, "ttl").Val(); left != 20*time.Minute {
+		t.Errorf("TTL 10 minutes later = %v, want 20 minutes", left)
 	}
 }
 

@@ -204,7 +204,7 @@ func (d *decoder) fail() {
 type applier struct {
 	c     *conn
 	exp   *expiries
-	now   int64 // Unix ms: keys whose expiry is at or before it are not loaded
+	now   int64 // Unix ms
 	fresh bool  // the engine is empty: a put needs no DEL first
 	ended bool  // an end record was read
 	keys  int   // puts applied since the last reset
@@ -287,9 +287,6 @@ func (a *applier) put(key string, v *value) error {
 		}
 	}
 	a.exp.forget(key)
-	if v.expireAt != 0 && v.expireAt <= a.now {
-		return a.c.ok("DEL", key) // expired while keygate was down
-	}
 	var err error
 	switch v.typ {
 	case typeString:
@@ -332,11 +329,10 @@ func (a *applier) expire(key string, at int64) error {
 		a.exp.forget(key)
 		return a.c.ok("PERSIST", key)
 	}
-	if at <= a.now {
-		a.exp.forget(key)
-		return a.c.ok("DEL", key)
-	}
-	left := at - a.now
+	// A key that expired meanwhile keeps its expiry here: a later record
+	// may still change it, and the store deletes what is due once the
+	// replay is done.
+	left := max(at-a.now, 1)
 	n, err := a.c.int("PEXPIRE", key, strconv.FormatInt(left, 10))
 	if err == nil && n == 1 {
 		a.exp.set(key, at, left)
