@@ -381,7 +381,7 @@ func readConsistent(c *conn, key string) (*value, bool, error) {
 
 // shouldCompact reports whether the log has outgrown the snapshot.
 func (s *Store) shouldCompact() bool {
-	return s.wal.fileSize() > max(s.snapSize.Load(), minCompactLog)
+	return s.wal.fileSize() > max(int64(float64(s.snapSize.Load())*s.opts.CompactRatio), minCompactLog)
 }
 
 // compactLoop compacts when asked, one compaction at a time.

@@ -49,6 +49,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock of key expiry. Default time.Now.
 	Now func() time.Time
+	// CompactRatio is how large the log may grow, as a multiple of the
+	// last snapshot (and at least 1 MiB), before a compaction starts.
+	// Default 1. Higher writes fewer snapshots and makes restarts longer:
+	// a start replays the snapshot and the whole log.
+	CompactRatio float64
 }
 
 func (o Options) withDefaults() Options {
@@ -60,6 +65,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.CompactRatio <= 0 {
+		o.CompactRatio = 1
 	}
 	return o
 }
