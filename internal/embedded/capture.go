@@ -217,7 +217,7 @@ func (s *Store) captureKey(payload []byte, key string, d *dirtyKey) ([]byte, err
 		return appendDel(payload, key), nil
 	}
 	if d.whole {
-		v, ok, err := c.read(key)
+		v, ok, err := s.read(c, key)
 		if err != nil {
 			return payload, err
 		}
@@ -275,10 +275,7 @@ func (s *Store) reconcileTTL(key string, pttl int64, mayHaveSet bool) (at int64,
 func (s *Store) captureAll(why string) (uint64, error) {
 	s.opts.Logger.Warn("embedded store: logging the whole data set after a command that may change any key", "command", why)
 	payload := []byte{recReset}
-	keys, _, err := s.writeConn.strings("KEYS", "*")
-	if err != nil {
-		return 0, err
-	}
+	keys := s.mr.Keys()
 	now := s.now().UnixMilli()
 	present := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -294,7 +291,7 @@ func (s *Store) captureAll(why string) (uint64, error) {
 		if !s.durable(k) {
 			continue
 		}
-		v, ok, err := s.writeConn.read(k)
+		v, ok, err := s.read(s.writeConn, k)
 		if err != nil {
 			return 0, err
 		}

@@ -294,11 +294,7 @@ func (s *Store) writeSnapshot(gen uint64, c *conn) error {
 	}
 	defer os.Remove(tmp.Name()) // nothing to remove after the rename
 	defer tmp.Close()
-	keys, _, err := c.strings("KEYS", "*")
-	if err != nil {
-		return err
-	}
-	slices.Sort(keys)
+	keys := s.mr.Keys() // sorted; KEYS * would also match each against "*"
 	w := bufio.NewWriterSize(tmp, snapshotBatch+batchHeader)
 	w.Write(header(snapMagic, gen))
 	var batch []byte
@@ -312,7 +308,7 @@ func (s *Store) writeSnapshot(gen uint64, c *conn) error {
 			return errClosed
 		default:
 		}
-		v, ok, err := readConsistent(c, k)
+		v, ok, err := s.read(c, k)
 		if err != nil {
 			return err
 		}
@@ -367,17 +363,6 @@ func (s *Store) writeSnapshot(gen uint64, c *conn) error {
 
 // compactPause, set by tests, slows compaction down: it runs every 50 keys.
 var compactPause func()
-
-// readConsistent reads a key whose type may change while it is read.
-func readConsistent(c *conn, key string) (*value, bool, error) {
-	for range 3 {
-		v, ok, err := c.read(key)
-		if !isWrongType(err) {
-			return v, ok, err
-		}
-	}
-	return c.read(key)
-}
 
 // shouldCompact reports whether the log has outgrown the snapshot.
 func (s *Store) shouldCompact() bool {

@@ -129,9 +129,7 @@ func check(t *testing.T, round int, dir string, a *acked) {
 // verifies keys from four goroutines (with a caching verifier, whose
 // heartbeats and acknowledgements are writes too).
 func TestKillDuringWrites(t *testing.T) {
-	seed := rand.Uint64()
-	rng := rand.New(rand.NewPCG(seed, 14))
-	t.Logf("seed %d", seed)
+	rng := seeded(t)
 	dir := t.TempDir()
 	a := newAcked()
 	for round := range 20 {
@@ -154,9 +152,7 @@ func TestKillDuringWrites(t *testing.T) {
 // TestKillDuringCompaction kills a process while it compacts, writes going
 // on: 10 times, each a random number of writes into a compaction.
 func TestKillDuringCompaction(t *testing.T) {
-	seed := rand.Uint64()
-	rng := rand.New(rand.NewPCG(seed, 15))
-	t.Logf("seed %d", seed)
+	rng := seeded(t)
 	dir := t.TempDir()
 	a := newAcked()
 	inCompaction := 0
@@ -283,5 +279,13 @@ func runChild(mode, dir string) int {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// seeded returns a random source whose seed the test logs, to replay a
+// failure.
+func seeded(t *testing.T) *rand.Rand {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	return rand.New(rand.NewPCG(seed, 0))
+}
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

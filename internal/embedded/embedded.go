@@ -170,6 +170,10 @@ func (s *Store) Close() error {
 	s.closing.Do(func() {
 		close(s.stop)
 		s.bg.Wait()
+		// A compaction in progress sees stop and gives up; its files are
+		// removed, or left for the next start to remove.
+		s.compactMu.Lock()
+		defer s.compactMu.Unlock()
 		s.rdb.Close()
 		s.mr.Close()
 		if err := s.wal.close(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/syncbuf"
+	"github.com/keygate/keygate/internal/testclock"
 	"github.com/keygate/keygate/keystore"
 	"github.com/redis/go-redis/v9"
 )
@@ -25,27 +26,9 @@ const ns = "keygate"
 
 func ephemeral(key string) bool { return keystore.IsEphemeral(ns, key) }
 
-// clock is a settable clock for expiry.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // open opens dir with the keystore's ephemeral keys, logging to log when
 // given.
-func open(t *testing.T, dir string, log *syncbuf.Buffer, clk *clock) *Store {
+func open(t *testing.T, dir string, log *syncbuf.Buffer, clk *testclock.Clock) *Store {
 	t.Helper()
 	opts := Options{Ephemeral: ephemeral}
 	if log != nil {
@@ -99,7 +82,7 @@ func dump(t *testing.T, e *Store) string {
 	return b.String()
 }
 
-func reopen(t *testing.T, e *Store, dir string, clk *clock) *Store {
+func reopen(t *testing.T, e *Store, dir string, clk *testclock.Clock) *Store {
 	t.Helper()
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
@@ -109,7 +92,7 @@ func reopen(t *testing.T, e *Store, dir string, clk *clock) *Store {
 
 func TestRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	clk := &clock{now: time.Now()}
+	clk := testclock.New()
 	e := open(t, dir, nil, clk)
 	ctx := context.Background()
 	rdb := e.Client()
@@ -139,7 +122,7 @@ func TestRoundTrip(t *testing.T) {
 	must(t, rdb.Eval(ctx, `redis.call('HSET', 'undeclared', 'f', ARGV[1]); return 1`, nil, "from a script").Err())
 	want := dump(t, e)
 
-	clk.add(30 * time.Minute) // "short" expires while keygate is down
+	clk.Advance(30 * time.Minute) // "short" expires while keygate is down
 	e = reopen(t, e, dir, clk)
 	defer e.Close()
 	got := dump(t, e)
@@ -147,13 +130,13 @@ func TestRoundTrip(t *testing.T) {
 	if got != wantNow {
 		t.Errorf("after restart:\n%s", diff(got, wantNow))
 	}
-	if !strings.Contains(got, `"ttl" s "v" [] exp=`+fmt.Sprint(clk.now.Add(-30*time.Minute).Add(time.Hour).UnixMilli())) {
+	if !strings.Contains(got, `"ttl" s "v" [] exp=`+fmt.Sprint(clk.Now().Add(-30*time.Minute).Add(time.Hour).UnixMilli())) {
 		t.Errorf("the TTL's absolute expiry moved:\n%s", got)
 	}
 	if left := e.Client().PTTL(ctx, "ttl").Val(); left != 30*time.Minute {
 		t.Errorf("PTTL after restart = %v, want the 30 minutes left", left)
 	}
-	clk.add(10 * time.Minute)
+	clk.Advance(10 * time.Minute)
 	if left := e.Client().TTL(ctx, "ttl").Val(); left != 20*time.Minute {
 		t.Errorf("TTL 10 minutes later = %v, want 20 minutes", left)
 	}
@@ -161,7 +144,7 @@ func TestRoundTrip(t *testing.T) {
 
 func TestExpiry(t *testing.T) {
 	dir := t.TempDir()
-	clk := &clock{now: time.Now()}
+	clk := testclock.New()
 	e := open(t, dir, nil, clk)
 	ctx := context.Background()
 	rdb := e.Client()
@@ -171,7 +154,7 @@ func TestExpiry(t *testing.T) {
 	must(t, rdb.Persist(ctx, "c").Err())
 	must(t, rdb.RPush(ctx, ns+":ack:n1", "i").Err()) // ephemeral, with a TTL
 	must(t, rdb.PExpire(ctx, ns+":ack:n1", time.Minute).Err())
-	clk.add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	must(t, e.expireDue())
 	for key, want := range map[string]int64{"a": 0, "b": 1, "c": 1, ns + ":ack:n1": 0} {
 		if n := rdb.Exists(ctx, key).Val(); n != want {

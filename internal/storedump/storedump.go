@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -90,8 +89,8 @@ type entry struct {
 	ExpireAt int64     `json:"expire_at,omitempty"` // Unix ms
 }
 
-// zmember is a member and its score, the score as Redis writes it
-// ("inf" included).
+// zmember is a member and its score, in the shortest decimal that reads
+// back the same float64 ("+Inf" included).
 type zmember [2]bin
 
 // trailer is the last line: without it the dump is cut short.
@@ -274,7 +273,7 @@ func read(ctx context.Context, c redis.UniversalClient, keys []string, now time.
 			}
 		case *redis.ZSliceCmd:
 			for _, z := range cmd.Val() {
-				e.ZSet = append(e.ZSet, zmember{bin(z.Member.(string)), bin(formatScore(z.Score))})
+				e.ZSet = append(e.ZSet, zmember{bin(z.Member.(string)), bin(strconv.FormatFloat(z.Score, 'g', -1, 64))})
 			}
 		}
 		if len(e.Hash)+len(e.Items)+len(e.ZSet) == 0 && e.String == nil {
@@ -293,16 +292,6 @@ func compare(a, b bin) int {
 		return 1
 	}
 	return 0
-}
-
-func formatScore(f float64) string {
-	switch {
-	case math.IsInf(f, 1):
-		return "+inf"
-	case math.IsInf(f, -1):
-		return "-inf"
-	}
-	return strconv.FormatFloat(f, 'g', -1, 64)
 }
 
 // Import reads a dump from r and writes its keys into rdb, and returns how
