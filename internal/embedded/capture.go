@@ -1,9 +1,11 @@
 package embedded
 
 import (
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/alicebob/miniredis/v2/server"
 )
@@ -34,15 +36,15 @@ type dirty struct {
 
 type dirtyKey struct {
 	whole   bool
-	ttl     bool // the TTL may have been set or cleared
-	kind    byte // member-level kind, when not whole
+	from    *expiry // RENAME, COPY: the source's expiry, which the key may have taken
+	kind    byte    // member-level kind, when not whole
 	members map[string]struct{}
 }
 
 // mark notes that a command changed key: its TTL (kind kindTTL), some of
 // its members (kind kindZSet, kindHash or kindSet, with members), or all of
-// it (kind 0). ttl says that the TTL may have been set or cleared.
-func (d *dirty) mark(key string, ttl bool, kind byte, members []string) {
+// it (kind 0). from is the expiry of the key a RENAME or COPY copies.
+func (d *dirty) mark(key string, kind byte, members []string, from *expiry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.keys == nil {
@@ -53,7 +55,9 @@ func (d *dirty) mark(key string, ttl bool, kind byte, members []string) {
 		k = &dirtyKey{}
 		d.keys[key] = k
 	}
-	k.ttl = k.ttl || ttl
+	if from != nil {
+		k.from = from
+	}
 	switch {
 	case k.whole || kind == kindTTL:
 	case kind == 0 || members == nil || (k.kind != 0 && k.kind != kind):
@@ -127,19 +131,25 @@ func (s *Store) preHook(c *server.Peer, cmd string, args ...string) bool {
 	if sp.members != nil {
 		members = sp.members(args)
 	}
-	for _, k := range keys {
-		if ttl {
-			// Until the write is captured, the engine answers TTL reads.
-			s.exp.forget(k)
+	var from *expiry
+	if sp.copiesTTL && len(keys) == 2 {
+		if x, ok := s.exp.get(keys[0]); ok {
+			from = &x
+		}
+	}
+	for i, k := range keys {
+		var f *expiry
+		if i == 1 {
+			f = from
 		}
 		if !s.durable(k) {
 			if ttl {
 				// Not logged, but its expiry is kept, so that it expires.
-				s.dirty.mark(k, true, kindTTL, nil)
+				s.dirty.mark(k, kindTTL, nil, f)
 			}
 			continue
 		}
-		s.dirty.mark(k, ttl, kind, members)
+		s.dirty.mark(k, kind, members, f)
 	}
 	return false
 }
@@ -204,16 +214,11 @@ func (s *Store) capture() (uint64, error) {
 
 func (s *Store) captureKey(payload []byte, key string, d *dirtyKey) ([]byte, error) {
 	c := s.writeConn
-	pttl, err := c.int("PTTL", key)
-	if err != nil {
-		return payload, err
-	}
-	durable := s.durable(key)
-	expireAt, ttlChanged := s.reconcileTTL(key, int64(pttl), d.ttl)
-	if !durable {
+	exists, expireAt, ttlChanged := s.reconcileTTL(key, d.from)
+	if !s.durable(key) {
 		return payload, nil
 	}
-	if pttl == -2 {
+	if !exists {
 		return appendDel(payload, key), nil
 	}
 	if d.whole {
@@ -237,7 +242,7 @@ func (s *Store) captureKey(payload []byte, key string, d *dirtyKey) ([]byte, err
 		if isWrongType(err) {
 			// The command failed on a key of another type; log the key as
 			// it is.
-			return s.captureKey(payload, key, &dirtyKey{whole: true, ttl: d.ttl})
+			return s.captureKey(payload, key, &dirtyKey{whole: true})
 		}
 		if err != nil {
 			return payload, err
@@ -250,23 +255,43 @@ func (s *Store) captureKey(payload []byte, key string, d *dirtyKey) ([]byte, err
 	return payload, nil
 }
 
-// reconcileTTL updates the key's expiry from the engine's PTTL (-2: no key,
-// -1: no TTL). The engine's TTL does not count down, so an unchanged PTTL
-// means the TTL was not set again, unless the command may have set it.
-func (s *Store) reconcileTTL(key string, pttl int64, mayHaveSet bool) (at int64, changed bool) {
+// reconcileTTL brings the key's expiry up to date after a command changed
+// the key, and reports whether the key exists, its expiry (0: none) and
+// whether that changed. from is the expiry of the key a RENAME or COPY
+// took it from.
+//
+// The engine holding the key's tag means that no command set the TTL;
+// holding from's tag, that the key took its source's; anything else, that
+// a command just set it, relative to now.
+func (s *Store) reconcileTTL(key string, from *expiry) (exists bool, at int64, changed bool) {
 	old, had := s.exp.get(key)
-	if pttl < 0 {
-		if had {
-			s.exp.forget(key)
-		}
-		return 0, had || mayHaveSet
+	var d time.Duration
+	if exists = s.mr.Exists(key); exists {
+		d = s.mr.TTL(key)
 	}
-	if had && !mayHaveSet && old.ttl == pttl {
-		return old.at, false
+	if d == 0 {
+		s.exp.forget(key)
+		return exists, 0, had
 	}
-	at = s.now().UnixMilli() + pttl
-	s.exp.set(key, at, pttl)
-	return at, true
+	switch {
+	case had && d == old.tag:
+		return true, old.at, false
+	case from != nil && d == from.tag:
+		at = from.at
+	default:
+		at = s.now().UnixMilli() + d.Milliseconds()
+	}
+	s.setExpiry(key, at)
+	return true, at, !had || at != old.at
+}
+
+// setExpiry gives an existing key the expiry at: in the engine, a TTL of
+// what is left, tagged.
+func (s *Store) setExpiry(key string, at int64) {
+	left := max(time.Duration(at-s.now().UnixMilli())*time.Millisecond, time.Millisecond)
+	tag := left + time.Duration(1+rand.IntN(int(time.Millisecond)-1))
+	s.mr.SetTTL(key, tag)
+	s.exp.set(key, expiry{at: at, tag: tag})
 }
 
 // captureAll logs the whole data set, after a command that may have changed
@@ -283,11 +308,7 @@ func (s *Store) captureAll(why string) (uint64, error) {
 	}
 	s.exp.retain(present)
 	for _, k := range keys {
-		pttl, err := s.writeConn.int("PTTL", k)
-		if err != nil {
-			return 0, err
-		}
-		at, _ := s.reconcileTTL(k, int64(pttl), false)
+		_, at, _ := s.reconcileTTL(k, nil)
 		if !s.durable(k) {
 			continue
 		}

@@ -21,7 +21,8 @@ type spec struct {
 	// arguments do not parse, and the keys are then logged whole.
 	members func(args []string) []string
 	kind    byte // kindZSet, kindHash or kindSet with members; kindTTL: only the TTL changes
-	// ttl: the command may set or clear the TTL of its keys.
+	// ttl: the command may set or clear the TTL of its keys (an ephemeral
+	// key's expiry is tracked only after such a command).
 	ttl func(args []string) bool
 	// blocking: the command may wait for another client's write.
 	blocking bool
@@ -30,6 +31,8 @@ type spec struct {
 	refuse func(args []string) string
 	// all: the command changes keys it does not name (FLUSHALL).
 	all bool
+	// copiesTTL: the second key may take the first's TTL (RENAME, COPY).
+	copiesTTL bool
 }
 
 // readOnly lists the commands that change no key. EVAL and EVALSHA are
@@ -83,7 +86,7 @@ var commands = map[string]*spec{
 	"SETRANGE":    whole(first),
 
 	// Keys.
-	"COPY":      {keys: second, ttl: always, refuse: refuseWord(2, "DB", "COPY to another database")},
+	"COPY":      {keys: firstTwo, ttl: always, copiesTTL: true, refuse: refuseWord(2, "DB", "COPY to another database")},
 	"DEL":       {keys: all, ttl: always},
 	"UNLINK":    {keys: all, ttl: always},
 	"EXPIRE":    {keys: first, ttl: always, kind: kindTTL},
@@ -91,8 +94,8 @@ var commands = map[string]*spec{
 	"PEXPIRE":   {keys: first, ttl: always, kind: kindTTL},
 	"PEXPIREAT": {keys: first, ttl: always, kind: kindTTL},
 	"PERSIST":   {keys: first, ttl: always, kind: kindTTL},
-	"RENAME":    {keys: firstTwo, ttl: always},
-	"RENAMENX":  {keys: firstTwo, ttl: always},
+	"RENAME":    {keys: firstTwo, ttl: always, copiesTTL: true},
+	"RENAMENX":  {keys: firstTwo, ttl: always, copiesTTL: true},
 	"RESTORE":   {keys: first, ttl: always},
 	"FLUSHALL":  {all: true},
 	"FLUSHDB":   {all: true},

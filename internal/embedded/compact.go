@@ -98,7 +98,7 @@ func (s *Store) recover() error {
 		s.opts.Logger.Warn("embedded store: ignoring keygate.snapshot, an older format: the store files in the data directory are newer; delete it once you no longer need it",
 			"data_dir", s.dir)
 	}
-	a := &applier{c: s.writeConn, exp: s.exp, now: s.now().UnixMilli(), fresh: true}
+	a := &applier{c: s.writeConn, exp: s.exp, setExpiry: s.setExpiry, fresh: true}
 	var snapGen uint64
 	if len(snaps) > 0 {
 		snapGen = snaps[len(snaps)-1]

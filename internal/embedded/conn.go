@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/alicebob/miniredis/v2/server"
@@ -247,16 +248,20 @@ type expiries struct {
 	m  map[string]expiry
 }
 
+// expiry is a key's expiry time and the duration the store left in the
+// engine for it, its tag: whole milliseconds and a random fraction of one,
+// which no command writes. Finding the tag there later means that no
+// command set the TTL since.
 type expiry struct {
 	at  int64 // Unix ms
-	ttl int64 // the engine's PTTL when at was computed: unchanged means the TTL was not set again
+	tag time.Duration
 }
 
 func newExpiries() *expiries { return &expiries{m: map[string]expiry{}} }
 
-func (e *expiries) set(key string, at, ttl int64) {
+func (e *expiries) set(key string, x expiry) {
 	e.mu.Lock()
-	e.m[key] = expiry{at, ttl}
+	e.m[key] = x
 	e.mu.Unlock()
 }
 

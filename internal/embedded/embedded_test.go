@@ -170,6 +170,44 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
+// TestTTLKeptExactly: a TTL moves only when a command sets it, whatever the
+// engine's own TTL (which does not count down) says.
+func TestTTLKeptExactly(t *testing.T) {
+	dir := t.TempDir()
+	clk := testclock.New()
+	e := open(t, dir, nil, clk)
+	ctx := context.Background()
+	rdb := e.Client()
+	must(t, rdb.Set(ctx, "lock", "a", time.Minute).Err())
+	must(t, rdb.Set(ctx, "counter", "1", 0).Err())
+	must(t, rdb.Expire(ctx, "counter", time.Minute).Err())
+	must(t, rdb.Set(ctx, "moved", "v", time.Minute).Err())
+	must(t, rdb.Set(ctx, "kept", "v", time.Minute).Err())
+	clk.Advance(40 * time.Second)
+	rdb.SetNX(ctx, "lock", "b", time.Minute)               // refused: the lock's TTL stays
+	must(t, rdb.Expire(ctx, "counter", time.Minute).Err()) // set again: a minute from now
+	must(t, rdb.Rename(ctx, "moved", "renamed").Err())     // the TTL moves with the key
+	must(t, rdb.ExpireGT(ctx, "kept", time.Second).Err())  // not greater: unchanged
+	must(t, rdb.Append(ctx, "kept", "w").Err())            // a write without a TTL: unchanged
+	want := map[string]time.Duration{"lock": 20 * time.Second, "counter": time.Minute, "renamed": 20 * time.Second, "kept": 20 * time.Second}
+	for restart := range 2 {
+		for key, ttl := range want {
+			if got := e.Client().PTTL(ctx, key).Val(); got != ttl {
+				t.Errorf("restart %d: PTTL %s = %v, want %v", restart, key, got, ttl)
+			}
+		}
+		e = reopen(t, e, dir, clk)
+	}
+	clk.Advance(30 * time.Second)
+	must(t, e.expireDue())
+	for key, n := range map[string]int64{"lock": 0, "renamed": 0, "kept": 0, "counter": 1} {
+		if got := e.Client().Exists(ctx, key).Val(); got != n {
+			t.Errorf("after 30 s more, EXISTS %s = %d, want %d", key, got, n)
+		}
+	}
+	e.Close()
+}
+
 // TestIdleWritesNothing runs a caching verifier, whose heartbeats and
 // registrations are writes, and revokes with acknowledgements: only the
 // keys' own changes reach the disk.

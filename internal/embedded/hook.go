@@ -146,7 +146,7 @@ func (s *Store) logBlocking(cmd redis.Cmder) error {
 	}
 	s.writeMu.Lock()
 	for _, k := range keys {
-		s.dirty.mark(k, false, 0, nil)
+		s.dirty.mark(k, 0, nil, nil)
 	}
 	seq, err := s.capture()
 	s.writeMu.Unlock()

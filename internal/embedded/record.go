@@ -202,12 +202,12 @@ func (d *decoder) fail() {
 
 // applier replays records into the engine.
 type applier struct {
-	c     *conn
-	exp   *expiries
-	now   int64 // Unix ms
-	fresh bool  // the engine is empty: a put needs no DEL first
-	ended bool  // an end record was read
-	keys  int   // puts applied since the last reset
+	c         *conn
+	exp       *expiries
+	setExpiry func(key string, at int64)
+	fresh     bool // the engine is empty: a put needs no DEL first
+	ended     bool // an end record was read
+	keys      int  // puts applied since the last reset
 }
 
 // apply replays the records of one payload, whose checksum matched.
@@ -332,12 +332,10 @@ func (a *applier) expire(key string, at int64) error {
 	// A key that expired meanwhile keeps its expiry here: a later record
 	// may still change it, and the store deletes what is due once the
 	// replay is done.
-	left := max(at-a.now, 1)
-	n, err := a.c.int("PEXPIRE", key, strconv.FormatInt(left, 10))
-	if err == nil && n == 1 {
-		a.exp.set(key, at, left)
+	if a.c.exists(key) {
+		a.setExpiry(key, at)
 	}
-	return err
+	return nil
 }
 
 func (a *applier) members(op byte, d *decoder) error {
