@@ -142,8 +142,14 @@ func (s *Store) recover() error {
 }
 
 // startLog creates the log of generation gen and appends to it from now
-// on. With a log already open, it first makes that one's records durable.
+// on. With a log already open, it first makes that one's records durable,
+// so that only the last log can ever end in a torn write.
 func (s *Store) startLog(gen uint64, old *wal) error {
+	if old != nil {
+		if err := old.flush(); err != nil {
+			return err
+		}
+	}
 	path := filepath.Join(s.dir, logName(gen))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err == nil {

@@ -126,17 +126,25 @@ func (w *wal) flushLocked() {
 	w.cond.Broadcast()
 }
 
-// rotate makes everything appended durable in the current file, then
-// appends to f from now on. The caller holds the write lock, so nothing is
+// flush makes everything appended so far durable.
+func (w *wal) flush() error {
+	w.mu.Lock()
+	seq := w.appended
+	w.mu.Unlock()
+	return w.commit(seq)
+}
+
+// rotate appends to f from now on, once everything appended is durable in
+// the current file. The caller holds the write lock, so nothing is
 // appended meanwhile.
 func (w *wal) rotate(f *os.File, size int64) (old *os.File, err error) {
+	if err := w.flush(); err != nil {
+		return nil, err
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for w.flushing {
 		w.cond.Wait()
-	}
-	if w.durable < w.appended && w.err == nil {
-		w.flushLocked()
 	}
 	if w.err != nil {
 		return nil, w.err
