@@ -231,19 +231,8 @@ func always([]string) bool { return true }
 
 func none([]string) []string { return nil }
 
-func first(args []string) []string {
-	if len(args) < 1 {
-		return nil
-	}
-	return args[:1]
-}
-
-func second(args []string) []string {
-	if len(args) < 2 {
-		return nil
-	}
-	return args[1:2]
-}
+// first and second name a command's first or second argument as its key.
+var first, second = at(0), at(1)
 
 func firstTwo(args []string) []string {
 	if len(args) < 2 {
