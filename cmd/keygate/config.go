@@ -44,15 +44,7 @@ type storeConfig struct {
 }
 
 func (c *storeConfig) register(fs *flagSet) {
-	fs.StringVar(&c.redisURL, "redis-url", "", "redis:// or rediss:// URL of a single Redis server")
-	fs.StringVar(&c.redisAddrs, "redis-addrs", "", "comma-separated Redis addresses: a Cluster with --redis-cluster, Sentinels with --redis-master-name")
-	fs.BoolVar(&c.redisCluster, "redis-cluster", false, "--redis-addrs are Redis Cluster nodes")
-	fs.StringVar(&c.redisMasterName, "redis-master-name", "", "Sentinel master name; --redis-addrs are then the Sentinels")
-	fs.StringVar(&c.redisUsername, "redis-username", "", "Redis ACL user (with --redis-addrs)")
-	fs.StringVar(&c.redisPassword, "redis-password", "", "Redis password (with --redis-addrs)")
-	fs.BoolVar(&c.redisTLS, "redis-tls", false, "use TLS to --redis-addrs (a rediss:// URL implies it)")
-	fs.StringVar(&c.dataDir, "data-dir", "./keygate-data", "where the embedded store (used when no Redis is configured) keeps its data")
-	fs.StringVar(&c.namespace, "namespace", "keygate", "prefix of every Redis key and channel")
+	c.registerConnection(fs)
 	fs.StringVar(&c.keyPrefix, "key-prefix", "ak_", "prefix of every secret: letters, digits and _, ending in _")
 	fs.StringVar(&c.keyPrefixes, "key-prefixes-accepted", "", "comma-separated earlier --key-prefix values whose secrets still verify (new keys get --key-prefix)")
 	fs.StringVar(&c.hashKey, "hash-key", "", "HMAC key for secret digests (default: plain SHA-256)")
@@ -62,22 +54,29 @@ func (c *storeConfig) register(fs *flagSet) {
 	fs.DurationVar(&c.invalidationWait, "invalidation-wait", 250*time.Millisecond, "how long revoke, update and delete wait for acknowledgements before naming the verifiers that did not answer (they are then waited for until their registrations lapse)")
 	fs.DurationVar(&c.subscriptionStale, "subscription-stale", 2*time.Second, "longest a verifier's cache answers without a fresh proof that it missed no invalidation; also the longest a revoke waits for a verifier that does not answer")
 	fs.DurationVar(&c.replicaWait, "replica-wait", 0, "how long revoke, update and delete wait for a replica to confirm (Redis WAIT), so a failover cannot undo them; 0 = no wait; set only where every master has a replica")
+}
+
+// registerConnection registers the flags that say where the data is: Redis,
+// or the embedded store's directory, and the namespace; and the log's.
+func (c *storeConfig) registerConnection(fs *flagSet) {
+	fs.StringVar(&c.redisURL, "redis-url", "", "redis:// or rediss:// URL of a single Redis server")
+	fs.StringVar(&c.redisAddrs, "redis-addrs", "", "comma-separated Redis addresses: a Cluster with --redis-cluster, Sentinels with --redis-master-name")
+	fs.BoolVar(&c.redisCluster, "redis-cluster", false, "--redis-addrs are Redis Cluster nodes")
+	fs.StringVar(&c.redisMasterName, "redis-master-name", "", "Sentinel master name; --redis-addrs are then the Sentinels")
+	fs.StringVar(&c.redisUsername, "redis-username", "", "Redis ACL user (with --redis-addrs)")
+	fs.StringVar(&c.redisPassword, "redis-password", "", "Redis password (with --redis-addrs)")
+	fs.BoolVar(&c.redisTLS, "redis-tls", false, "use TLS to --redis-addrs (a rediss:// URL implies it)")
+	fs.StringVar(&c.dataDir, "data-dir", "./keygate-data", "where the embedded store (used when no Redis is configured) keeps its data")
+	fs.StringVar(&c.namespace, "namespace", "keygate", "prefix of every Redis key and channel")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: json or text")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
 
 func (c *storeConfig) check() error {
+	if err := c.checkConnection(); err != nil {
+		return err
+	}
 	switch {
-	case c.redisURL != "" && c.redisAddrs != "":
-		return usagef("--redis-url and --redis-addrs are exclusive: give one")
-	case c.redisCluster && c.redisAddrs == "":
-		return usagef("--redis-cluster needs --redis-addrs")
-	case c.redisMasterName != "" && c.redisAddrs == "":
-		return usagef("--redis-master-name needs --redis-addrs (the Sentinels)")
-	case c.redisCluster && c.redisMasterName != "":
-		return usagef("--redis-cluster and --redis-master-name are exclusive")
-	case c.namespace == "" || strings.ContainsAny(c.namespace, " \t\r\n"):
-		return usagef("--namespace must be non-empty and hold no white space")
 	case c.cacheTTL < 0:
 		return usagef("--cache-ttl must not be negative")
 	case c.cacheMaxBytes < 64<<10:
@@ -94,6 +93,23 @@ func (c *storeConfig) check() error {
 		return usagef("--key-prefix %q must be letters, digits and _, ending in _, at most 32 characters", c.keyPrefix)
 	case c.badAcceptedPrefix() != "":
 		return usagef("--key-prefixes-accepted: %q must be letters, digits and _, ending in _, at most 32 characters", c.badAcceptedPrefix())
+	}
+	return nil
+}
+
+// checkConnection checks the flags of registerConnection.
+func (c *storeConfig) checkConnection() error {
+	switch {
+	case c.redisURL != "" && c.redisAddrs != "":
+		return usagef("--redis-url and --redis-addrs are exclusive: give one")
+	case c.redisCluster && c.redisAddrs == "":
+		return usagef("--redis-cluster needs --redis-addrs")
+	case c.redisMasterName != "" && c.redisAddrs == "":
+		return usagef("--redis-master-name needs --redis-addrs (the Sentinels)")
+	case c.redisCluster && c.redisMasterName != "":
+		return usagef("--redis-cluster and --redis-master-name are exclusive")
+	case c.namespace == "" || strings.ContainsAny(c.namespace, " \t\r\n"):
+		return usagef("--namespace must be non-empty and hold no white space")
 	case c.logFormat != "json" && c.logFormat != "text":
 		return usagef("--log-format must be json or text, not %q", c.logFormat)
 	}
@@ -155,33 +171,13 @@ type backend struct {
 func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, error) {
 	b := &backend{registry: prometheus.NewRegistry(), logger: logger}
 	b.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	switch {
-	case c.redisURL != "":
-		opts, _ := redis.ParseURL(c.redisURL)
-		failFast(&opts.MaxRetries, &opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
-		b.rdb = redis.NewClient(opts)
-	case c.redisAddrs != "":
-		opts := &redis.UniversalOptions{
-			Addrs:         splitList(c.redisAddrs),
-			MasterName:    c.redisMasterName,
-			Username:      c.redisUsername,
-			Password:      c.redisPassword,
-			IsClusterMode: c.redisCluster,
-		}
-		if c.redisTLS {
-			opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-		}
-		failFast(&opts.MaxRetries, &opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
-		b.rdb = redis.NewUniversalClient(opts)
-	case allowEmbedded:
-		e, err := embedded.Open(c.dataDir)
-		if err != nil {
-			return nil, fmt.Errorf("--data-dir %s: %w", c.dataDir, err)
-		}
-		b.embedded, b.rdb = e, e.Client()
+	var err error
+	b.rdb, b.embedded, err = c.connect(logger, allowEmbedded)
+	if err != nil {
+		return nil, err
+	}
+	if b.embedded != nil {
 		logger.Warn("no Redis configured: using the embedded store, for ONE instance only; set KEYGATE_REDIS_URL for production", "data_dir", c.dataDir)
-	default:
-		return nil, usagef("no Redis configured: set --redis-url or --redis-addrs")
 	}
 	store, err := keystore.New(b.rdb, keystore.Options{
 		Namespace:           c.namespace,
@@ -216,6 +212,45 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 	}
 	return b, nil
 }
+
+// connect returns a client of the configured Redis, or opens the embedded
+// store in the data directory when none is configured (e is then the
+// store, and the client is its own).
+func (c *storeConfig) connect(logger *slog.Logger, allowEmbedded bool) (rdb redis.UniversalClient, e *embedded.Store, err error) {
+	switch {
+	case c.redisURL != "":
+		opts, _ := redis.ParseURL(c.redisURL)
+		failFast(&opts.MaxRetries, &opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+		return redis.NewClient(opts), nil, nil
+	case c.redisAddrs != "":
+		opts := &redis.UniversalOptions{
+			Addrs:         splitList(c.redisAddrs),
+			MasterName:    c.redisMasterName,
+			Username:      c.redisUsername,
+			Password:      c.redisPassword,
+			IsClusterMode: c.redisCluster,
+		}
+		if c.redisTLS {
+			opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		failFast(&opts.MaxRetries, &opts.DialTimeout, &opts.ReadTimeout, &opts.WriteTimeout)
+		return redis.NewUniversalClient(opts), nil, nil
+	case allowEmbedded:
+		e, err := embedded.Open(c.dataDir, embedded.Options{
+			Ephemeral: c.ephemeral,
+			Logger:    logger,
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("--data-dir %s: %w", c.dataDir, err)
+		}
+		return e.Client(), e, nil
+	}
+	return nil, nil, usagef("no Redis configured: set --redis-url or --redis-addrs")
+}
+
+// ephemeral reports the keys of the namespace that need not be kept or
+// copied: the verifiers recreate them.
+func (c *storeConfig) ephemeral(key string) bool { return keystore.IsEphemeral(c.namespace, key) }
 
 // failFast bounds how long a request waits on an unreachable Redis, so that
 // verifications answer 503 within about two seconds instead of hanging.

@@ -14,7 +14,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/keygate/keygate/internal/embedded"
 	"github.com/keygate/keygate/internal/redistest"
 )
 
@@ -105,7 +104,7 @@ func merge(ms ...map[string]string) map[string]string {
 // with debug logging, plus the usual mistakes (a secret where an ID goes,
 // in a body field, in the original URI's query), and checks that no
 // secret and no admin token appears in a log line, the metrics, an error
-// body or header, or the embedded store's snapshot.
+// body or header, or the embedded store's files.
 func TestSecretsNeverLeakEmbedded(t *testing.T) {
 	dataDir := t.TempDir()
 	addr := freeAddr(t)
@@ -162,11 +161,25 @@ func TestSecretsNeverLeakEmbedded(t *testing.T) {
 		t.Fatalf("serve exited %d", code)
 	}
 	x.add("serve's log", serve.stderr.String())
-	snapshot, err := os.ReadFile(filepath.Join(dataDir, embedded.SnapshotFile))
+	files, err := os.ReadDir(dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	x.add("the snapshot", string(snapshot))
+	var stored strings.Builder
+	for _, f := range files {
+		if f.Name() == adminTokenFile {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dataDir, f.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.add("the embedded store's "+f.Name(), string(b))
+		stored.Write(b)
+	}
+	if !strings.Contains(stored.String(), k1.ID) || !strings.Contains(stored.String(), k2.ID) {
+		t.Fatal("the embedded store's files do not hold the keys: the check would prove little")
+	}
 	if !strings.Contains(serve.stderr.String(), "forward-auth") || !strings.Contains(serve.stderr.String(), "level=DEBUG") {
 		t.Fatalf("serve logged no debug lines: the check would prove little:\n%s", serve.stderr)
 	}

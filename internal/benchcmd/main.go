@@ -4,6 +4,7 @@
 //	go run ./internal/benchcmd                        # everything, under 2 minutes on 2 cores
 //	go run ./internal/benchcmd -out BENCHMARKS.md     # also writes the table there
 //	go run ./internal/benchcmd -only 'verify|revoke'  # some measures only
+//	go run ./internal/benchcmd -only embedded -out BENCHMARKS.md  # the embedded store's rows, merged into the file
 //
 // It starts its own redis-server (and nginx, for forward-auth) on free
 // loopback ports, and stops them when it is done. Every measure runs -runs
@@ -63,6 +64,7 @@ var measures = []measure{
 	{"last-used", lastUsedWrites},
 	{"usage", usageControl},
 	{"memory", memoryAndList},
+	{"embedded", embeddedStore},
 }
 
 func main() {
@@ -153,6 +155,10 @@ func run(c config) error {
 	table := render(env.machine, c, rows, time.Since(start))
 	fmt.Print(table)
 	if c.out != "" {
+		if old, err := os.ReadFile(c.out); err == nil && c.only.String() != "" {
+			// Some measures only: their rows replace or join the file's.
+			table = merge(string(old), env.machine, c, rows, time.Since(start))
+		}
 		if err := os.WriteFile(c.out, []byte(table), 0o644); err != nil {
 			return err
 		}

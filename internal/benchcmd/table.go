@@ -41,6 +41,69 @@ func render(machine string, c config, rows []row, took time.Duration) string {
 	return b.String()
 }
 
+// merge puts rows into a table render wrote earlier: a row of the same
+// measure, and its note, are replaced; the others are added at the end.
+// A line under the header says when and where these rows were measured.
+func merge(old, machine string, c config, rows []row, took time.Duration) string {
+	lines := strings.Split(strings.TrimRight(old, "\n"), "\n")
+	rowLine := func(r row) string {
+		return fmt.Sprintf("| %s | %s | %s | %s | %s | %s |", cell(r.measure), cell(r.keygate), cell(r.baseline), cell(r.compare), cell(r.goal), cell(r.verdict))
+	}
+	noteLine := func(r row) string { return fmt.Sprintf("- **%s**: %s", r.measure, r.note) }
+	stamp := fmt.Sprintf("Rows re-measured with `-only %s`: %s, %d runs, took %s, on %s.",
+		c.only, time.Now().UTC().Format("2006-01-02 15:04 UTC"), c.runs, took.Round(time.Second), machine)
+	var out []string
+	lastRow, lastNote := -1, -1
+	done := map[string]bool{}
+	for _, l := range lines {
+		if strings.HasPrefix(l, "Rows re-measured with `-only "+c.only.String()+"`") {
+			if len(out) > 0 && out[len(out)-1] == "" {
+				out = out[:len(out)-1]
+			}
+			continue
+		}
+		replaced := false
+		for _, r := range rows {
+			if strings.HasPrefix(l, "| "+cell(r.measure)+" |") {
+				out, replaced = append(out, rowLine(r)), true
+				done["row "+r.measure] = true
+			} else if strings.HasPrefix(l, "- **"+r.measure+"**:") {
+				out, replaced = append(out, noteLine(r)), true
+				done["note "+r.measure] = true
+			}
+		}
+		if !replaced {
+			out = append(out, l)
+		}
+		switch {
+		case strings.HasPrefix(l, "| "):
+			lastRow = len(out) - 1
+		case strings.HasPrefix(l, "- **"):
+			lastNote = len(out) - 1
+		case strings.HasPrefix(l, "Run: "):
+			out = append(out, "", stamp)
+		}
+	}
+	var newRows, newNotes []string
+	for _, r := range rows {
+		if !done["row "+r.measure] {
+			newRows = append(newRows, rowLine(r))
+		}
+		if !done["note "+r.measure] && r.note != "" {
+			newNotes = append(newNotes, noteLine(r))
+		}
+	}
+	if lastNote >= 0 {
+		out = append(out[:lastNote+1], append(newNotes, out[lastNote+1:]...)...)
+	} else {
+		out = append(out, newNotes...)
+	}
+	if lastRow >= 0 {
+		out = append(out[:lastRow+1], append(newRows, out[lastRow+1:]...)...)
+	}
+	return strings.Join(out, "\n") + "\n"
+}
+
 func cell(s string) string {
 	if s == "" {
 		return "—"

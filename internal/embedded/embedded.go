@@ -1,257 +1,214 @@
 // Package embedded runs the store a new user gets with no Redis: an
-// in-process miniredis on a loopback port whose contents are saved to a
-// directory after every write and loaded at start.
+// in-process Redis (miniredis, served without a network listener) whose
+// changes are kept in a directory.
 //
-//	e, err := embedded.Open("./keygate-data")
+//	e, err := embedded.Open("./keygate-data", embedded.Options{
+//		Ephemeral: func(key string) bool { return keystore.IsEphemeral("keygate", key) },
+//	})
 //	rdb := e.Client() // a go-redis client on it
 //	defer e.Close()
 //
-// It is for one instance: two processes on one data directory overwrite each
-// other's snapshots.
+// Every command that changes a durable key is on disk, in an append-only
+// log, before its caller sees the reply; concurrent writes share one fsync.
+// What a write costs follows what it changed, not the size of the data set.
+// When the log outgrows the last snapshot, a new snapshot is written in the
+// background. Ephemeral keys ([Options.Ephemeral]) never reach the disk, so
+// an idle store writes nothing. docs/embedded-store.md has the design and
+// the files.
+//
+// One process at a time: [Open] locks the directory, and a second Open
+// fails with [ErrLocked].
 package embedded
 
 import (
-	"bytes"
 	"context"
-	"encoding/gob"
 	"errors"
 	"fmt"
-	"io/fs"
+	"log/slog"
+	"net"
 	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 )
 
-// SnapshotFile is the name of the snapshot in the data directory.
-const SnapshotFile = "keygate.snapshot"
+// ErrLocked reports a data directory that another process has open.
+var ErrLocked = errors.New("the data directory is in use by another keygate process (the embedded store allows one)")
+
+// Options configure [Open]. The zero value works.
+type Options struct {
+	// Ephemeral reports the keys that are recreated when their owners start
+	// (a verifier registry, acknowledgements): they are never written to
+	// disk. Default: none, every key is durable.
+	Ephemeral func(key string) bool
+	// Logger receives warnings (a torn write dropped at start) and errors of
+	// background work. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock of key expiry. Default time.Now.
+	Now func() time.Time
+	// CompactRatio is how large the log may grow, as a multiple of the
+	// last snapshot (and at least 1 MiB), before a compaction starts.
+	// Default 1. Higher writes fewer snapshots and makes restarts longer:
+	// a start replays the snapshot and the whole log.
+	CompactRatio float64
+}
+
+func (o Options) withDefaults() Options {
+	if o.Ephemeral == nil {
+		o.Ephemeral = func(string) bool { return false }
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.CompactRatio <= 0 {
+		o.CompactRatio = 1
+	}
+	return o
+}
 
 // Store is a running embedded Redis.
 type Store struct {
-	dir string
-	mr  *miniredis.Miniredis
-	rdb *redis.Client
+	dir  string
+	opts Options
+	lock *os.File
+	mr   *miniredis.Miniredis
+	rdb  *redis.Client
 
-	mu   sync.Mutex // serialises snapshots
-	last []byte     // the bytes last written, to skip identical snapshots
+	// writeMu is held by every command that may write, from before it is
+	// sent until what it changed is in the log (capture.go).
+	writeMu   sync.Mutex
+	writeConn *conn // reads back what a write changed; under writeMu
+	dirty     dirty
+	exp       *expiries
+	wal       *wal
+	gen       uint64 // generation of the log appended to; under writeMu
+
+	compactMu   sync.Mutex // one compaction at a time
+	compactConn *conn
+	compactNow  chan struct{}
+	snapSize    atomic.Int64 // bytes of the last snapshot
+	compactions atomic.Int64
+
+	stop    chan struct{}
+	bg      sync.WaitGroup
+	closing sync.Once
+	closed  error
 }
 
-// Open loads the snapshot in dir (creating dir, mode 0700, when missing) and
-// starts the embedded Redis on a free loopback port.
-func Open(dir string) (*Store, error) {
+// Open locks dir (creating it, mode 0700, when missing), loads what it
+// holds and starts the embedded Redis. A second process on the same dir
+// gets [ErrLocked]. A write cut short by a crash at the end of the log is
+// dropped with a warning; damage anywhere else is an error naming the file.
+func Open(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
-	mr := miniredis.NewMiniRedis()
-	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
-		return nil, fmt.Errorf("starting embedded redis: %w", err)
-	}
-	s := &Store{dir: dir, mr: mr}
-	if err := s.load(); err != nil {
-		mr.Close()
+	lock, err := lockDir(dir)
+	if err != nil {
 		return nil, err
 	}
-	s.rdb = redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	s := &Store{
+		dir:        dir,
+		opts:       opts.withDefaults(),
+		lock:       lock,
+		mr:         miniredis.NewMiniRedis(),
+		exp:        newExpiries(),
+		compactNow: make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+	}
+	// Dialling starts the engine without a listener: nothing outside this
+	// process can reach it.
+	c, err := s.mr.Dial()
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("starting embedded redis: %w", err)
+	}
+	c.Close()
+	srv := s.mr.Server()
+	s.writeConn, s.compactConn = newConn(srv), newConn(srv)
+	if err := s.recover(); err != nil {
+		s.mr.Close()
+		lock.Close()
+		return nil, err
+	}
+	srv.SetPreHook(s.preHook)
+	s.rdb = redis.NewClient(&redis.Options{
+		Dialer: func(context.Context, string, string) (net.Conn, error) {
+			client, server := memPipe()
+			srv.ServeConn(server)
+			return client, nil
+		},
+		// The engine always answers: no deadline, so that a reply is never
+		// abandoned while its command runs.
+		ReadTimeout:  -1,
+		WriteTimeout: -1,
+	})
 	s.rdb.AddHook(persistHook{s})
+	// Keys that expired while keygate was down go now, as logged deletes.
+	if err := s.expireDue(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.bg.Add(2)
+	go s.compactLoop()
+	go s.expireLoop()
 	return s, nil
 }
 
-// Client returns the client whose writes are persisted. Writes made through
-// other clients are saved with the next write made through this one, or at
-// Close.
+// Client returns the client whose writes are persisted: the only way in.
 func (s *Store) Client() *redis.Client { return s.rdb }
 
-// Close saves a last snapshot and stops the embedded Redis.
+// Close stops the embedded Redis and releases the directory. Every write
+// that returned is already on disk.
 func (s *Store) Close() error {
-	err := s.Save()
-	s.rdb.Close()
-	s.mr.Close()
-	return err
-}
-
-// snapshot is the saved form. Values are Go strings, which gob keeps byte
-// for byte (digests are binary).
-type snapshot struct {
-	Strings map[string]string
-	Hashes  map[string]map[string]string
-	ZSets   map[string]map[string]float64
-	Sets    map[string][]string
-	Lists   map[string][]string
-}
-
-// Save writes the current contents atomically: to a temporary file that is
-// synced and then renamed over the snapshot, so that a crash at any point
-// leaves either the previous snapshot or the new one. Keys with a TTL are
-// transient (acknowledgements, heartbeats) and are not saved.
-func (s *Store) Save() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	snap := s.capture()
-	var buf bytes.Buffer
-	if err := gob.NewEncoder(&buf).Encode(snap); err != nil {
-		return fmt.Errorf("encoding snapshot: %w", err)
-	}
-	if bytes.Equal(buf.Bytes(), s.last) {
-		return nil
-	}
-	if err := writeAtomic(filepath.Join(s.dir, SnapshotFile), buf.Bytes()); err != nil {
-		return err
-	}
-	s.last = buf.Bytes()
-	return nil
-}
-
-func (s *Store) capture() snapshot {
-	snap := snapshot{
-		Strings: map[string]string{},
-		Hashes:  map[string]map[string]string{},
-		ZSets:   map[string]map[string]float64{},
-		Sets:    map[string][]string{},
-		Lists:   map[string][]string{},
-	}
-	for _, k := range s.mr.Keys() {
-		if s.mr.TTL(k) > 0 {
-			continue
+	s.closing.Do(func() {
+		close(s.stop)
+		s.bg.Wait()
+		// A compaction in progress sees stop and gives up; its files are
+		// removed, or left for the next start to remove.
+		s.compactMu.Lock()
+		defer s.compactMu.Unlock()
+		s.rdb.Close()
+		s.mr.Close()
+		if err := s.wal.close(); err != nil {
+			s.closed = fmt.Errorf("closing the log: %w", err)
 		}
-		switch s.mr.Type(k) {
-		case "string":
-			if v, err := s.mr.Get(k); err == nil {
-				snap.Strings[k] = v
-			}
-		case "hash":
-			fields, _ := s.mr.HKeys(k)
-			h := make(map[string]string, len(fields))
-			for _, f := range fields {
-				h[f] = s.mr.HGet(k, f)
-			}
-			snap.Hashes[k] = h
-		case "zset":
-			members, _ := s.mr.ZMembers(k)
-			z := make(map[string]float64, len(members))
-			for _, m := range members {
-				z[m], _ = s.mr.ZScore(k, m)
-			}
-			snap.ZSets[k] = z
-		case "set":
-			snap.Sets[k], _ = s.mr.Members(k)
-		case "list":
-			snap.Lists[k], _ = s.mr.List(k)
+		s.lock.Close()
+	})
+	return s.closed
+}
+
+func (s *Store) now() time.Time { return s.opts.Now() }
+
+// committed runs after a write is on disk: it asks for a compaction when the
+// log has outgrown the snapshot.
+func (s *Store) committed() {
+	if s.shouldCompact() {
+		select {
+		case s.compactNow <- struct{}{}:
+		default:
 		}
 	}
-	return snap
 }
 
-func (s *Store) load() error {
-	b, err := os.ReadFile(filepath.Join(s.dir, SnapshotFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reading snapshot: %w", err)
-	}
-	var snap snapshot
-	if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&snap); err != nil {
-		return fmt.Errorf("decoding snapshot %s: %w", filepath.Join(s.dir, SnapshotFile), err)
-	}
-	for k, v := range snap.Strings {
-		s.mr.Set(k, v)
-	}
-	for k, h := range snap.Hashes {
-		for f, v := range h {
-			s.mr.HSet(k, f, v)
-		}
-	}
-	for k, z := range snap.ZSets {
-		for m, score := range z {
-			s.mr.ZAdd(k, score, m)
-		}
-	}
-	for k, members := range snap.Sets {
-		s.mr.SAdd(k, members...)
-	}
-	for k, items := range snap.Lists {
-		s.mr.Push(k, items...)
-	}
-	s.last = b
-	return nil
+// Stats are figures for tests and benchmarks.
+type Stats struct {
+	LogBytes      int64 // bytes in the current log
+	SnapshotBytes int64 // bytes in the last snapshot
+	Written       int64 // bytes written to logs since Open
+	Compactions   int64 // snapshots written since Open
 }
 
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing snapshot: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename there is nothing to remove
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing snapshot: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("syncing snapshot: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing snapshot: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing snapshot: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+// Stats returns the store's figures.
+func (s *Store) Stats() Stats {
+	s.wal.mu.Lock()
+	written, size := s.wal.written, s.wal.size
+	s.wal.mu.Unlock()
+	return Stats{LogBytes: size, SnapshotBytes: s.snapSize.Load(), Written: written, Compactions: s.compactions.Load()}
 }
-
-// persistHook saves a snapshot after every command that may write, before
-// the command's caller sees its reply: once a write has returned, it
-// survives a crash.
-type persistHook struct{ s *Store }
-
-func (h persistHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h persistHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		if mayWrite(cmd.Name()) {
-			if serr := h.s.Save(); serr != nil && err == nil {
-				cmd.SetErr(serr)
-				return serr
-			}
-		}
-		return err
-	}
-}
-
-func (h persistHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, cmd := range cmds {
-			if mayWrite(cmd.Name()) {
-				if serr := h.s.Save(); serr != nil && err == nil {
-					return serr
-				}
-				break
-			}
-		}
-		return err
-	}
-}
-
-// readOnly lists the commands that never change data.
-var readOnly = map[string]bool{
-	"get": true, "mget": true, "exists": true, "type": true, "ttl": true, "pttl": true,
-	"keys": true, "scan": true, "dbsize": true,
-	"hget": true, "hgetall": true, "hmget": true, "hexists": true, "hlen": true, "hkeys": true, "hscan": true,
-	"zcard": true, "zscore": true, "zmscore": true, "zrange": true, "zrevrange": true,
-	"zrangebyscore": true, "zrevrangebyscore": true, "zcount": true, "zrank": true, "zrevrank": true,
-	"smembers": true, "sismember": true, "scard": true, "llen": true, "lrange": true, "lindex": true,
-	"ping": true, "echo": true, "hello": true, "info": true, "time": true, "client": true,
-	"publish": true, "subscribe": true, "unsubscribe": true, "psubscribe": true, "punsubscribe": true, "pubsub": true,
-	"script": true,
-}
-
-func mayWrite(name string) bool { return !readOnly[name] }
