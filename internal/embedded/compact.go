@@ -247,7 +247,8 @@ func (s *Store) replayLog(gen uint64, a *applier, last bool) (*os.File, int64, e
 	if res.torn {
 		s.opts.Logger.Warn("embedded store: dropped an incomplete write at the end of the log, left by a crash; its command had not been answered",
 			"file", name, "offset", res.good, "bytes", st.Size()-res.good)
-		if err := f.Truncate(res.good); err == nil {
+		err := f.Truncate(res.good)
+		if err == nil {
 			err = f.Sync()
 		}
 		if err != nil {
