@@ -105,21 +105,22 @@ return 0
 // heartbeatScript registers the verifier ARGV[1] until ARGV[2] ms from now
 // by the server's clock, so that clock skew between hosts does not matter,
 // and forgets verifiers and announcements a minute old. It returns whether
-// the verifier was not registered (the first time, or after a lapse, a
-// failover or a flush), the current sequence number, and the server time
-// of the newest announcement older than ARGV[3] ms that was never
-// published (0 when none).
+// the verifier was not registered, or its registration had lapsed (the
+// first time, after a lapse, a failover or a flush), the current sequence
+// number, and the nonces of up to 16 announcements older than ARGV[3] ms
+// that were never published.
 var heartbeatScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local added = redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
+local prev = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local added = 0
+if not prev or tonumber(prev) <= now then added = 1 end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - 60000))
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('(%.0f', now - 60000))
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-local lost = redis.call('ZREVRANGEBYSCORE', KEYS[3], string.format('(%.0f', now - tonumber(ARGV[3])), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-local lostAt = 0
-if #lost == 2 then lostAt = tonumber(lost[2]) end
-return {added, seq, lostAt}
+local lost = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', string.format('(%.0f', now - tonumber(ARGV[3])), 'LIMIT', 0, 16)
+return {added, seq, lost}
 `)
 
 const (
@@ -292,15 +293,18 @@ func (s *Store) await(ctx context.Context, nonce string, p *published, ackDeadli
 	// their registrations to lapse (or for them to answer after all).
 	var missing []string
 	members, err := s.rdb.SMembers(ctx, s.names.pending(nonce)).Result()
-	if err != nil {
-		for id := range p.live {
+	for _, id := range members {
+		if _, ok := p.live[id]; ok {
 			missing = append(missing, id)
 		}
-	} else {
-		for _, id := range members {
-			if _, ok := p.live[id]; ok {
-				missing = append(missing, id)
-			}
+	}
+	if err != nil || len(missing) == 0 {
+		// Only the done list says that everyone answered: a pending set
+		// that cannot be read, or is gone (evicted, lost in a failover),
+		// says nothing. Wait for every registration to lapse.
+		missing = missing[:0]
+		for id := range p.live {
+			missing = append(missing, id)
 		}
 	}
 	slices.Sort(missing)
@@ -385,10 +389,10 @@ type liveness struct {
 
 	mu         sync.Mutex
 	subscribed bool
-	known      bool    // seq is meaningful
-	seq        uint64  // of the last invalidation received
-	lostAt     int64   // server time of the newest lost announcement handled
-	rounds     []round // heartbeats whose PING is not answered yet, oldest first
+	known      bool                 // seq is meaningful
+	seq        uint64               // of the last invalidation received
+	lost       map[string]time.Time // unpublished announcements handled, and when
+	rounds     []round              // heartbeats whose PING is not answered yet, oldest first
 	lastSign   time.Time
 }
 
@@ -403,9 +407,9 @@ type round struct {
 
 // beat is what heartbeatScript returned.
 type beat struct {
-	added  bool   // the registration had lapsed, or is new
-	seq    uint64 // invalidations published so far
-	lostAt int64  // newest announcement never published, server Unix ms; 0 when none
+	added bool     // the registration had lapsed, or is new
+	seq   uint64   // invalidations published so far
+	lost  []string // nonces of announcements never published
 }
 
 // maxRounds bounds the heartbeats remembered while no PING is answered; the
@@ -509,7 +513,7 @@ func (l *liveness) pong(ping uint64, now time.Time) {
 	case l.known && l.seq < b.seq:
 		// An invalidation published before the heartbeat never came.
 		reason = flushGap
-	case b.lostAt > l.lostAt:
+	case l.newLost(b.lost, now):
 		// A change was written and its invalidation never published.
 		reason = flushUnpublished
 	}
@@ -519,7 +523,7 @@ func (l *liveness) pong(ping uint64, now time.Time) {
 	if !l.known || l.seq < b.seq || reason == flushSequence {
 		l.seq, l.known = b.seq, true
 	}
-	l.lostAt = max(l.lostAt, b.lostAt)
+	l.noteLost(b.lost, now)
 	until := r.sent.Add(l.hold)
 	if u := l.until.Load(); u == nil || until.After(*u) {
 		l.until.Store(&until)
@@ -536,6 +540,37 @@ const (
 	flushLapse        = "lapse"        // the registration had lapsed
 	flushMalformed    = "malformed"    // an invalidation not understood
 )
+
+// lostMemory is how long a handled announcement is remembered: longer
+// than the registry keeps it (a minute).
+const lostMemory = 2 * time.Minute
+
+// newLost reports whether nonces holds an announcement not handled yet;
+// mu is held.
+func (l *liveness) newLost(nonces []string, now time.Time) bool {
+	for _, n := range nonces {
+		if _, ok := l.lost[n]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// noteLost remembers nonces as handled at now, and forgets the old ones;
+// mu is held.
+func (l *liveness) noteLost(nonces []string, now time.Time) {
+	if l.lost == nil {
+		l.lost = make(map[string]time.Time)
+	}
+	for _, n := range nonces {
+		l.lost[n] = now
+	}
+	for n, at := range l.lost {
+		if now.Sub(at) > lostMemory {
+			delete(l.lost, n)
+		}
+	}
+}
 
 // emptyLocked empties the cache; mu is held.
 func (l *liveness) emptyLocked(reason string) {
@@ -694,13 +729,34 @@ func (v *Verifier) heartbeat() (beat, bool) {
 	defer cancel()
 	n := v.store.names
 	reply, err := heartbeatScript.Run(ctx, v.store.rdb, []string{n.verifiers(), n.seq(), n.open()},
-		v.id, v.opts.SubscriptionStale.Milliseconds(), publishBound.Milliseconds()).Int64Slice()
-	if err != nil || len(reply) != 3 {
+		v.id, v.opts.SubscriptionStale.Milliseconds(), publishBound.Milliseconds()).Slice()
+	b, ok := parseBeat(reply)
+	if err != nil || !ok {
 		v.store.metrics.errors.WithLabelValues(opHeartbeat).Inc()
 		v.log.Debug("registering the verifier", "instance", v.id, "err", err)
 		return beat{}, false
 	}
-	return beat{added: reply[0] == 1, seq: uint64(reply[1]), lostAt: reply[2]}, true
+	return b, true
+}
+
+// parseBeat decodes heartbeatScript's reply.
+func parseBeat(reply []any) (beat, bool) {
+	if len(reply) != 3 {
+		return beat{}, false
+	}
+	added, ok1 := reply[0].(int64)
+	seq, ok2 := reply[1].(int64)
+	lost, ok3 := reply[2].([]any)
+	if !ok1 || !ok2 || !ok3 {
+		return beat{}, false
+	}
+	b := beat{added: added == 1, seq: uint64(seq)}
+	for _, n := range lost {
+		if s, ok := n.(string); ok {
+			b.lost = append(b.lost, s)
+		}
+	}
+	return b, true
 }
 
 // deregister removes the verifier from the registry, so that changes stop

@@ -576,7 +576,8 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 	case p.NoCredits:
 		del = append(del, fCredits, fRefill, fLastRefill)
 	case p.Credits != nil:
-		set = append(set, fCredits, p.Credits.Remaining)
+		// A balance set now is not refilled until the next boundary.
+		set = append(set, fCredits, p.Credits.Remaining, fLastRefill, now)
 		if r := p.Credits.Refill; r != nil {
 			set = append(set, fRefill, encodeRefill(r))
 		} else {

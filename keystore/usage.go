@@ -37,7 +37,7 @@ var ErrUsageExceeded = errors.New("keystore: api key out of credits")
 // LimitError reports a request refused by a rate limit or by credits.
 type LimitError struct {
 	Err        error         // ErrRateLimited or ErrUsageExceeded
-	RetryAfter time.Duration // until the request could pass; 0 when never (credits without refill)
+	RetryAfter time.Duration // until the request could pass; 0 when never (a cost over the limit or the refill, credits without refill)
 	Limits     *LimitState   // the key's limits as of this request
 }
 
@@ -255,9 +255,13 @@ if #fields > 0 then
     local tat = tonumber(stored[i] or '0')
     if tat < now then tat = now end
     local new = tat + cost * step
-    if new - dur > now then
+    if cost > limit then
       out[1] = 1
-      out[2] = math.max(out[2], math.ceil(new - dur - now))
+      out[2] = -1
+      new = tat
+    elseif new - dur > now then
+      out[1] = 1
+      if out[2] >= 0 then out[2] = math.max(out[2], math.ceil(new - dur - now)) end
       new = tat
     end
     tats[#tats + 1] = fields[i]
@@ -293,6 +297,7 @@ return out
 // the key's credits are next refilled (zero without refill).
 type meterCall struct {
 	key  *APIKey
+	cost int64
 	args []any
 	next time.Time
 	now  time.Time
@@ -306,7 +311,7 @@ func newMeterCall(k *APIKey, cost int64, now time.Time) *meterCall {
 		last, next = k.Credits.Refill.boundaries(now)
 		boundary = last.UnixMilli()
 	}
-	return &meterCall{key: k, args: []any{now.UnixMilli(), cost, boundary}, next: next, now: now}
+	return &meterCall{key: k, cost: cost, args: []any{now.UnixMilli(), cost, boundary}, next: next, now: now}
 }
 
 // meter checks and charges a request of cost against k's limits and
@@ -338,10 +343,11 @@ func (s *Store) metered(c *meterCall, raw []any, err error) (*LimitState, error)
 	case 0:
 		return st, nil
 	case 1:
-		return st, &LimitError{Err: ErrRateLimited, RetryAfter: time.Duration(reply.retryMs) * time.Millisecond, Limits: st}
+		// A cost over a limit never passes: no time to retry at.
+		return st, &LimitError{Err: ErrRateLimited, RetryAfter: time.Duration(max(reply.retryMs, 0)) * time.Millisecond, Limits: st}
 	case 2:
 		var retry time.Duration
-		if !c.next.IsZero() {
+		if r := c.key.Credits.Refill; !c.next.IsZero() && r != nil && c.cost <= r.Amount {
 			retry = c.next.Sub(c.now)
 		}
 		return st, &LimitError{Err: ErrUsageExceeded, RetryAfter: retry, Limits: st}

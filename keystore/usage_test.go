@@ -240,12 +240,15 @@ func TestRateLimitAcrossVerifiers(t *testing.T) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	// At most 100 per second plus one burst of 100; at least the steady
-	// rate, less a second's worth for the load's ramp.
+	// At most 100 per second plus one burst of 100, however the load was
+	// spread (how much below that depends on what the machine managed to
+	// send: reported, not asserted).
 	most := int64(elapsed.Seconds()*100) + 100
-	least := int64((elapsed.Seconds() - 1) * 100)
-	if n := admitted.Load(); n > most || n < least {
-		t.Errorf("admitted %d in %v, want %d to %d", n, elapsed, least, most)
+	if n := admitted.Load(); n > most {
+		t.Errorf("admitted %d in %v, more than the %d the limit allows", n, elapsed, most)
+	}
+	if limited.Load() == 0 {
+		t.Error("nothing was rate limited: the load never exceeded the limit, so this test measured nothing")
 	}
 	if other.Load() != 0 {
 		t.Errorf("%d verifications neither admitted nor rate limited", other.Load())
@@ -350,4 +353,33 @@ func TestUsageHistory(t *testing.T) {
 			t.Fatalf("3 days of minutes: %v", err)
 		}
 	})
+}
+
+// TestCostsThatCanNeverPass: a cost over a limit, or over the refill, is
+// refused without a time to retry at; a balance set by an update is not
+// refilled before the next boundary.
+func TestCostsThatCanNeverPass(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{})
+	k := mustCreate(t, e.store, CreateParams{Name: "n", Subject: "s",
+		RateLimits: []RateLimit{{Name: "default", Limit: 10, DurationMs: 60_000}},
+		Credits:    &Credits{Remaining: 100, Refill: &Refill{Interval: "day", Amount: 20}}})
+	var le *LimitError
+	if _, err := check(t, v, k.Secret, 11); !errors.As(err, &le) || !errors.Is(err, ErrRateLimited) || le.RetryAfter != 0 {
+		t.Fatalf("cost 11 of a limit of 10 = %v (%+v), want refused with no retry", err, le)
+	}
+	e.clock.Advance(48 * time.Hour) // the key is now older than today's boundary
+	if _, err := e.store.Update(ctx, k.ID, UpdateParams{RateLimits: &[]RateLimit{}, Credits: &Credits{Remaining: 5, Refill: &Refill{Interval: "day", Amount: 20}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := check(t, v, k.Secret, 21); !errors.As(err, &le) || !errors.Is(err, ErrUsageExceeded) || le.RetryAfter != 0 {
+		t.Fatalf("cost 21 of a refill of 20 = %v (%+v), want refused with no retry", err, le)
+	}
+	// The balance of 5 set today stands until midnight, though the key is
+	// older than today's boundary.
+	if res, err := check(t, v, k.Secret, 1); err != nil || *res.Limits.Credits != 4 {
+		t.Fatalf("after an update of the balance: %+v, %v; want 4 left, not a refill", res.Limits, err)
+	}
 }

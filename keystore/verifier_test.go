@@ -415,9 +415,10 @@ func TestLiveness(t *testing.T) {
 		{"in step again", func() { l.message(10, at(2*hold)); beatAt(2*hold, beat{seq: 10}) }, 2 * hold, true, ""},
 		{"the sequence went back", func() { beatAt(3*hold, beat{seq: 4}) }, 3 * hold, true, flushSequence},
 		{"and goes on from there", func() { l.message(5, at(3*hold)); beatAt(3*hold, beat{seq: 5}) }, 3 * hold, true, ""},
-		{"an unpublished change", func() { beatAt(4*hold, beat{seq: 5, lostAt: 42}) }, 4 * hold, true, flushUnpublished},
-		{"seen once only", func() { beatAt(4*hold, beat{seq: 5, lostAt: 42}) }, 4 * hold, true, ""},
-		{"registration lost behind its back", func() { beatAt(5*hold, beat{added: true, seq: 5, lostAt: 42}) }, 5 * hold, true, flushLapse},
+		{"an unpublished change", func() { beatAt(4*hold, beat{seq: 5, lost: []string{"n42"}}) }, 4 * hold, true, flushUnpublished},
+		{"seen once only", func() { beatAt(4*hold, beat{seq: 5, lost: []string{"n42"}}) }, 4 * hold, true, ""},
+		{"another, even if older", func() { beatAt(4*hold, beat{seq: 5, lost: []string{"n41", "n42"}}) }, 4 * hold, true, flushUnpublished},
+		{"registration lost behind its back", func() { beatAt(5*hold, beat{added: true, seq: 5, lost: []string{"n42"}}) }, 5 * hold, true, flushLapse},
 		{"a late PONG extends from its heartbeat, not from now", func() {
 			ping++
 			l.expect(round{ping: ping, sent: at(6 * hold), seqAtSend: 5, knewSeq: true, beat: beat{seq: 5}})

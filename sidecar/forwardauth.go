@@ -131,19 +131,24 @@ func (fa *forwardAuth) key(r *http.Request, uri string) string {
 	return fa.lookup.Key(orig)
 }
 
-// requestCost returns the cost of ?cost= or X-Keygate-Cost (the query
-// wins), 0 when neither is given, and false when one is not a cost. It is
-// a 403, not a 400: nginx turns a 400 into a 500.
+// requestCost returns the cost of ?cost= and X-Keygate-Cost, the higher
+// of the two when both are given (under Envoy the query is the client's
+// own: it may raise the cost, never lower it), 0 when neither is, and
+// false when one is not a cost. It is a 403, not a 400: nginx turns a 400
+// into a 500.
 func requestCost(r *http.Request) (int64, bool) {
-	v := r.URL.Query().Get("cost")
-	if v == "" {
-		v = r.Header.Get("X-Keygate-Cost")
+	var cost int64
+	for _, v := range []string{r.URL.Query().Get("cost"), r.Header.Get("X-Keygate-Cost")} {
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 || n > keystore.MaxCost {
+			return 0, false
+		}
+		cost = max(cost, n)
 	}
-	if v == "" {
-		return 0, true
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	return n, err == nil && n >= 1 && n <= keystore.MaxCost
+	return cost, true
 }
 
 // requiredScopes returns the scopes of ?scopes= and X-Required-Scopes.

@@ -183,6 +183,9 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 		refill := fs.String("refill", "", "credits refill INTERVAL:AMOUNT[:DAY], e.g. month:1000 or day:50")
 		cmds["create"] = keysCommand{fs: fs, run: func(ctx context.Context, c *client.Client, _ string, out *output) error {
 			p := keystore.CreateParams{Name: *name, Subject: *subject, Scopes: splitList(*scopes), RateLimits: limits}
+			if err := givenCredits(fs, *credits); err != nil {
+				return err
+			}
 			cr, err := creditsFlags(*credits, *refill)
 			if err != nil {
 				return err
@@ -251,6 +254,12 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 			var p keystore.UpdateParams
 			set := map[string]bool{}
 			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			if *noLimits && set["rate-limit"] {
+				return usagef("--no-rate-limits and --rate-limit are exclusive")
+			}
+			if err := givenCredits(fs, *credits); err != nil {
+				return err
+			}
 			switch {
 			case *noLimits:
 				p.RateLimits = &[]keystore.RateLimit{}
@@ -513,6 +522,17 @@ func (f *rateLimitFlag) Set(v string) error {
 		}
 	}
 	*f = append(*f, keystore.RateLimit{Name: name, Limit: n, DurationMs: d.Milliseconds()})
+	return nil
+}
+
+// givenCredits refuses a --credits given below 0 (its default, -1, means
+// not given).
+func givenCredits(fs *flagSet, credits int64) error {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "credits" })
+	if given && credits < 0 {
+		return usagef("--credits must be 0 or more")
+	}
 	return nil
 }
 

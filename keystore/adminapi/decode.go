@@ -257,7 +257,12 @@ func jsonKind(t reflect.Type) string {
 // decodeField decodes the raw value of one body field into dst, naming the
 // field when the type is wrong.
 func decodeField(param string, raw json.RawMessage, dst any) error {
-	if err := json.Unmarshal(raw, dst); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields() // as the whole body's decoding does
+	if err := dec.Decode(dst); err != nil {
+		if strings.HasPrefix(err.Error(), "json: unknown field") {
+			return badBody(param, param+": "+strings.TrimPrefix(err.Error(), "json: "), err)
+		}
 		var typ *json.UnmarshalTypeError
 		if errors.As(err, &typ) {
 			return badBody(param, fmt.Sprintf("%s must be %s", param, jsonKind(reflect.TypeOf(dst).Elem())), err)

@@ -205,6 +205,11 @@ func (h *handler) verify(c *call) (any, error) {
 	}
 	out := *res.Key
 	out.Secret = ""
+	if res.Limits != nil && res.Limits.Credits != nil && out.Credits != nil {
+		c := *out.Credits // the cached record's balance is from before this request
+		c.Remaining = *res.Limits.Credits
+		out.Credits = &c
+	}
 	return &out, nil
 }
 

@@ -129,6 +129,22 @@ func storeErrors(t testing.TB, reg prometheus.Gatherer, op string) float64 {
 	return 0
 }
 
+// invalidations is keygate_cache_invalidations_total of a verifier's
+// registry.
+func invalidations(t testing.TB, reg prometheus.Gatherer) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "keygate_cache_invalidations_total" && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
 // recordKey is the Redis key of a key's record (keystore/README.md).
 func recordKey(ns, id string) string { return ns + ":key:" + id }
 

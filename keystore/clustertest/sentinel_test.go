@@ -148,6 +148,14 @@ func TestSentinelFailoverBeforePublish(t *testing.T) {
 	}
 	changed.Store(1)
 	took := time.Since(start)
+	// The revoke that succeeded was published and handled: each verifier
+	// dropped the key on its invalidation, not only because its
+	// subscription broke with the old master.
+	for _, in := range []*instance{a, b} {
+		if n := invalidations(t, in.reg); n < 1 {
+			t.Errorf("a verifier handled %v invalidations; the successful revoke was not published to it", n)
+		}
+	}
 	if !killed.Load() {
 		t.Fatal("the master was never killed: this test measured nothing")
 	}
