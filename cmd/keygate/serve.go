@@ -59,6 +59,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintln(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS) is required with Redis")
 		return exitUsage
 	}
+	tokenLoaded := false
 	if len(tokens) == 0 {
 		tok, created, err := loadOrCreateAdminToken(cfg.dataDir)
 		if err != nil {
@@ -68,9 +69,8 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		if created {
 			fmt.Fprintf(stdout, "Generated an admin token, saved in %s (shown this once):\n\n    %s\n\n",
 				filepath.Join(cfg.dataDir, adminTokenFile), tok)
-		} else {
-			logger.Info("admin token loaded", "file", filepath.Join(cfg.dataDir, adminTokenFile))
 		}
+		tokenLoaded = !created
 		tokens = []string{tok}
 	}
 	b, err := cfg.open(logger, true)
@@ -78,6 +78,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		return startError(stderr, "keygate serve", err)
 	}
 	defer b.Close()
+	if tokenLoaded { // after the data directory's lock: a refused start is one line
+		logger.Info("admin token loaded", "file", filepath.Join(cfg.dataDir, adminTokenFile))
+	}
 	if err := b.ping(context.Background()); err != nil {
 		logger.Error("Redis does not answer; /readyz reports 503 and verifications fail closed until it does", "err", err)
 	}
