@@ -152,11 +152,11 @@ func TestExpiry(t *testing.T) {
 	must(t, rdb.Set(ctx, "b", "v", 3*time.Minute).Err())
 	must(t, rdb.Set(ctx, "c", "v", time.Minute).Err())
 	must(t, rdb.Persist(ctx, "c").Err())
-	must(t, rdb.RPush(ctx, ns+":ack:n1", "i").Err()) // ephemeral, with a TTL
-	must(t, rdb.PExpire(ctx, ns+":ack:n1", time.Minute).Err())
+	must(t, rdb.RPush(ctx, ns+":{inv}:done:n1", "i").Err()) // ephemeral, with a TTL
+	must(t, rdb.PExpire(ctx, ns+":{inv}:done:n1", time.Minute).Err())
 	clk.Advance(2 * time.Minute)
 	must(t, e.expireDue())
-	for key, want := range map[string]int64{"a": 0, "b": 1, "c": 1, ns + ":ack:n1": 0} {
+	for key, want := range map[string]int64{"a": 0, "b": 1, "c": 1, ns + ":{inv}:done:n1": 0} {
 		if n := rdb.Exists(ctx, key).Val(); n != want {
 			t.Errorf("after 2 minutes, EXISTS %s = %d, want %d", key, n, want)
 		}
@@ -228,7 +228,7 @@ func TestIdleWritesNothing(t *testing.T) {
 	// Wait for three heartbeats: each moves the registration's deadline.
 	var seen []float64
 	for i := 0; len(seen) < 4; i++ {
-		if members := e.Client().ZRangeWithScores(ctx, ns+":verifiers", 0, -1).Val(); len(members) == 1 {
+		if members := e.Client().ZRangeWithScores(ctx, ns+":{inv}:verifiers", 0, -1).Val(); len(members) == 1 {
 			if len(seen) == 0 || members[0].Score != seen[len(seen)-1] {
 				seen = append(seen, members[0].Score)
 			}
@@ -252,7 +252,7 @@ func TestIdleWritesNothing(t *testing.T) {
 	if got := e.Stats().Written - before; got == 0 || got > 600 {
 		t.Errorf("a revoke wrote %d bytes, want the record only (under 600)", got)
 	}
-	if n := e.Client().Keys(ctx, ns+":ack:*").Val(); len(n) != 0 {
+	if n := append(e.Client().Keys(ctx, ns+":{inv}:pending:*").Val(), e.Client().Keys(ctx, ns+":{inv}:done:*").Val()...); len(n) != 0 {
 		t.Errorf("acknowledgement lists left: %v", n)
 	}
 }
@@ -296,7 +296,7 @@ func TestRefused(t *testing.T) {
 			t.Errorf("%s: err = %v, want a refusal naming the embedded store", c.name, c.err)
 		}
 	}
-	if err := rdb.PFAdd(ctx, ns+":ack:x", "a").Err(); err != nil {
+	if err := rdb.PFAdd(ctx, ns+":{inv}:x", "a").Err(); err != nil {
 		t.Errorf("PFADD on an ephemeral key: %v", err)
 	}
 	if n := rdb.Exists(ctx, "hll", "st", "hll2").Val(); n != 0 {

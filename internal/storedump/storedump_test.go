@@ -41,7 +41,7 @@ func TestRoundTrip(t *testing.T) {
 		src.Set(ctx, "keygate:temp", "v", time.Hour).Err(),
 		src.RPush(ctx, "keygate:list", "b", "a", "b").Err(),
 		src.SAdd(ctx, "keygate:set", digest, "x").Err(),
-		src.ZAdd(ctx, "keygate:verifiers", redis.Z{Score: 1, Member: "instance"}).Err(),
+		src.ZAdd(ctx, "keygate:{inv}:verifiers", redis.Z{Score: 1, Member: "instance"}).Err(),
 		src.Set(ctx, "other:app", "v", 0).Err(),
 	} {
 		if err != nil {
@@ -79,7 +79,7 @@ func TestRoundTrip(t *testing.T) {
 	if got := dst.LRange(ctx, "keygate:list", 0, -1).Val(); strings.Join(got, ",") != "b,a,b" {
 		t.Errorf("list = %v", got)
 	}
-	if n := dst.Exists(ctx, "keygate:verifiers", "other:app").Val(); n != 0 {
+	if n := dst.Exists(ctx, "keygate:{inv}:verifiers", "other:app").Val(); n != 0 {
 		t.Errorf("ephemeral or foreign keys copied: %d", n)
 	}
 
