@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The metrics of CONTRACT.md §7 that keystore owns. No label ever carries a
+// The metrics (README.md, "Metrics") that keystore owns. No label ever carries a
 // key ID, subject or secret: label values come from the fixed sets below.
 
 // outcomes are the values of the result label, indexed by outcomeIndex.

@@ -14,7 +14,7 @@ import (
 // Realm is the realm of every WWW-Authenticate challenge.
 const Realm = "keygate"
 
-// Status returns the HTTP status of a verification outcome (CONTRACT §3):
+// Status returns the HTTP status of a verification outcome (docs/verification.md):
 // 200 for nil, 403 for a missing scope, 401 for every other refusal, and 503
 // when the store is unavailable or the error is not an outcome at all (fail
 // closed, as [keystore.Outcome] counts it).

@@ -25,7 +25,7 @@
 //
 // The key is read from "Authorization: Bearer <key>" (the scheme in any case)
 // or X-API-Key, from a query parameter only when [KeyLookup] lists one, and
-// never from the body. The answers are those of CONTRACT.md §3:
+// never from the body. The answers are those of docs/verification.md:
 //
 //   - valid: the handler runs with the key in the request context;
 //   - missing: 401, WWW-Authenticate: Bearer realm="keygate";

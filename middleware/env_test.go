@@ -19,7 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The challenges of CONTRACT.md §3.
+// The challenges of docs/verification.md.
 const (
 	missingChallenge = `Bearer realm="keygate"`
 	invalidChallenge = `Bearer realm="keygate", error="invalid_token"`

@@ -61,7 +61,7 @@ func (o Options) withDefaults() Options {
 
 // New returns net/http middleware that verifies every request's key with v,
 // under the source label [keystore.SourceMiddleware], and answers as
-// CONTRACT.md §3 says:
+// docs/verification.md says:
 //
 //   - a valid key holding opts.Scopes: the next handler runs, and
 //     [FromContext] returns the key;

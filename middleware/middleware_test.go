@@ -20,7 +20,7 @@ var spoofed = []string{
 
 func bearer(key string) []string { return []string{"Authorization", "Bearer {" + key + "}"} }
 
-// TestOutcomes sends every outcome of CONTRACT.md §3 through both
+// TestOutcomes sends every outcome of docs/verification.md through both
 // middlewares, on miniredis and on a real redis-server.
 func TestOutcomes(t *testing.T) {
 	optional := config{optional: true}

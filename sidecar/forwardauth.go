@@ -44,7 +44,7 @@ type forwardAuth struct {
 	throttle *throttler // nil: off
 }
 
-// NewForwardAuth returns the forward-auth handler (CONTRACT §4) for nginx
+// NewForwardAuth returns the forward-auth handler (README.md, "Forward-auth") for nginx
 // auth_request, Traefik ForwardAuth, Caddy forward_auth and Envoy
 // ext_authz. It answers any method on any path it is mounted at and never
 // reads the request body. The key comes from the request's headers (the

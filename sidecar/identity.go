@@ -10,7 +10,7 @@ import (
 	"github.com/keygate/keygate/keystore"
 )
 
-// The identity headers (CONTRACT §3) that the proxy sends upstream and the
+// The identity headers (docs/verification.md) that the proxy sends upstream and the
 // forward-auth endpoint answers with.
 const (
 	HeaderKeyID      = "X-Api-Key-Id"      // the key's ID

@@ -16,7 +16,7 @@ import (
 // readyTimeout bounds one readiness check.
 const readyTimeout = 2 * time.Second
 
-// NewOps returns the handler of the sidecar's ops listener (CONTRACT §5):
+// NewOps returns the handler of the sidecar's ops listener (README.md, "The sidecar"):
 //
 //   - /metrics: the metrics gathered by g, in the Prometheus text format;
 //   - /healthz: 200 while the process serves HTTP;

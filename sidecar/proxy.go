@@ -86,7 +86,7 @@ type proxy struct {
 	trusted  throttle.Proxies
 }
 
-// NewProxy returns the sidecar's reverse proxy (CONTRACT §5). Every request
+// NewProxy returns the sidecar's reverse proxy (README.md, "The sidecar"). Every request
 // outside a public prefix is verified through v (source sidecar) with the
 // scopes its route requires; a refused one is answered as §3 says with the
 // contract's JSON error, and a verified one is forwarded with its

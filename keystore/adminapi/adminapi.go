@@ -76,7 +76,7 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// New returns the admin API handler. It serves the paths of CONTRACT.md §2
+// New returns the admin API handler. It serves the paths of docs/api.md
 // under /api_keys and /v1/api_keys exactly, and answers 404 to any other
 // path; mount it behind [http.StripPrefix] to serve it under another prefix.
 func New(opts Options) (http.Handler, error) {

@@ -16,7 +16,7 @@ import (
 
 const fullKey = `{"name":"CI deploy","subject":"user_42","description":"deploys","claims":{"team":"infra","n":1},"scopes":["deploy:write","reports:read"],"created_by":"user_1","seconds_until_expiration":3600}`
 
-// TestRoutes runs every route of CONTRACT.md §2 on its happy path, under
+// TestRoutes runs every route of docs/api.md on its happy path, under
 // both prefixes, on a key made for the case.
 func TestRoutes(t *testing.T) {
 	tests := []struct {

@@ -1,4 +1,4 @@
-// Package adminapi serves keygate's admin API (CONTRACT.md §2): create,
+// Package adminapi serves keygate's admin API (docs/api.md): create,
 // list, get, update, revoke, delete and verify API keys over HTTP, under
 // both /api_keys and /v1/api_keys, wire-compatible with Clerk's Backend API
 // so that Clerk's SDKs work against it unchanged.

@@ -259,7 +259,7 @@ func errorCases() []errorCase {
 	return cases
 }
 
-// TestErrors runs every status and code of CONTRACT.md §2, under both
+// TestErrors runs every status and code of docs/api.md, under both
 // prefixes, and checks that none of the failed requests changed a thing.
 func TestErrors(t *testing.T) {
 	for _, prefix := range []string{"", "/v1"} {

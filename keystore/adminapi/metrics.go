@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are the admin API's series of CONTRACT.md §7. The route label is
+// metrics are the admin API's series (README.md, "Metrics"). The route label is
 // a pattern such as "GET /api_keys/{id}", never a key ID.
 type metrics struct {
 	requests *prometheus.CounterVec // route, code

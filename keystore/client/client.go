@@ -1,4 +1,4 @@
-// Package client calls keygate's admin API (CONTRACT.md §2) from Go. Its
+// Package client calls keygate's admin API (docs/api.md) from Go. Its
 // surface mirrors the APIKeys object of Clerk's SDKs: Create, GetAll, List,
 // Get, Update, Revoke, Delete and Verify.
 //
