@@ -727,6 +727,7 @@ func TestWireForm(t *testing.T) {
 		"created_at": float64(k.CreatedAt), "updated_at": float64(k.CreatedAt),
 		"expiration": nil, "expired": false, "revoked": false, "revocation_reason": nil, "last_used_at": nil,
 		"rate_limits": []any{}, "credits": nil,
+		"enabled": true, "allowed_cidrs": []any{}, "rolled_from": nil, "rolled_to": nil,
 	}
 	if len(m) != len(want) {
 		t.Fatalf("wire form has fields %v, want %v", m, want)
