@@ -422,7 +422,10 @@ func TestRetriedScriptsStillPublish(t *testing.T) {
 	}{
 		{"delete", func(id string) error { return changer.Delete(ctx, id) }},
 		{"revoke", func(id string) error { _, err := changer.Revoke(ctx, id, nil); return err }},
-		{"disable", func(id string) error { _, err := changer.Update(ctx, id, UpdateParams{Enabled: ptr(false)}); return err }},
+		{"disable", func(id string) error {
+			_, err := changer.Update(ctx, id, UpdateParams{Enabled: ptr(false)})
+			return err
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := testutil.ToFloat64(m.v.metrics.invalidations)
