@@ -118,7 +118,8 @@ func (h ImportHash) digest() ([32]byte, error) {
 
 // importedID returns the 32 hex characters of the ID of the imported key
 // whose secret this may be, in one round trip, or [ErrMalformed] when no
-// imported key has it.
+// imported key has it. When Redis cannot be reached it reports
+// [ErrUnavailable] only where keys are known to be imported.
 func (s *Store) importedID(ctx context.Context, secret string) (string, error) {
 	if len(secret) > maxForeignSecretLen || strings.ContainsFunc(secret, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
 		return "", ErrMalformed
@@ -127,6 +128,10 @@ func (s *Store) importedID(ctx context.Context, secret string) (string, error) {
 	id, err := s.rdb.Get(ctx, s.names.imported(hex.EncodeToString(sum[:16]))).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
+		return "", ErrMalformed
+	case err != nil && !s.imports.some():
+		// Not known to be worth the lookup (a verifier that has not read
+		// the flag yet): a string in neither form, as without imports.
 		return "", ErrMalformed
 	case err != nil:
 		return "", s.unavailable(opVerify, "looking up an imported key", err)
@@ -149,6 +154,8 @@ const (
 func (s *importState) mayExist() bool { return s.v.Load() != importsNone }
 
 func (s *importState) known() bool { return s.v.Load() != importsUnknown }
+
+func (s *importState) some() bool { return s.v.Load() == importsSome }
 
 // learn records what the flag in Redis, or the news of an import, said.
 // Imported keys, once there, are never forgotten: "none" is learnt only
