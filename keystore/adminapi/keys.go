@@ -260,7 +260,7 @@ func (h *handler) roll(c *call) (any, error) {
 		if *s < 0 || *s > keystore.MaxSecondsUntilExpiration {
 			return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_invalid", Message: "is invalid",
 				LongMessage: fmt.Sprintf("expires_in_seconds must be between 0 (revoke the old key now) and %d", keystore.MaxSecondsUntilExpiration),
-				Param: "expires_in_seconds"}
+				Param:       "expires_in_seconds"}
 		}
 		grace = time.Duration(*s) * time.Second
 	}
