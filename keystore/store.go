@@ -118,11 +118,11 @@ func ValidHashKeyID(id string) bool {
 // Errors: [ErrNotFound] for an unknown key, a [*ValidationError] for input
 // that breaks the contract's limits, and an error wrapping [ErrUnavailable]
 // when Redis cannot be reached. [Store.Verify] adds [ErrMalformed],
-// [ErrRevoked] and [ErrExpired].
+// [ErrRevoked], [ErrDisabled] and [ErrExpired].
 //
-// Revoke, Update and Delete return only once no [Verifier] sharing the
-// Redis (in this process or another) can admit the key beyond its new
-// state; see docs/revocation.md. When that cannot be confirmed they return
+// Revoke, Update, Delete, Roll and RevokeAll return only once no
+// [Verifier] sharing the Redis (in this process or another) can admit the
+// key (or keys) beyond its new state; see docs/revocation.md. When that cannot be confirmed they return
 // an error wrapping [ErrInvalidationUnconfirmed]: the change is stored.
 type Store struct {
 	rdb      redis.UniversalClient

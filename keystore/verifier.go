@@ -104,13 +104,14 @@ func (o VerifierOptions) withDefaults() VerifierOptions {
 // It caches the records of the keys it verified, by key ID, for at most
 // [VerifierOptions.CacheTTL], and still decides every call afresh: the
 // secret's digest is compared in constant time, and revocation and expiry
-// are checked against the store's clock. Once Revoke, Update or Delete on
-// any [Store] sharing the Redis has returned, no verifier answers from an
-// older copy of the key: the cache answers only while a heartbeat proves,
-// within [VerifierOptions.SubscriptionStale], that the verifier is
-// registered and missed no invalidation (docs/revocation.md); otherwise
-// every call reads Redis. Unknown key IDs are not cached. Malformed secrets
-// never reach Redis.
+// are checked against the store's clock. Once Revoke, Update, Delete, Roll
+// or RevokeAll on any [Store] sharing the Redis has returned, no verifier
+// answers from an older copy of the key: the cache answers only while a
+// heartbeat proves, within [VerifierOptions.SubscriptionStale], that the
+// verifier is registered and missed no invalidation (docs/revocation.md);
+// otherwise every call reads Redis. Unknown key IDs are not cached.
+// Malformed secrets never reach Redis, nor do secrets in no keygate form
+// where no key was imported ([Store.Import]).
 type Verifier struct {
 	store   *Store
 	opts    VerifierOptions
