@@ -48,11 +48,15 @@ type keyID [idHexLen / 2]byte
 
 // cacheEntry is immutable once inserted, but for recorded.
 type cacheEntry struct {
-	key    *APIKey
-	digest string    // as stored: 32 raw bytes
-	loaded time.Time // by the store's clock, when the load began
+	key     *APIKey
+	digest  string    // as stored: 32 raw bytes
+	hashKey string    // the ID of the hash key that made digest
+	loaded  time.Time // by the store's clock, when the load began
 	// recorded is the last use recorded for last_used_at (Unix ms).
 	recorded atomic.Int64
+	// rehashed is set once a new digest, under the current hash key, is
+	// queued for the record.
+	rehashed atomic.Bool
 }
 
 // entryOverhead estimates the bytes of an entry besides its variable
@@ -73,6 +77,9 @@ func entrySize(e *cacheEntry) int64 {
 	}
 	for _, sc := range k.Scopes {
 		n += 16 + len(sc)
+	}
+	for _, c := range k.AllowedCIDRs {
+		n += 16 + len(c) + 32 // the string, and its parsed prefix
 	}
 	return int64(n)
 }
@@ -175,6 +182,22 @@ func (c *cache) invalidate(id *keyID) {
 	}
 	s.gen.Add(1)
 	s.mu.Unlock()
+}
+
+// dropSubject drops every entry of the subject's keys and fails every
+// fill in progress: a bulk revocation.
+func (c *cache) dropSubject(subject string) {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for id, e := range s.m {
+			if e.key.Subject == subject {
+				c.removeLocked(s, &id, e)
+			}
+		}
+		s.gen.Add(1)
+		s.mu.Unlock()
+	}
 }
 
 // flush drops every entry and fails every fill in progress.

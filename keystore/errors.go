@@ -18,6 +18,15 @@ var ErrNotFound = errors.New("keystore: api key not found")
 // ErrRevoked reports a key that has been revoked.
 var ErrRevoked = errors.New("keystore: api key revoked")
 
+// ErrDisabled reports a key that is disabled (enabled: false). It is
+// refused as a revoked key is, until it is enabled again.
+var ErrDisabled = errors.New("keystore: api key disabled")
+
+// ErrIPNotAllowed reports a valid key used from a client address outside
+// its allowed CIDRs, or from an unknown one by a key that has allowed
+// CIDRs.
+var ErrIPNotAllowed = errors.New("keystore: client address not allowed for this api key")
+
 // ErrExpired reports a key whose expiration is at or before now.
 var ErrExpired = errors.New("keystore: api key expired")
 

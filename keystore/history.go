@@ -69,6 +69,10 @@ func historyOutcome(err error) int {
 		return histInsufficientScope
 	case errors.Is(err, ErrRevoked):
 		return histRevoked
+	case errors.Is(err, ErrDisabled):
+		return histDisabled
+	case errors.Is(err, ErrIPNotAllowed):
+		return histIPNotAllowed
 	case errors.Is(err, ErrExpired):
 		return histExpired
 	case errors.Is(err, ErrNotFound):

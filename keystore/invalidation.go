@@ -20,10 +20,11 @@ import (
 // Revocation that holds under faults. docs/revocation.md states the
 // guarantee and walks through every fault; in short:
 //
-//   - A change (revoke, update, delete) first announces itself: a script
-//     adds a nonce to <ns>:{inv}:open, scored by the server's clock. Then it
-//     writes the record. Then one script publishes "<id> <seq> <nonce>" on
-//     <ns>:invalidate, where seq is the next value of <ns>:{inv}:seq, removes
+//   - A change (revoke, update, delete, roll, bulk revoke, import) first
+//     announces itself: a script adds a nonce to <ns>:{inv}:open, scored by
+//     the server's clock. Then it writes the record (or records). Then one
+//     script publishes "<target> <seq> <nonce>" on <ns>:invalidate (see
+//     [invTarget]), where seq is the next value of <ns>:{inv}:seq, removes
 //     the announcement, and copies the registered verifiers whose
 //     registration has not lapsed into <ns>:{inv}:pending:<nonce>; it returns
 //     them with their deadlines.
@@ -63,8 +64,9 @@ redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[1])
 return now
 `)
 
-// publishScript publishes the invalidation of key ARGV[2] under the nonce
-// ARGV[3] on the channel ARGV[1], numbered by the sequence KEYS[2]; it
+// publishScript publishes the invalidation of the target ARGV[2] (with
+// ARGV[5], "" or " <subject>", after the nonce) under the nonce ARGV[3]
+// on the channel ARGV[1], numbered by the sequence KEYS[2]; it
 // removes the announcement from KEYS[3] and copies the verifiers
 // registered in KEYS[1] whose deadlines are still ahead into the pending
 // set KEYS[4] (kept ARGV[4] ms). It returns the server's time, the
@@ -87,7 +89,7 @@ for i = 1, #live, 2 do
 end
 if #ids > 0 then redis.call('SADD', KEYS[4], unpack(ids)) end
 if #live > 0 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. seq .. ' ' .. ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. seq .. ' ' .. ARGV[3] .. ARGV[5])
 return {now, seq, live}
 `)
 
@@ -153,6 +155,40 @@ const (
 // the change itself happened.
 var ErrInvalidationUnconfirmed = errors.New("keystore: cache invalidation unconfirmed")
 
+// invTarget is what one invalidation covers, and how its message reads:
+//
+//	<key id> <seq> <nonce>            one key
+//	subject <seq> <nonce> <subject>   every key of a subject (a bulk revoke)
+//	imports <seq> <nonce>             imported keys exist (the first import)
+//
+// The subject comes last because it may hold spaces. A verifier of an
+// earlier version reads the last two as malformed and empties its cache,
+// which is safe.
+type invTarget struct {
+	head    string // a key ID, targetSubject or targetImports
+	subject string // for targetSubject
+}
+
+const (
+	targetSubject = "subject"
+	targetImports = "imports"
+)
+
+func (t invTarget) String() string {
+	if t.head == targetSubject {
+		return "the keys of a subject"
+	}
+	return t.head
+}
+
+// suffix is what the message carries after its nonce.
+func (t invTarget) suffix() string {
+	if t.head == targetSubject {
+		return " " + t.subject
+	}
+	return ""
+}
+
 // announcement is a change announced in <ns>:{inv}:open.
 type announcement struct {
 	nonce string
@@ -187,12 +223,13 @@ type published struct {
 	live     map[string]int64 // registered verifier -> deadline, server Unix ms
 }
 
-// invalidate publishes the invalidation of the key id, announced by a, and
-// waits until no verifier can serve the key's old state from its cache:
-// each has acknowledged, or its registration's deadline has passed. It
-// returns nil, or an error wrapping [ErrInvalidationUnconfirmed].
-func (s *Store) invalidate(ctx context.Context, id string, a announcement) error {
-	p, err := s.publish(ctx, id, a)
+// invalidate publishes the invalidation of t, announced by a, and waits
+// until no verifier can serve the old state from its cache: each has
+// acknowledged, or its registration's deadline has passed. It returns nil,
+// or an error wrapping [ErrInvalidationUnconfirmed].
+func (s *Store) invalidate(ctx context.Context, t invTarget, a announcement) error {
+	id := t.String()
+	p, err := s.publish(ctx, t, a)
 	if err != nil {
 		s.metrics.errors.WithLabelValues(opInvalidate).Inc()
 		s.opts.Logger.Error("publishing a cache invalidation: the change is stored; verifiers apply it within their stale window",
@@ -220,14 +257,14 @@ func (s *Store) invalidate(ctx context.Context, id string, a announcement) error
 // written. (A write slower than publishBound, under ReplicaWait say, makes
 // verifiers see its announcement as lost and empty their caches once:
 // harmless.)
-func (s *Store) publish(ctx context.Context, id string, a announcement) (*published, error) {
+func (s *Store) publish(ctx context.Context, t invTarget, a announcement) (*published, error) {
 	deadline := time.Now().Add(publishBound)
 	pctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	n := s.names
 	keys := []string{n.verifiers(), n.seq(), n.open(), n.pending(a.nonce)}
 	for {
-		reply, err := publishScript.Run(pctx, s.rdb, keys, n.invalidate(), id, a.nonce, pendingTTL.Milliseconds()).Slice()
+		reply, err := publishScript.Run(pctx, s.rdb, keys, n.invalidate(), t.head, a.nonce, pendingTTL.Milliseconds(), t.suffix()).Slice()
 		if err == nil {
 			return parsePublished(reply)
 		}
@@ -710,6 +747,9 @@ func (v *Verifier) ping(sub *subscription) {
 			if b, ok := v.heartbeat(); ok {
 				v.live.expect(round{ping: ping, sent: sent, seqAtSend: seq, knewSeq: known, beat: b})
 			}
+			if !v.store.imports.known() {
+				v.pollImports()
+			}
 		}
 		ctx, cancel := context.WithTimeout(v.bg, v.opts.SubscriptionStale)
 		err := sub.ps.Ping(ctx, strconv.FormatUint(ping, 10))
@@ -769,21 +809,33 @@ func (v *Verifier) deregister() {
 	}
 }
 
-// invalidated handles an invalidation "<key id> <seq> <nonce>": drop,
-// check the sequence, then acknowledge.
+// invalidated handles an invalidation (see [invTarget] for its forms): drop
+// what it names, check the sequence, then acknowledge.
 func (v *Verifier) invalidated(payload string, now time.Time) {
-	id, rest, ok1 := strings.Cut(payload, " ")
-	seqText, nonce, ok2 := strings.Cut(rest, " ")
+	head, rest, ok1 := strings.Cut(payload, " ")
+	seqText, rest, ok2 := strings.Cut(rest, " ")
+	nonce, subject, hasSubject := strings.Cut(rest, " ")
 	seq, err := strconv.ParseUint(seqText, 10, 64)
-	if !ok1 || !ok2 || err != nil || !ValidID(id) || nonce == "" {
+	switch {
+	case !ok1 || !ok2 || err != nil || nonce == "":
+		head = "" // malformed
+	case head == targetSubject && hasSubject && subject != "":
+		v.cache.dropSubject(subject)
+	case head == targetImports && !hasSubject:
+		v.store.imports.learn(true)
+	case ValidID(head) && !hasSubject:
+		kid := parseKeyID(head[len(idPrefix):])
+		v.cache.invalidate(&kid)
+	default:
+		head = ""
+	}
+	if head == "" {
 		// Not from this version of keygate: drop everything rather than
 		// guess.
 		v.log.Warn("malformed cache invalidation: emptying the cache", "instance", v.id)
 		v.empty(flushMalformed)
 		return
 	}
-	kid := parseKeyID(id[len(idPrefix):])
-	v.cache.invalidate(&kid)
 	v.live.message(seq, now)
 	v.metrics.invalidations.Inc()
 	select {

@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -57,9 +58,14 @@ return 1
 
 // FlushLastUsed writes the uses recorded since the last flush: one write per
 // key, in one pipeline. Uses that could not be written are kept for the next
-// flush. [Store.Close] calls it; so does a background loop every
-// [Options.LastUsedFlush].
+// flush. It also writes the new digests of keys verified under an older
+// hash key ([Options.HashKeys]). [Store.Close] calls it; so does a
+// background loop every [Options.LastUsedFlush].
 func (s *Store) FlushLastUsed(ctx context.Context) error {
+	return errors.Join(s.flushLastUsed(ctx), s.flushRehashes(ctx))
+}
+
+func (s *Store) flushLastUsed(ctx context.Context) error {
 	batch := s.lastUsed.take()
 	if len(batch) == 0 {
 		return nil

@@ -14,6 +14,7 @@ import (
 var outcomes = [...]string{
 	"valid", "missing", "malformed", "not_found", "revoked", "expired",
 	"insufficient_scope", "unavailable", "rate_limited", "usage_exceeded",
+	"disabled", "ip_not_allowed",
 }
 
 // sources are the values of the source label the verifier knows in advance.
@@ -34,6 +35,8 @@ const (
 	opAck        = "ack"
 	opSubscribe  = "subscribe"
 	opMeter      = "meter"
+	opRoll       = "roll"
+	opImport     = "import"
 )
 
 // verifierMetrics are the verifier's series. The series of the known sources

@@ -3,6 +3,9 @@ package keystore
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
+	"slices"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -18,6 +21,7 @@ const (
 	DefaultLimit      = 10
 	MaxLimit          = 100
 	MaxOffset         = 1<<31 - 1
+	MaxAllowedCIDRs   = 32
 
 	// MaxSecondsUntilExpiration is 100 years; a longer expiry is a typo.
 	MaxSecondsUntilExpiration = 100 * 365 * 24 * 3600
@@ -38,6 +42,11 @@ type CreateParams struct {
 	// RateLimits and Credits meter the key (docs/usage.md); none by default.
 	RateLimits []RateLimit `json:"rate_limits"`
 	Credits    *Credits    `json:"credits"`
+	// AllowedCIDRs restrict the client addresses the key is admitted from
+	// (IPv4 or IPv6 CIDRs, or single addresses); none admits any.
+	AllowedCIDRs []string `json:"allowed_cidrs"`
+	// Enabled false creates the key disabled. nil means true.
+	Enabled *bool `json:"enabled"`
 }
 
 // UpdateParams are the inputs of [Store.Update]. A nil field is left as it is.
@@ -61,6 +70,13 @@ type UpdateParams struct {
 	// removes them and wins over Credits.
 	Credits   *Credits
 	NoCredits bool
+	// Name renames the key.
+	Name *string
+	// Enabled disables (false) or enables (true) the key.
+	Enabled *bool
+	// AllowedCIDRs replaces the allowed client addresses; a pointer to an
+	// empty slice admits any address again.
+	AllowedCIDRs *[]string
 }
 
 // ListParams select and page the keys [Store.List] returns, newest first.
@@ -130,6 +146,11 @@ func (p *CreateParams) validate() error {
 	if err := checkCredits(p.Credits); err != nil {
 		return err
 	}
+	cidrs, err := checkCIDRs(p.AllowedCIDRs)
+	if err != nil {
+		return err
+	}
+	p.AllowedCIDRs = cidrs
 	if p.SecondsUntilExpiration != nil {
 		return checkSeconds(*p.SecondsUntilExpiration)
 	}
@@ -137,6 +158,18 @@ func (p *CreateParams) validate() error {
 }
 
 func (p *UpdateParams) validate() error {
+	if p.Name != nil {
+		if err := checkText("name", *p.Name, MaxNameLen, true); err != nil {
+			return err
+		}
+	}
+	if p.AllowedCIDRs != nil {
+		cidrs, err := checkCIDRs(*p.AllowedCIDRs)
+		if err != nil {
+			return err
+		}
+		p.AllowedCIDRs = &cidrs
+	}
 	if p.Subject != "" {
 		if err := checkText("subject", p.Subject, MaxSubjectLen, true); err != nil {
 			return err
@@ -259,6 +292,63 @@ func isScopeChar(c byte) bool {
 		return true
 	}
 	return isAlnum(c)
+}
+
+// checkCIDRs returns the allowed CIDRs in their canonical form (masked;
+// a single address as a /32 or /128), without repeats.
+func checkCIDRs(list []string) ([]string, error) {
+	if len(list) > MaxAllowedCIDRs {
+		return nil, invalid("allowed_cidrs", "must hold at most %d CIDRs", MaxAllowedCIDRs)
+	}
+	out := make([]string, 0, len(list))
+	for i, c := range list {
+		p, err := parseCIDR(strings.TrimSpace(c))
+		if err != nil {
+			return nil, invalid("allowed_cidrs", "[%d] must be an IPv4 or IPv6 CIDR such as 203.0.113.0/24 or 2001:db8::/32", i)
+		}
+		if s := p.String(); !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+func parseCIDR(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, errBadCIDR
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if p.Addr().Is4In6() {
+		// Client addresses are compared unmapped: ::ffff:10.0.0.0/104 is 10.0.0.0/8.
+		if p.Bits() < 96 {
+			return netip.Prefix{}, errBadCIDR
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+var errBadCIDR = invalid("allowed_cidrs", "is not a CIDR")
+
+// parseCIDRs parses CIDRs that checkCIDRs wrote. It skips what does not
+// parse, which only a hand-edited record holds: such a key then admits
+// fewer addresses, never more ([APIKey.admits] goes by AllowedCIDRs).
+func parseCIDRs(list []string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, c := range list {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func checkSeconds(s int64) error {

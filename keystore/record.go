@@ -27,14 +27,22 @@ const (
 	fRevoked     = "r"  // "1" once revoked
 	fReason      = "rr" // revocation reason
 	fLastUsedAt  = "lu"
-	fDigest      = "h" // 32 raw bytes of SHA-256 or HMAC-SHA-256
-	fDeleted     = "x" // "1" in the tombstone a delete leaves, with fSubject only
+	fDigest      = "h"  // 32 raw bytes of SHA-256 or HMAC-SHA-256
+	fDeleted     = "x"  // "1" in the tombstone a delete leaves, with fSubject only
+	fHashKey     = "hk" // the hash key that made fDigest: absent for the legacy one
+	fDisabled    = "di" // "1" while disabled
+	fCIDRs       = "ac" // allowed CIDRs, comma-separated
+	fRolledFrom  = "rf"
+	fRolledTo    = "rt"
+	fMeterVia    = "mv" // a rolled key's successor, whose record meters it
 )
 
-// record is a key as stored: the key and the digest of its secret.
+// record is a key as stored: the key, the digest of its secret and the
+// hash key that made it.
 type record struct {
-	key    *APIKey
-	digest string
+	key     *APIKey
+	digest  string
+	hashKey string // "" for the legacy key
 }
 
 // fields returns the hash fields of a new record, as HSET arguments.
@@ -46,6 +54,18 @@ func (r *record) fields() []any {
 		fCreatedAt, k.CreatedAt,
 		fUpdatedAt, k.UpdatedAt,
 		fDigest, r.digest,
+	}
+	if r.hashKey != "" {
+		f = append(f, fHashKey, r.hashKey)
+	}
+	if !k.Enabled {
+		f = append(f, fDisabled, "1")
+	}
+	if len(k.AllowedCIDRs) > 0 {
+		f = append(f, fCIDRs, strings.Join(k.AllowedCIDRs, ","))
+	}
+	if k.RolledFrom != nil {
+		f = append(f, fRolledFrom, *k.RolledFrom)
 	}
 	if k.Type != KeyType {
 		f = append(f, fType, k.Type)
@@ -73,6 +93,9 @@ func (r *record) fields() []any {
 		if c.Refill != nil {
 			f = append(f, fRefill, encodeRefill(c.Refill))
 		}
+		if c.LastRefillAt != nil {
+			f = append(f, fLastRefill, *c.LastRefillAt)
+		}
 	}
 	return f
 }
@@ -93,6 +116,8 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 		CreatedAt: parseMillis(h[fCreatedAt]),
 		UpdatedAt: parseMillis(h[fUpdatedAt]),
 		Revoked:   h[fRevoked] == "1",
+		Enabled:   h[fDisabled] != "1",
+		meterVia:  h[fMeterVia],
 	}
 	if k.Type == "" {
 		k.Type = KeyType
@@ -134,8 +159,19 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 			k.Credits.LastRefillAt = &ms
 		}
 	}
+	k.AllowedCIDRs = []string{}
+	if v := h[fCIDRs]; v != "" {
+		k.AllowedCIDRs = strings.Split(v, ",")
+		k.allowed = parseCIDRs(k.AllowedCIDRs)
+	}
+	if v, ok := h[fRolledFrom]; ok {
+		k.RolledFrom = &v
+	}
+	if v, ok := h[fRolledTo]; ok {
+		k.RolledTo = &v
+	}
 	k.Expired = k.ExpiredAt(now)
-	return &record{key: k, digest: h[fDigest]}, true
+	return &record{key: k, digest: h[fDigest], hashKey: h[fHashKey]}, true
 }
 
 // hashFromReply turns a script's HGETALL reply into a map.

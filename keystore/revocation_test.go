@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +21,34 @@ import (
 // clients of their own (separate processes, as far as keygate can tell)
 // that verify the key in a loop, and counts the admissions of the
 // verifications that began after the change returned.
+
+// narrowings are the changes the guarantee covers, each applied to the key
+// under test by one store: once one returns, no verifier may admit the key.
+var narrowings = []struct {
+	name  string
+	apply func(ctx context.Context, s *Store, k *APIKey) error
+}{
+	{"revoke", func(ctx context.Context, s *Store, k *APIKey) error {
+		_, err := s.Revoke(ctx, k.ID, nil)
+		return err
+	}},
+	{"disable", func(ctx context.Context, s *Store, k *APIKey) error {
+		_, err := s.Update(ctx, k.ID, UpdateParams{Enabled: ptr(false)})
+		return err
+	}},
+	{"narrow CIDRs", func(ctx context.Context, s *Store, k *APIKey) error {
+		_, err := s.Update(ctx, k.ID, UpdateParams{AllowedCIDRs: &[]string{"192.0.2.0/24"}})
+		return err
+	}},
+	{"revoke_all", func(ctx context.Context, s *Store, k *APIKey) error {
+		_, err := s.RevokeAll(ctx, k.Subject, nil)
+		return err
+	}},
+}
+
+// loadClient is the address the fleet's load verifies from; target keys
+// allow it.
+var loadClient = netip.MustParseAddr("10.0.0.1")
 
 // faultStale is the verifiers' SubscriptionStale here: the longest a change
 // waits for a verifier that does not answer, kept short so that many rounds
@@ -128,7 +157,7 @@ func (f *fleet) load(m *member) {
 			continue
 		}
 		after := tg.changed.Load()
-		_, err := m.v.Verify(ctx, tg.secret, SourceSidecar)
+		_, err := m.v.Check(ctx, Request{Secret: tg.secret, Source: SourceSidecar, ClientIP: loadClient})
 		if !after {
 			continue
 		}
@@ -136,7 +165,8 @@ func (f *fleet) load(m *member) {
 		switch {
 		case err == nil:
 			tg.admitted.Add(1)
-		case errors.Is(err, ErrRevoked), errors.Is(err, ErrNotFound), errors.Is(err, ErrUnavailable):
+		case errors.Is(err, ErrRevoked), errors.Is(err, ErrDisabled), errors.Is(err, ErrIPNotAllowed),
+			errors.Is(err, ErrNotFound), errors.Is(err, ErrUnavailable):
 		default:
 			tg.errs.Store(err.Error(), true)
 		}
@@ -147,7 +177,7 @@ func (f *fleet) load(m *member) {
 // serves it from its cache.
 func (f *fleet) newTarget() (*APIKey, *target) {
 	f.t.Helper()
-	k := mustCreate(f.t, f.admin, CreateParams{Name: "fault", Subject: "s"})
+	k := mustCreate(f.t, f.admin, CreateParams{Name: "fault", Subject: "s", AllowedCIDRs: []string{"10.0.0.0/8"}})
 	tg := &target{secret: k.Secret}
 	f.cur.Store(tg)
 	for _, m := range f.members {
@@ -193,35 +223,43 @@ func flushes(t testing.TB, m *member, reason string) float64 {
 }
 
 // TestRevokeWithAFrozenVerifier: one of three verifiers has its link to
-// Redis frozen (nothing forwarded, nothing closed) just before each revoke.
-// The revoke waits for it until its registration lapses, and none of the
-// three admits the key after the revoke returns.
+// Redis frozen (nothing forwarded, nothing closed) just before each revoke
+// (or disable, narrowing, bulk revoke). The change waits for it until its
+// registration lapses, and none of the three admits the key after the
+// change returns.
 func TestRevokeWithAFrozenVerifier(t *testing.T) {
-	const rounds = 20
-	f := newFleet(t, false, false, true)
-	ctx := context.Background()
-	var took []time.Duration
-	for range rounds {
-		f.respawn(2)
-		k, tg := f.newTarget()
-		if n := f.members[2].proxy.FreezeAll(); n == 0 {
-			t.Fatal("no connection to freeze")
-		}
-		start := time.Now()
-		if _, err := f.admin.Revoke(ctx, k.ID, nil); err != nil {
-			t.Fatal(err)
-		}
-		took = append(took, time.Since(start))
-		tg.changed.Store(true)
-		f.settle(tg, 100*time.Millisecond)
-		if t.Failed() {
-			return
-		}
+	for _, nw := range narrowings {
+		t.Run(nw.name, func(t *testing.T) {
+			rounds := 5
+			if nw.name == "revoke" {
+				rounds = 20
+			}
+			f := newFleet(t, false, false, true)
+			ctx := context.Background()
+			var took []time.Duration
+			for range rounds {
+				f.respawn(2)
+				k, tg := f.newTarget()
+				if n := f.members[2].proxy.FreezeAll(); n == 0 {
+					t.Fatal("no connection to freeze")
+				}
+				start := time.Now()
+				if err := nw.apply(ctx, f.admin, k); err != nil {
+					t.Fatal(err)
+				}
+				took = append(took, time.Since(start))
+				tg.changed.Store(true)
+				f.settle(tg, 100*time.Millisecond)
+				if t.Failed() {
+					return
+				}
+			}
+			// The change waits at most the frozen verifier's registration,
+			// which is at most SubscriptionStale ahead.
+			t.Logf("FIGURES %s with one of 3 verifiers frozen, stale window %v: p50 %v, max %v, %d rounds, 0 admitted after",
+				nw.name, faultStale, percentile(took, 50), percentile(took, 100), rounds)
+		})
 	}
-	// The revoke waits at most the frozen verifier's registration, which
-	// is at most SubscriptionStale ahead.
-	t.Logf("FIGURES revoke with one of 3 verifiers frozen, stale window %v: p50 %v, max %v, %d rounds, 0 admitted after",
-		faultStale, percentile(took, 50), percentile(took, 100), rounds)
 }
 
 // TestRevokeWithAStalledReader: a verifier's subscription reader stops
@@ -229,6 +267,12 @@ func TestRevokeWithAFrozenVerifier(t *testing.T) {
 // heartbeats go on. Nothing is admitted after the revoke returns, nor after
 // the reader resumes with the invalidation still queued.
 func TestRevokeWithAStalledReader(t *testing.T) {
+	for _, nw := range narrowings {
+		t.Run(nw.name, func(t *testing.T) { testStalledReader(t, nw.apply) })
+	}
+}
+
+func testStalledReader(t *testing.T, narrow func(context.Context, *Store, *APIKey) error) {
 	f := newFleet(t, false, false)
 	ctx := context.Background()
 	stalled := f.members[1]
@@ -242,7 +286,7 @@ func TestRevokeWithAStalledReader(t *testing.T) {
 	}
 	k, tg := f.newTarget()
 	stall.Store(true)
-	if _, err := f.admin.Revoke(ctx, k.ID, nil); err != nil {
+	if err := narrow(ctx, f.admin, k); err != nil {
 		t.Fatal(err)
 	}
 	tg.changed.Store(true)
@@ -262,6 +306,12 @@ func TestRevokeWithAStalledReader(t *testing.T) {
 // stale window plus a second all the same, and the repeated revoke
 // succeeds, after which nothing admits the key.
 func TestRevokeWhosePublishFails(t *testing.T) {
+	for _, nw := range narrowings {
+		t.Run(nw.name, func(t *testing.T) { testPublishFails(t, nw.apply) })
+	}
+}
+
+func testPublishFails(t *testing.T, narrow func(context.Context, *Store, *APIKey) error) {
 	f := newFleet(t, false, false)
 	ctx := context.Background()
 	proxy := newHangProxy(t, f.srv.Addr)
@@ -273,18 +323,18 @@ func TestRevokeWhosePublishFails(t *testing.T) {
 	revoker := f.store(rdb)
 
 	k, tg := f.newTarget()
-	_, err := revoker.Revoke(ctx, k.ID, nil)
+	err := narrow(ctx, revoker, k)
 	if !errors.Is(err, ErrInvalidationUnconfirmed) || errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Revoke with the publish cut = %v, want ErrInvalidationUnconfirmed", err)
+		t.Fatalf("the change with the publish cut = %v, want ErrInvalidationUnconfirmed", err)
 	}
 	// Stored all the same.
-	if got, err := f.admin.Get(ctx, k.ID); err != nil || !got.Revoked {
-		t.Fatalf("after the unconfirmed revoke: %v, %v", got, err)
+	if got, err := f.admin.Get(ctx, k.ID); err != nil || admissible(got) {
+		t.Fatalf("after the unconfirmed change: %+v, %v; want the change stored", got, err)
 	}
 	for _, m := range f.members {
-		waitFor(t, "the verifiers to apply the unpublished revoke", func() bool {
-			_, err := m.v.Verify(ctx, k.Secret, SourceSidecar)
-			return errors.Is(err, ErrRevoked)
+		waitFor(t, "the verifiers to apply the unpublished change", func() bool {
+			_, err := m.v.Check(ctx, Request{Secret: k.Secret, Source: SourceSidecar, ClientIP: loadClient})
+			return err != nil && !errors.Is(err, ErrUnavailable)
 		})
 		if n := flushes(t, m, flushUnpublished); n < 1 {
 			t.Errorf("%s emptied its cache for an unpublished change %v times", m.v.InstanceID(), n)
@@ -293,8 +343,8 @@ func TestRevokeWhosePublishFails(t *testing.T) {
 
 	proxy.Cut(false)
 	cutter.sha = ""
-	if _, err := revoker.Revoke(ctx, k.ID, nil); err != nil {
-		t.Fatalf("repeated Revoke = %v, want success", err)
+	if err := narrow(ctx, revoker, k); err != nil {
+		t.Fatalf("the repeated change = %v, want success", err)
 	}
 	tg.changed.Store(true)
 	f.settle(tg, 200*time.Millisecond)
@@ -325,6 +375,12 @@ func (h *cutOnScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 // registration lapses; its next heartbeat finds the gap in the sequence and
 // empties its cache; nothing is admitted after the revoke returns.
 func TestInvalidationLostWhileSubscribed(t *testing.T) {
+	for _, nw := range narrowings {
+		t.Run(nw.name, func(t *testing.T) { testLostWhileSubscribed(t, nw.apply) })
+	}
+}
+
+func testLostWhileSubscribed(t *testing.T, narrow func(context.Context, *Store, *APIKey) error) {
 	f := newFleet(t, false, false)
 	ctx := context.Background()
 	lossy := f.members[1]
@@ -336,7 +392,7 @@ func TestInvalidationLostWhileSubscribed(t *testing.T) {
 	waits := recordWaits(f.admin)
 	k, tg := f.newTarget()
 	drop.Store(true)
-	if _, err := f.admin.Revoke(ctx, k.ID, nil); err != nil {
+	if err := narrow(ctx, f.admin, k); err != nil {
 		t.Fatal(err)
 	}
 	tg.changed.Store(true)
@@ -357,7 +413,7 @@ func TestRetriedScriptsStillPublish(t *testing.T) {
 	f := newFleet(t, false)
 	ctx := context.Background()
 	rdb := redis.NewClient(redistest.ClientOptions(f.srv.Addr))
-	rdb.AddHook(twice{deleteScript.Hash(), revokeScript.Hash()})
+	rdb.AddHook(twice{deleteScript.Hash(), revokeScript.Hash(), updateScript.Hash()})
 	changer := f.store(rdb)
 	m := f.members[0]
 	for _, tc := range []struct {
@@ -366,6 +422,10 @@ func TestRetriedScriptsStillPublish(t *testing.T) {
 	}{
 		{"delete", func(id string) error { return changer.Delete(ctx, id) }},
 		{"revoke", func(id string) error { _, err := changer.Revoke(ctx, id, nil); return err }},
+		{"disable", func(id string) error {
+			_, err := changer.Update(ctx, id, UpdateParams{Enabled: ptr(false)})
+			return err
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := testutil.ToFloat64(m.v.metrics.invalidations)
@@ -406,11 +466,18 @@ func (h twice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 	return next
 }
 
-// cachedValid reports whether v's cache holds id as not revoked.
+// cachedValid reports whether v's cache holds id in a state that admits
+// the fleet's load.
 func cachedValid(v *Verifier, id string) bool {
 	kid := parseKeyID(id[len(idPrefix):])
 	e := v.cache.get(&kid, v.store.now())
-	return e != nil && !e.key.Revoked
+	return e != nil && admissible(e.key)
+}
+
+// admissible reports whether k, as stored, admits the fleet's load.
+func admissible(k *APIKey) bool {
+	out, _ := refused(k, time.Now())
+	return out == nil && k.admits(loadClient)
 }
 
 // newHangProxy starts a [redistest.Proxy] to upstream.
@@ -421,4 +488,132 @@ func newHangProxy(t testing.TB, upstream string) *redistest.Proxy {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestDisableAndEnableAcrossVerifiers: two verifiers with clients of their
+// own verify a key in a loop; once the disable returns, neither admits it;
+// once the enable returns, both admit it again at once.
+func TestDisableAndEnableAcrossVerifiers(t *testing.T) {
+	f := newFleet(t, false, false)
+	ctx := context.Background()
+	for range 5 {
+		k, tg := f.newTarget()
+		if _, err := f.admin.Update(ctx, k.ID, UpdateParams{Enabled: ptr(false)}); err != nil {
+			t.Fatal(err)
+		}
+		tg.changed.Store(true)
+		f.settle(tg, 100*time.Millisecond)
+		if _, err := f.admin.Update(ctx, k.ID, UpdateParams{Enabled: ptr(true)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range f.members {
+			if _, err := m.v.Check(ctx, Request{Secret: k.Secret, Source: SourceSidecar, ClientIP: loadClient}); err != nil {
+				t.Fatalf("%s right after the enable: %v", m.v.InstanceID(), err)
+			}
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+// TestRevokeAllOfTenThousandKeys: a subject with 10,000 keys, every one
+// cached by two verifiers that verify them in a loop. Once the bulk revoke
+// returns, neither admits any of them; each verifier handled one
+// invalidation for all of them.
+func TestRevokeAllOfTenThousandKeys(t *testing.T) {
+	const n = 10_000
+	f := newFleet(t, false, false)
+	ctx := context.Background()
+	const subject = "org_bulk"
+	secrets := make([]string, n)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				k, err := f.admin.Create(ctx, CreateParams{Name: "bulk", Subject: subject})
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				secrets[i] = k.Secret
+			}
+		}()
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		t.Fatal(err)
+	}
+	before := make([]float64, len(f.members))
+	for i, m := range f.members {
+		for _, s := range secrets {
+			if _, err := m.v.Verify(ctx, s, SourceSidecar); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c := m.v.cache.len(); c < n {
+			t.Fatalf("%s caches %d keys, want %d", m.v.InstanceID(), c, n)
+		}
+		before[i] = testutil.ToFloat64(m.v.metrics.invalidations)
+	}
+
+	var changed atomic.Bool
+	var after, admitted atomic.Int64
+	stop := make(chan struct{})
+	var load sync.WaitGroup
+	for _, m := range f.members {
+		for g := range 2 {
+			load.Add(1)
+			go func() {
+				defer load.Done()
+				for i := g; ; i += 7 {
+					select {
+					case <-stop:
+						return
+					case <-time.After(200 * time.Microsecond):
+					}
+					begun := changed.Load()
+					_, err := m.v.Verify(ctx, secrets[i%n], SourceSidecar)
+					if begun {
+						after.Add(1)
+						if err == nil {
+							admitted.Add(1)
+						}
+					}
+				}
+			}()
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	revoked, err := f.admin.RevokeAll(ctx, subject, ptr("offboarded"))
+	took := time.Since(start)
+	changed.Store(true)
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	load.Wait()
+	if err != nil || revoked != n {
+		t.Fatalf("RevokeAll = %d, %v; want %d", revoked, err, n)
+	}
+	if a := admitted.Load(); a != 0 || after.Load() == 0 {
+		t.Fatalf("%d of %d verifications begun after the bulk revoke returned admitted a key", a, after.Load())
+	}
+	for i, m := range f.members {
+		if d := testutil.ToFloat64(m.v.metrics.invalidations) - before[i]; d != 1 {
+			t.Errorf("%s handled %v invalidations for the bulk revoke, want 1", m.v.InstanceID(), d)
+		}
+		for _, s := range secrets {
+			if _, err := m.v.Verify(ctx, s, SourceSidecar); !errors.Is(err, ErrRevoked) {
+				t.Fatalf("%s after the bulk revoke: %v, want ErrRevoked", m.v.InstanceID(), err)
+			}
+		}
+	}
+	if again, err := f.admin.RevokeAll(ctx, subject, nil); err != nil || again != 0 {
+		t.Errorf("repeated RevokeAll = %d, %v; want 0", again, err)
+	}
+	t.Logf("FIGURES bulk revoke of %d keys of one subject, 2 verifiers caching them all and verifying in a loop: %v, 1 invalidation per verifier; %d verifications after it, 0 admitted",
+		n, took.Round(time.Millisecond), after.Load())
 }

@@ -147,6 +147,47 @@ func newDigester(hmacKey []byte) digester {
 	return digester{pool: &sync.Pool{New: func() any { return &hmacState{h: hmac.New(sha256.New, key)} }}}
 }
 
+// digests are a store's digesters, by the ID of the hash key a record
+// names ([Options.HashKeys]); "" is the legacy one (Options.HashKey, or
+// plain SHA-256) and importedHashKey plain SHA-256.
+type digests struct {
+	currentID string // of new records
+	current   digester
+	others    map[string]digester
+}
+
+// importedHashKey names, in a record, the plain SHA-256 digest of an
+// imported secret.
+const importedHashKey = "sha256"
+
+func newDigests(legacy []byte, keys []HashKey) digests {
+	d := digests{current: newDigester(legacy), others: map[string]digester{importedHashKey: {}}}
+	if len(keys) == 0 {
+		return d
+	}
+	d.others[""] = d.current
+	d.currentID, d.current = keys[0].ID, newDigester(keys[0].Secret)
+	for _, k := range keys[1:] {
+		d.others[k.ID] = newDigester(k.Secret)
+	}
+	return d
+}
+
+// match reports whether stored is the digest of secret under the hash key
+// that id names, comparing in constant time; false when no such key is
+// configured.
+func (d *digests) match(id, stored, secret string) bool {
+	g := d.current
+	if id != d.currentID {
+		var ok bool
+		if g, ok = d.others[id]; !ok {
+			return false
+		}
+	}
+	sum := g.sum(secret)
+	return digestsEqual(sum[:], stringBytes(stored))
+}
+
 func (d digester) sum(secret string) [sha256.Size]byte {
 	if d.pool == nil {
 		return sha256.Sum256(stringBytes(secret))

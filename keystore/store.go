@@ -26,8 +26,17 @@ type Options struct {
 	// changing KeyPrefix alone makes every existing secret malformed.
 	AcceptedKeyPrefixes []string
 	// HashKey, when set, makes digests HMAC-SHA-256 under it instead of
-	// SHA-256. Changing it makes every existing key unverifiable.
+	// SHA-256 (KEYGATE_HASH_KEY). Changing it alone makes every existing
+	// key unverifiable: rotate with HashKeys. With HashKeys set, it is the
+	// key of the records written before them.
 	HashKey []byte
+	// HashKeys (KEYGATE_HASH_KEYS) are named HMAC keys for digests, the
+	// first one current: new keys are digested under it. A key digested
+	// under another entry, or before HashKeys were set (under HashKey, or
+	// plain SHA-256 without one), still verifies, and is re-digested under
+	// the current entry at its next successful verification (written with
+	// the last-used times). Default none.
+	HashKeys []HashKey
 	// LastUsedFlush is how often recorded uses are written to Redis.
 	// Default 1s; negative disables the background flush (call
 	// [Store.FlushLastUsed] yourself; Close still flushes).
@@ -84,23 +93,45 @@ func (o Options) withDefaults() Options {
 
 const defaultInvalidationWait = 250 * time.Millisecond
 
+// HashKey is one entry of [Options.HashKeys]: an HMAC key and the ID that
+// records digested under it carry.
+type HashKey struct {
+	ID     string // letters, digits, ".", "_" and "-", at most 32; not "sha256"
+	Secret []byte
+}
+
+// ValidHashKeyID reports whether id can name a [HashKey].
+func ValidHashKeyID(id string) bool {
+	if id == "" || len(id) > 32 || id == importedHashKey {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if !isAlnum(id[i]) && id[i] != '.' && id[i] != '_' && id[i] != '-' {
+			return false
+		}
+	}
+	return true
+}
+
 // Store keeps API keys in Redis. Its methods are safe for concurrent use.
 //
 // Errors: [ErrNotFound] for an unknown key, a [*ValidationError] for input
 // that breaks the contract's limits, and an error wrapping [ErrUnavailable]
 // when Redis cannot be reached. [Store.Verify] adds [ErrMalformed],
-// [ErrRevoked] and [ErrExpired].
+// [ErrRevoked], [ErrDisabled] and [ErrExpired].
 //
-// Revoke, Update and Delete return only once no [Verifier] sharing the
-// Redis (in this process or another) can admit the key beyond its new
-// state; see docs/revocation.md. When that cannot be confirmed they return
+// Revoke, Update, Delete, Roll and RevokeAll return only once no
+// [Verifier] sharing the Redis (in this process or another) can admit the
+// key (or keys) beyond its new state; see docs/revocation.md. When that cannot be confirmed they return
 // an error wrapping [ErrInvalidationUnconfirmed]: the change is stored.
 type Store struct {
 	rdb      redis.UniversalClient
 	opts     Options
 	names    keyNames
-	digest   digester
+	digests  digests
+	imports  importState
 	lastUsed lastUsed
+	rehashes rehashes
 	history  history
 	metrics  *storeMetrics
 
@@ -127,6 +158,18 @@ func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("keystore: key prefix %q must be letters, digits and _, ending in _, at most 32 characters", p)
 		}
 	}
+	seen := map[string]bool{}
+	for i, k := range opts.HashKeys {
+		switch {
+		case !ValidHashKeyID(k.ID):
+			return nil, fmt.Errorf("keystore: hash key %d: its ID must be letters, digits, '.', '_' and '-', at most 32, and not %q", i+1, importedHashKey)
+		case len(k.Secret) == 0:
+			return nil, fmt.Errorf("keystore: hash key %s: empty", k.ID)
+		case seen[k.ID]:
+			return nil, fmt.Errorf("keystore: hash key %s: given twice", k.ID)
+		}
+		seen[k.ID] = true
+	}
 	m, err := newStoreMetrics(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("keystore: registering metrics: %w", err)
@@ -135,13 +178,14 @@ func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
 		rdb:     rdb,
 		opts:    opts,
 		names:   keyNames{ns: opts.Namespace},
-		digest:  newDigester(opts.HashKey),
+		digests: newDigests(opts.HashKey, opts.HashKeys),
 		metrics: m,
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	s.invalidationWait.Store(int64(opts.InvalidationWait))
 	s.lastUsed.pending = make(map[string]int64)
+	s.rehashes.pending = make(map[string]rehash)
 	if opts.LastUsedFlush > 0 {
 		go s.flushLoop(opts.LastUsedFlush)
 	} else {
@@ -178,6 +222,8 @@ func (n keyNames) record(id string) string       { return n.ns + ":key:" + id }
 func (n keyNames) subject(subject string) string { return n.ns + ":subject:" + subject }
 func (n keyNames) all() string                   { return n.ns + ":keys" }
 func (n keyNames) invalidate() string            { return n.ns + ":invalidate" }
+func (n keyNames) imports() string               { return n.ns + ":imports" }
+func (n keyNames) imported(index string) string  { return n.ns + ":import:" + index }
 
 // The invalidation keys share the hash tag {inv}: scripts touch several.
 func (n keyNames) inv() string                 { return n.ns + ":{inv}:" }
@@ -202,11 +248,28 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
 	if err := p.validate(); err != nil {
 		return nil, err
 	}
-	id, err := newID()
+	k, err := s.newKey(p)
 	if err != nil {
 		return nil, err
 	}
-	secret, err := newSecret(s.opts.KeyPrefix, id)
+	secret, err := newSecret(s.opts.KeyPrefix, k.ID)
+	if err != nil {
+		return nil, err
+	}
+	digest := s.digests.current.sum(secret)
+	if err := s.add(ctx, opCreate, &record{key: k, digest: string(digest[:]), hashKey: s.digests.currentID}); err != nil {
+		return nil, err
+	}
+	out := *k
+	out.Expired = k.ExpiredAt(s.now())
+	out.Secret = secret
+	return &out, nil
+}
+
+// newKey returns a new key with a fresh ID, as validated params describe
+// it.
+func (s *Store) newKey(p CreateParams) (*APIKey, error) {
+	id, err := newID()
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +287,9 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
 		CreatedAt:   now,
 		UpdatedAt:   now,
 		RateLimits:  append([]RateLimit{}, p.RateLimits...),
+		Enabled:     p.Enabled == nil || *p.Enabled,
 	}
+	k.setAllowedCIDRs(p.AllowedCIDRs)
 	if p.Credits != nil {
 		c := *p.Credits
 		c.LastRefillAt = nil
@@ -241,27 +306,43 @@ func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
 		exp := now + *p.SecondsUntilExpiration*1000
 		k.Expiration = &exp
 	}
-	digest := s.digest.sum(secret)
-	rec := record{key: k, digest: string(digest[:])}
+	return k, nil
+}
 
+// add writes a new key's record and its index entries; extra are more
+// fields of the record.
+func (s *Store) add(ctx context.Context, op string, rec *record, extra ...any) error {
+	k := rec.key
 	// Index entries first, record second: a crash in between leaves an index
 	// entry without a record, which listing skips and removes, and never a
 	// verifiable key that listing cannot show.
-	z := redis.Z{Score: float64(now), Member: id}
+	z := redis.Z{Score: float64(k.CreatedAt), Member: k.ID}
 	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZAdd(ctx, s.names.subject(k.Subject), z)
 		p.ZAdd(ctx, s.names.all(), z)
 		return nil
 	}); err != nil {
-		return nil, s.unavailable(opCreate, "indexing key "+id, err)
+		return s.unavailable(op, "indexing key "+k.ID, err)
 	}
-	if err := s.rdb.HSet(ctx, s.names.record(id), rec.fields()...).Err(); err != nil {
-		return nil, s.unavailable(opCreate, "writing key "+id, err)
+	if err := s.rdb.HSet(ctx, s.names.record(k.ID), append(rec.fields(), extra...)...).Err(); err != nil {
+		return s.unavailable(op, "writing key "+k.ID, err)
 	}
-	out := *k
-	out.Expired = k.ExpiredAt(s.now())
-	out.Secret = secret
-	return &out, nil
+	return nil
+}
+
+// discard removes a new key that was never shown to anyone (a roll that
+// failed), record and index entries, as well as it can.
+func (s *Store) discard(ctx context.Context, k *APIKey) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), withdrawTimeout)
+	defer cancel()
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, s.names.record(k.ID))
+		p.ZRem(ctx, s.names.subject(k.Subject), k.ID)
+		p.ZRem(ctx, s.names.all(), k.ID)
+		return nil
+	}); err != nil {
+		s.opts.Logger.Warn("removing a key that was never shown", "id", k.ID, "err", err)
+	}
 }
 
 // Get returns the key with the given ID, or [ErrNotFound].
@@ -297,7 +378,9 @@ func (s *Store) load(ctx context.Context, id, op string) (*record, error) {
 // I/O), [ErrNotFound], [ErrRevoked] or [ErrExpired]. With the last two the key
 // is returned as well, so that callers can log which key was refused. Only an
 // error wrapping [ErrUnavailable] means the answer is unknown. Verify costs
-// one Redis round trip.
+// one Redis round trip. It knows only secrets in keygate's own form:
+// imported keys ([Store.Import]), allowed CIDRs, rate limits and credits
+// are a [Verifier]'s.
 func (s *Store) Verify(ctx context.Context, secret string) (*APIKey, error) {
 	idHex, err := parseSecret(s.secretPrefix(secret), secret)
 	if err != nil {
@@ -307,7 +390,7 @@ func (s *Store) Verify(ctx context.Context, secret string) (*APIKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.decide(rec.key, rec.digest, secret, s.now())
+	return s.decide(rec, secret, s.now())
 }
 
 // secretPrefix returns the prefix secret was issued under: KeyPrefix or
@@ -331,28 +414,35 @@ func (s *Store) secretPrefix(secret string) string {
 // decide checks secret against a key's record at now and records the use
 // when it verifies. The digest is compared first, in constant time, so that
 // revocation and expiry are told only to the key's holder.
-func (s *Store) decide(k *APIKey, digest, secret string, now time.Time) (*APIKey, error) {
-	d := s.digest.sum(secret)
-	if !digestsEqual(d[:], stringBytes(digest)) {
+func (s *Store) decide(rec *record, secret string, now time.Time) (*APIKey, error) {
+	if !s.digests.match(rec.hashKey, rec.digest, secret) {
 		return nil, ErrNotFound
 	}
+	k := rec.key
 	if out, err := refused(k, now); err != nil {
 		return out, err
+	}
+	if rec.hashKey != s.digests.currentID {
+		s.rehashes.add(k.ID, rec.digest, s.digests.current.sum(secret), s.digests.currentID)
 	}
 	return s.use(k, now, nil), nil
 }
 
-// refused returns, for a revoked or expired key, a copy of it with Expired
-// as of now and [ErrRevoked] or [ErrExpired]; nil, nil otherwise.
+// refused returns, for a revoked, disabled or expired key, a copy of it
+// with Expired as of now and [ErrRevoked], [ErrDisabled] or [ErrExpired];
+// nil, nil otherwise.
 func refused(k *APIKey, now time.Time) (*APIKey, error) {
 	expired := k.ExpiredAt(now)
-	if !k.Revoked && !expired {
+	if !k.Revoked && k.Enabled && !expired {
 		return nil, nil
 	}
 	out := *k
 	out.Expired = expired
-	if k.Revoked {
+	switch {
+	case k.Revoked:
 		return &out, ErrRevoked
+	case !k.Enabled:
+		return &out, ErrDisabled
 	}
 	return &out, ErrExpired
 }
@@ -536,6 +626,23 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 	now := s.now().UnixMilli()
 	var set []any
 	var del []any
+	if p.Name != nil {
+		set = append(set, fName, *p.Name)
+	}
+	if p.Enabled != nil {
+		if *p.Enabled {
+			del = append(del, fDisabled)
+		} else {
+			set = append(set, fDisabled, "1")
+		}
+	}
+	if p.AllowedCIDRs != nil {
+		if len(*p.AllowedCIDRs) == 0 {
+			del = append(del, fCIDRs)
+		} else {
+			set = append(set, fCIDRs, strings.Join(*p.AllowedCIDRs, ","))
+		}
+	}
 	if p.Description != nil {
 		if *p.Description == "" {
 			del = append(del, fDescription)
@@ -722,6 +829,12 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 // that found no key is withdrawn and publishes nothing. op and doing name
 // the call in metrics and errors.
 func (s *Store) change(ctx context.Context, id, op, doing string, write func() error) error {
+	return s.changeOf(ctx, invTarget{head: id}, op, doing, write)
+}
+
+// changeOf is [Store.change] of what t names: one key, every key of a
+// subject, or the namespace's imported keys.
+func (s *Store) changeOf(ctx context.Context, t invTarget, op, doing string, write func() error) error {
 	a, err := s.announce(ctx)
 	if err != nil {
 		return s.unavailable(op, doing, err)
@@ -735,7 +848,7 @@ func (s *Store) change(ctx context.Context, id, op, doing string, write func() e
 		// is publishBound old.
 		return err
 	}
-	return s.invalidate(ctx, id, a)
+	return s.invalidate(ctx, t, a)
 }
 
 // unavailable counts a failed Redis operation under op and wraps err so

@@ -2,6 +2,8 @@ package keystore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"hash/crc32"
@@ -215,6 +217,36 @@ func TestVerifyCostsOneRoundTrip(t *testing.T) {
 				}
 			})
 		}
+
+		// Through a verifier that reads Redis every time: a keygate key
+		// still costs one round trip once keys are imported, an imported
+		// key two, and a string in neither form nothing until a key is
+		// imported, then the one lookup.
+		v := newVerifier(t, e, VerifierOptions{CacheTTL: -1})
+		waitFor(t, "the verifier to read whether keys were imported", e.store.imports.known)
+		foreign := "legacy-" + strings.Repeat("x", 40)
+		sum := sha256.Sum256([]byte(foreign))
+		cost := func(name, secret string, want error, trips int) {
+			t.Helper()
+			e.cmds.reset()
+			if _, err := v.Verify(ctx, secret, SourceAPI); !errors.Is(err, want) || (want == nil) != (err == nil) {
+				t.Fatalf("%s: Verify = %v, want %v", name, err, want)
+			}
+			if names, n := e.cmds.snapshot(); n != trips || len(names) != trips {
+				t.Fatalf("%s: Verify sent %v in %d round trips, want %d", name, names, n, trips)
+			}
+		}
+		cost("garbage, nothing imported", "hello", ErrMalformed, 0)
+		cost("foreign, nothing imported", foreign, ErrMalformed, 0)
+		cost("keygate key", k.Secret, nil, 1)
+		if _, err := e.store.Import(ctx, ImportParams{CreateParams: CreateParams{Name: "i", Subject: "s"},
+			Hash: ImportHash{Algorithm: "sha256", Value: hex.EncodeToString(sum[:])}}); err != nil {
+			t.Fatal(err)
+		}
+		cost("keygate key, keys imported", k.Secret, nil, 1)
+		cost("imported key", foreign, nil, 2)
+		cost("garbage, keys imported", "hello", ErrMalformed, 1)
+		cost("bad checksum, keys imported", k.Secret[:len(k.Secret)-1]+flip(k.Secret[len(k.Secret)-1]), ErrMalformed, 0)
 	})
 }
 
@@ -727,6 +759,7 @@ func TestWireForm(t *testing.T) {
 		"created_at": float64(k.CreatedAt), "updated_at": float64(k.CreatedAt),
 		"expiration": nil, "expired": false, "revoked": false, "revocation_reason": nil, "last_used_at": nil,
 		"rate_limits": []any{}, "credits": nil,
+		"enabled": true, "allowed_cidrs": []any{}, "rolled_from": nil, "rolled_to": nil,
 	}
 	if len(m) != len(want) {
 		t.Fatalf("wire form has fields %v, want %v", m, want)

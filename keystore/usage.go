@@ -224,7 +224,19 @@ func (r *Refill) boundaries(now time.Time) (last, next time.Time) {
 }
 
 // limited reports whether verifying k costs a meter call.
-func (k *APIKey) limited() bool { return len(k.RateLimits) > 0 || k.Credits != nil }
+func (k *APIKey) limited() bool {
+	return len(k.RateLimits) > 0 || k.Credits != nil || k.meterVia != ""
+}
+
+// meterID is the key whose record meters k: k itself, or during a rolled
+// key's grace its successor, which holds the moved balance (see
+// [Store.Roll]).
+func (k *APIKey) meterID() string {
+	if k.meterVia != "" {
+		return k.meterVia
+	}
+	return k.ID
+}
 
 // meterScript checks and charges a request of cost ARGV[2] at ARGV[1] (Unix
 // ms) against every rate limit and the credits in the record KEYS[1];
@@ -321,7 +333,7 @@ func newMeterCall(k *APIKey, cost int64, now time.Time) *meterCall {
 // through its loader instead.
 func (s *Store) meter(ctx context.Context, k *APIKey, cost int64, now time.Time) (*LimitState, error) {
 	c := newMeterCall(k, cost, now)
-	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(k.ID)}, c.args...).Slice()
+	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(k.meterID())}, c.args...).Slice()
 	return s.metered(c, raw, err)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"runtime"
 	"sync"
@@ -103,13 +104,14 @@ func (o VerifierOptions) withDefaults() VerifierOptions {
 // It caches the records of the keys it verified, by key ID, for at most
 // [VerifierOptions.CacheTTL], and still decides every call afresh: the
 // secret's digest is compared in constant time, and revocation and expiry
-// are checked against the store's clock. Once Revoke, Update or Delete on
-// any [Store] sharing the Redis has returned, no verifier answers from an
-// older copy of the key: the cache answers only while a heartbeat proves,
-// within [VerifierOptions.SubscriptionStale], that the verifier is
-// registered and missed no invalidation (docs/revocation.md); otherwise
-// every call reads Redis. Unknown key IDs are not cached. Malformed secrets
-// never reach Redis.
+// are checked against the store's clock. Once Revoke, Update, Delete, Roll
+// or RevokeAll on any [Store] sharing the Redis has returned, no verifier
+// answers from an older copy of the key: the cache answers only while a
+// heartbeat proves, within [VerifierOptions.SubscriptionStale], that the
+// verifier is registered and missed no invalidation (docs/revocation.md);
+// otherwise every call reads Redis. Unknown key IDs are not cached.
+// Malformed secrets never reach Redis, nor do secrets in no keygate form
+// where no key was imported ([Store.Import]).
 type Verifier struct {
 	store   *Store
 	opts    VerifierOptions
@@ -191,6 +193,9 @@ func NewVerifier(store *Store, opts VerifierOptions) (*Verifier, error) {
 		go v.subscribe()
 		go v.acknowledge()
 		go v.sweep()
+	} else {
+		v.wg.Add(1)
+		go v.watchImports()
 	}
 	return v, nil
 }
@@ -208,6 +213,9 @@ type Request struct {
 	// Cost is what the request spends of a metered key's rate limits and
 	// credits (docs/usage.md). 0 means 1.
 	Cost int64
+	// ClientIP is the address of the client, for keys with allowed CIDRs:
+	// the zero Addr (unknown) is refused by every such key.
+	ClientIP netip.Addr
 }
 
 // Result is what a verification learned: the key (also when refused, but
@@ -221,19 +229,23 @@ type Result struct {
 }
 
 // Verify is [Verifier.Check] of a request of cost 1, returning the key.
+//
+// It knows no client address: a key with allowed CIDRs is refused with
+// [ErrIPNotAllowed]. Use Check with [Request.ClientIP] for those.
 func (v *Verifier) Verify(ctx context.Context, secret string, source Source, scopes ...string) (*APIKey, error) {
-	res, err := v.check(ctx, secret, source, scopes, 1)
+	res, err := v.check(ctx, secret, source, scopes, 1, netip.Addr{})
 	return res.Key, err
 }
 
 // Check verifies a request, in the order docs/verification.md gives: the
-// secret's form and checksum, the record, revoked and expired, the scopes,
-// the rate limits, the credits. A request refused by one step is not
-// charged by a later one.
+// secret's form and checksum, the record, revoked, disabled and expired,
+// the client address, the scopes, the rate limits, the credits. A request
+// refused by one step is not charged by a later one.
 //
 // A refused key is an outcome, not a failure: [ErrMissing] for an empty
-// secret, [ErrMalformed], [ErrNotFound], [ErrRevoked], [ErrExpired], a
-// [*ScopeError] (matching [ErrInsufficientScope]), or a [*LimitError]
+// secret, [ErrMalformed], [ErrNotFound], [ErrRevoked], [ErrDisabled],
+// [ErrExpired], [ErrIPNotAllowed], a [*ScopeError] (matching
+// [ErrInsufficientScope]), or a [*LimitError]
 // (matching [ErrRateLimited] or [ErrUsageExceeded]). Only an error
 // wrapping [ErrUnavailable] means the answer is unknown, and callers must
 // then fail closed. Every call counts in keygate_verifications_total under
@@ -243,15 +255,15 @@ func (v *Verifier) Verify(ctx context.Context, secret string, source Source, sco
 // shares its slices and pointers (Scopes, Claims, …) with the cache: treat
 // it as read-only.
 func (v *Verifier) Check(ctx context.Context, req Request) (Result, error) {
-	return v.check(ctx, req.Secret, req.Source, req.Scopes, req.Cost)
+	return v.check(ctx, req.Secret, req.Source, req.Scopes, req.Cost, req.ClientIP)
 }
 
 // check is Check with the request's fields apart: escape analysis follows
 // parameters, not fields, and scopes must not escape with the secret, so
 // that Verify's variadic scopes stay on the caller's stack.
-func (v *Verifier) check(ctx context.Context, secret string, source Source, scopes []string, cost int64) (Result, error) {
+func (v *Verifier) check(ctx context.Context, secret string, source Source, scopes []string, cost int64, client netip.Addr) (Result, error) {
 	start := time.Now()
-	res, hit, err := v.verify(ctx, secret, scopes, cost, start)
+	res, hit, err := v.verify(ctx, secret, scopes, cost, client, start)
 	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
 	if res.id != "" {
 		if o := historyOutcome(err); o != histNone {
@@ -286,7 +298,9 @@ func (v *Verifier) Authorize(key *APIKey, source Source, scopes ...string) error
 // covers the whole secret, so a match proves it is the secret that was
 // issued, which is well-formed and has a good checksum. Only when nothing
 // matches is the form checked, so that a typo is still told as malformed.
-func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, cost int64, start time.Time) (res Result, hit bool, err error) {
+// A secret that is not in keygate's form at all is looked up among the
+// imported keys, and only when some were imported (docs/verification.md).
+func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, cost int64, client netip.Addr, start time.Time) (res Result, hit bool, err error) {
 	if secret == "" {
 		return res, false, ErrMissing
 	}
@@ -296,44 +310,57 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 	}
 
 	// The record: from the cache when the digest matches, else from Redis.
+	digests := &v.store.digests
 	prefix := v.store.secretPrefix(secret)
+	ours := len(secret) == len(prefix)+bodyLen && secret[:len(prefix)] == prefix
 	var kid keyID
 	var e *cacheEntry
-	if len(secret) == len(prefix)+bodyLen && secret[:len(prefix)] == prefix {
+	if ours {
 		// Any 32 characters make an ID here; only a checked one is loaded.
 		kid = parseKeyID(secret[len(prefix) : len(prefix)+idHexLen])
 		if v.cache != nil && v.live.at(now) {
 			e = v.cache.get(&kid, now)
 		}
 	}
-	var d [32]byte
-	if e != nil {
-		d = v.store.digest.sum(secret)
-	}
-	if e != nil && digestsEqual(d[:], stringBytes(e.digest)) {
+	if e != nil && digests.match(e.hashKey, e.digest, secret) {
 		hit = true
 	} else {
 		idHex, err := parseSecret(prefix, secret)
+		if err != nil && !ours && v.store.imports.mayExist() {
+			// Not keygate's form: an imported key's secret, if it is one.
+			idHex, err = v.store.importedID(ctx, secret)
+		}
 		if err != nil {
 			return res, false, err
 		}
 		if e != nil {
 			return Result{id: e.key.ID}, true, ErrNotFound // a well-formed secret, not the key's
 		}
-		if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
-			return res, false, err
+		if !ours {
+			kid = parseKeyID(idHex)
+			if v.cache != nil && v.live.at(now) {
+				e = v.cache.get(&kid, now)
+			}
 		}
-		d = v.store.digest.sum(secret)
-		if !digestsEqual(d[:], stringBytes(e.digest)) {
+		if e == nil {
+			if e, err = v.fill(ctx, idHex, &kid, now); err != nil {
+				return res, false, err
+			}
+		}
+		if !digests.match(e.hashKey, e.digest, secret) {
 			return Result{id: e.key.ID}, false, ErrNotFound
 		}
 	}
 	k := e.key
 	res.id = k.ID
 
-	// Its state, then what the route requires, then what it spends.
+	// Its state, where the request comes from, what the route requires,
+	// then what it spends.
 	if out, err := refused(k, now); err != nil {
 		return Result{Key: out, id: k.ID}, hit, err
+	}
+	if len(k.AllowedCIDRs) > 0 && !k.admits(client) {
+		return Result{Key: k, id: k.ID}, hit, ErrIPNotAllowed
 	}
 	if !k.HasScopes(scopes...) {
 		// A copy, so that the caller's scopes do not escape: variadic
@@ -347,6 +374,10 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 		}
 	}
 	res.Key = v.store.use(k, now, &e.recorded)
+	if e.hashKey != digests.currentID && e.rehashed.CompareAndSwap(false, true) {
+		// Digested under an older hash key: the next flush writes it anew.
+		v.store.rehashes.add(k.ID, e.digest, digests.current.sum(secret), digests.currentID)
+	}
 	return res, hit, nil
 }
 
@@ -365,7 +396,7 @@ func (v *Verifier) fill(ctx context.Context, idHex string, kid *keyID, now time.
 	if v.afterLoad != nil {
 		v.afterLoad()
 	}
-	e := &cacheEntry{key: rec.key, digest: rec.digest, loaded: now}
+	e := &cacheEntry{key: rec.key, digest: rec.digest, hashKey: rec.hashKey, loaded: now}
 	if caching {
 		v.cache.insert(kid, e, gen)
 	}
@@ -388,9 +419,15 @@ func (v *Verifier) sweep() {
 	}
 }
 
-// empty drops the whole cache and counts why.
+// empty drops the whole cache and counts why. Unless the reason is a
+// lapsed registration (which loses no message), an invalidation may have
+// been missed, and with it the news of a first import: the verifier then
+// looks foreign secrets up until it has read the flag again.
 func (v *Verifier) empty(reason string) {
 	v.cache.flush()
+	if reason != flushLapse {
+		v.store.imports.forget()
+	}
 	v.metrics.flushes.WithLabelValues(reason).Inc()
 }
 
@@ -422,7 +459,8 @@ func (v *Verifier) Close() error {
 
 // Outcome names the result of a verification as the metrics label it:
 // valid, missing, malformed, not_found, revoked, expired,
-// insufficient_scope, unavailable, rate_limited or usage_exceeded.
+// insufficient_scope, unavailable, rate_limited, usage_exceeded, disabled
+// or ip_not_allowed.
 func Outcome(err error) string { return outcomes[outcomeIndex(err)] }
 
 // outcomeIndex is the index of err's outcome in outcomes.
@@ -448,6 +486,10 @@ func outcomeIndex(err error) int {
 		return 8
 	case errors.Is(err, ErrUsageExceeded):
 		return 9
+	case errors.Is(err, ErrDisabled):
+		return 10
+	case errors.Is(err, ErrIPNotAllowed):
+		return 11
 	}
 	return 7
 }

@@ -15,7 +15,9 @@ import (
 const Realm = "keygate"
 
 // Status returns the HTTP status of a verification outcome (docs/verification.md):
-// 200 for nil, 403 for a missing scope, 401 for every other refusal, and 503
+// 200 for nil, 403 for a missing scope or a client address outside the
+// key's allowed CIDRs, 429 for a rate limit or credits, 401 for every
+// other refusal (a disabled key as a revoked one), and 503
 // when the store is unavailable or the error is not an outcome at all (fail
 // closed, as [keystore.Outcome] counts it).
 func Status(err error) int {
@@ -24,7 +26,7 @@ func Status(err error) int {
 		return http.StatusOK
 	case "unavailable":
 		return http.StatusServiceUnavailable
-	case "insufficient_scope":
+	case "insufficient_scope", "ip_not_allowed":
 		return http.StatusForbidden
 	case "rate_limited", "usage_exceeded":
 		return http.StatusTooManyRequests
@@ -33,10 +35,11 @@ func Status(err error) int {
 }
 
 // Challenge returns the WWW-Authenticate value for a refusal, or "" when the
-// status carries none (200, 503).
+// status carries none (200, 503, 429, and the 403 of a client address: a
+// token cannot cure it).
 func Challenge(err error) string {
 	switch keystore.Outcome(err) {
-	case "valid", "unavailable", "rate_limited", "usage_exceeded":
+	case "valid", "unavailable", "rate_limited", "usage_exceeded", "ip_not_allowed":
 		return ""
 	case "missing":
 		return `Bearer realm="` + Realm + `"`
@@ -79,6 +82,10 @@ func Error(err error) *apierror.Error {
 		e.Code, e.LongMessage = "api_key_not_found", "the API key does not exist"
 	case "revoked":
 		e.Code, e.LongMessage = "api_key_revoked", "the API key has been revoked"
+	case "disabled":
+		e.Code, e.LongMessage = "api_key_disabled", "the API key is disabled"
+	case "ip_not_allowed":
+		e.Code, e.LongMessage = "api_key_ip_not_allowed", "the API key may not be used from this client address"
 	case "expired":
 		e.Code, e.LongMessage = "api_key_expired", "the API key has expired"
 	case "insufficient_scope":

@@ -2,9 +2,11 @@ package middleware
 
 import (
 	"errors"
+	"net/netip"
 	"slices"
 	"strconv"
 
+	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
 	"github.com/labstack/echo/v4"
 )
@@ -45,6 +47,11 @@ type EchoConfig struct {
 	// 1 for every request.
 	Cost func(c echo.Context) int64
 
+	// TrustedProxies are the direct peers whose X-Forwarded-For names the
+	// client, for keys with allowed CIDRs, as in [Options.TrustedProxies].
+	// Echo's own IPExtractor is not consulted. Default none.
+	TrustedProxies []netip.Prefix
+
 	// ContinueOnIgnoredError calls the next handler, without an identity,
 	// when ErrorHandler returns nil, as in Echo's keyauth. It is never
 	// honoured for an unreachable store: that request does not go through.
@@ -70,6 +77,7 @@ func Echo(v *keystore.Verifier, cfg EchoConfig) echo.MiddlewareFunc {
 	}
 	lookup := MustParseKeyLookup(cfg.KeyLookup)
 	scopes := slices.Clone(cfg.Scopes)
+	proxies := throttle.Proxies(slices.Clone(cfg.TrustedProxies))
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			if cfg.Skipper != nil && cfg.Skipper(c) {
@@ -80,7 +88,7 @@ func Echo(v *keystore.Verifier, cfg EchoConfig) echo.MiddlewareFunc {
 			if secret == "" && cfg.Optional {
 				return next(c)
 			}
-			req := keystore.Request{Secret: secret, Source: keystore.SourceMiddleware, Scopes: scopes}
+			req := keystore.Request{Secret: secret, Source: keystore.SourceMiddleware, Scopes: scopes, ClientIP: proxies.ClientIP(r)}
 			if cfg.Cost != nil {
 				req.Cost = cfg.Cost(c)
 			}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -158,6 +159,7 @@ type config struct {
 	scopes   []string
 	optional bool
 	route    []string // scopes required by RequireScopes on the route; nil for none
+	proxies  []netip.Prefix
 }
 
 // stack builds a handler that answers the request's subject (or
@@ -174,7 +176,7 @@ func buildHTTP(v *keystore.Verifier, c config) http.Handler {
 	if c.route != nil {
 		h = RequireScopes(c.route...)(h)
 	}
-	return New(v, Options{KeyLookup: MustParseKeyLookup(c.lookup), Scopes: c.scopes, Optional: c.optional})(h)
+	return New(v, Options{KeyLookup: MustParseKeyLookup(c.lookup), Scopes: c.scopes, Optional: c.optional, TrustedProxies: c.proxies})(h)
 }
 
 func whoami(w http.ResponseWriter, r *http.Request) {
@@ -188,7 +190,7 @@ func whoami(w http.ResponseWriter, r *http.Request) {
 
 func buildEcho(v *keystore.Verifier, c config) http.Handler {
 	e := echo.New()
-	e.Use(Echo(v, EchoConfig{KeyLookup: c.lookup, Scopes: c.scopes, Optional: c.optional}))
+	e.Use(Echo(v, EchoConfig{KeyLookup: c.lookup, Scopes: c.scopes, Optional: c.optional, TrustedProxies: c.proxies}))
 	var route []echo.MiddlewareFunc
 	if c.route != nil {
 		route = append(route, EchoRequireScopes(c.route...))
@@ -219,6 +221,7 @@ type request struct {
 	header      []string
 	body        string
 	contentType string
+	remote      string // RemoteAddr; default httptest's 192.0.2.1:1234
 }
 
 func (rq request) build(e *env) *http.Request {
@@ -239,6 +242,9 @@ func (rq request) build(e *env) *http.Request {
 	}
 	if rq.contentType != "" {
 		r.Header.Set("Content-Type", rq.contentType)
+	}
+	if rq.remote != "" {
+		r.RemoteAddr = rq.remote
 	}
 	return r
 }

@@ -2,8 +2,10 @@ package middleware
 
 import (
 	"net/http"
+	"net/netip"
 	"slices"
 
+	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -43,6 +45,13 @@ type Options struct {
 	// middleware, look the route up with mux.Handler(r). Default: 1 for
 	// every request.
 	Cost func(r *http.Request) int64
+
+	// TrustedProxies are the direct peers whose X-Forwarded-For names the
+	// client, for keys with allowed CIDRs: the client address is the
+	// direct peer (r.RemoteAddr), or, from a trusted peer, the address
+	// X-Forwarded-For gives when read from the right past the trusted
+	// proxies. From any other peer the header is ignored. Default none.
+	TrustedProxies []netip.Prefix
 }
 
 func (o Options) withDefaults() Options {
@@ -67,6 +76,9 @@ func (o Options) withDefaults() Options {
 //     [FromContext] returns the key;
 //   - no key, or a malformed, unknown, revoked or expired one: 401 with
 //     WWW-Authenticate (error="invalid_token" unless the key is missing);
+//   - a disabled key: 401, as a revoked one;
+//   - a valid key used from a client address outside its allowed CIDRs
+//     (see [Options.TrustedProxies]): 403, code api_key_ip_not_allowed;
 //   - a valid key lacking one of opts.Scopes: 403 with
 //     error="insufficient_scope" and the required scopes;
 //   - a valid key over one of its rate limits, or out of credits: 429 with
@@ -83,6 +95,7 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 		panic("middleware: New needs a verifier")
 	}
 	opts = opts.withDefaults()
+	proxies := throttle.Proxies(slices.Clone(opts.TrustedProxies))
 	anonymous := &state{onError: opts.ErrorHandler, verifier: v} // shared: it never changes
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -96,7 +109,7 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 				next.ServeHTTP(w, r.WithContext(withState(ctx, anonymous)))
 				return
 			}
-			req := keystore.Request{Secret: secret, Source: keystore.SourceMiddleware, Scopes: opts.Scopes}
+			req := keystore.Request{Secret: secret, Source: keystore.SourceMiddleware, Scopes: opts.Scopes, ClientIP: proxies.ClientIP(r)}
 			if opts.Cost != nil {
 				req.Cost = opts.Cost(r)
 			}

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 
 	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/middleware"
 )
@@ -34,6 +36,11 @@ type ForwardAuthOptions struct {
 	// comes from the proxy, so only its X-Forwarded-For tells clients
 	// apart.
 	Throttle ThrottleOptions
+	// TrustedProxies are the direct peers (the proxy asking, and any in
+	// front of it) whose X-Forwarded-For names the client, for keys with
+	// allowed CIDRs: without them the client address is the asking proxy's
+	// own. Default: Throttle.TrustedProxies.
+	TrustedProxies []netip.Prefix
 }
 
 type forwardAuth struct {
@@ -42,6 +49,7 @@ type forwardAuth struct {
 	query    bool // the lookup reads a query parameter
 	log      *slog.Logger
 	throttle *throttler // nil: off
+	trusted  throttle.Proxies
 }
 
 // NewForwardAuth returns the forward-auth handler (README.md, "Forward-auth") for nginx
@@ -77,7 +85,11 @@ func NewForwardAuth(v *keystore.Verifier, opts ForwardAuthOptions) (http.Handler
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	fa := &forwardAuth{verifier: v, lookup: lookup, query: len(lookup.QueryParams()) > 0, log: opts.Logger}
+	fa := &forwardAuth{verifier: v, lookup: lookup, query: len(lookup.QueryParams()) > 0, log: opts.Logger,
+		trusted: throttle.Proxies(opts.TrustedProxies)}
+	if len(fa.trusted) == 0 {
+		fa.trusted = throttle.Proxies(opts.Throttle.TrustedProxies)
+	}
 	if len(opts.Throttle.TrustedProxies) > 0 {
 		fa.throttle = newThrottler(opts.Throttle, opts.Logger)
 	}
@@ -97,7 +109,8 @@ func (fa *forwardAuth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := fa.verifier.Check(r.Context(), keystore.Request{
-		Secret: fa.key(r, uri), Source: keystore.SourceForwardAuth, Scopes: requiredScopes(r), Cost: cost})
+		Secret: fa.key(r, uri), Source: keystore.SourceForwardAuth, Scopes: requiredScopes(r), Cost: cost,
+		ClientIP: fa.trusted.ClientIP(r)})
 	middleware.SetLimitHeaders(h, res.Limits)
 	key := res.Key
 	path := logPath(uri) // the query may carry a key

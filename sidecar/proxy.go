@@ -55,8 +55,10 @@ type ProxyOptions struct {
 	Throttle ThrottleOptions
 	// TrustedProxies are the direct peers whose X-Forwarded-For,
 	// X-Forwarded-Host and X-Forwarded-Proto are believed (--trusted-proxies),
-	// for the headers sent upstream and for throttling. Default:
-	// Throttle.TrustedProxies.
+	// for the headers sent upstream, for throttling, and for the client
+	// address that keys with allowed CIDRs are checked against (the direct
+	// peer, or X-Forwarded-For read from the right past these proxies).
+	// Default: Throttle.TrustedProxies.
 	TrustedProxies []netip.Prefix
 }
 
@@ -213,7 +215,8 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := p.verifier.Check(r.Context(), keystore.Request{
-		Secret: p.lookup.Key(r), Source: keystore.SourceSidecar, Scopes: n.scopes, Cost: n.cost})
+		Secret: p.lookup.Key(r), Source: keystore.SourceSidecar, Scopes: n.scopes, Cost: n.cost,
+		ClientIP: p.trusted.ClientIP(r)})
 	middleware.SetLimitHeaders(w.Header(), res.Limits)
 	key := res.Key
 	if err != nil {

@@ -15,7 +15,7 @@ import (
 // client IP address, for [ProxyOptions] and [ForwardAuthOptions]. The zero
 // value throttles nothing.
 //
-// A client whose failures (a malformed, unknown, revoked or expired key)
+// A client whose failures (a malformed, unknown, revoked, disabled or expired key)
 // exceed its budget gets 429 too_many_requests with Retry-After instead of
 // 401, until the budget refills. A request that verifies is never
 // throttled, whoever shares its address; a request without a key, a
@@ -70,7 +70,7 @@ func (t *throttler) deny(w http.ResponseWriter, r *http.Request, err error) bool
 		return false
 	}
 	switch keystore.Outcome(err) {
-	case "malformed", "not_found", "revoked", "expired":
+	case "malformed", "not_found", "revoked", "disabled", "expired":
 	default:
 		return false
 	}

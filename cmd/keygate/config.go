@@ -32,6 +32,7 @@ type storeConfig struct {
 	keyPrefix         string
 	keyPrefixes       string // --key-prefixes-accepted
 	hashKey           string
+	hashKeys          string // --hash-keys: id:secret,…
 	cacheTTL          time.Duration
 	cacheMaxBytes     int64
 	lastUsedFlush     time.Duration
@@ -47,7 +48,8 @@ func (c *storeConfig) register(fs *flagSet) {
 	c.registerConnection(fs)
 	fs.StringVar(&c.keyPrefix, "key-prefix", "ak_", "prefix of every secret: letters, digits and _, ending in _")
 	fs.StringVar(&c.keyPrefixes, "key-prefixes-accepted", "", "comma-separated earlier --key-prefix values whose secrets still verify (new keys get --key-prefix)")
-	fs.StringVar(&c.hashKey, "hash-key", "", "HMAC key for secret digests (default: plain SHA-256)")
+	fs.StringVar(&c.hashKey, "hash-key", "", "HMAC key for secret digests (default: plain SHA-256); with --hash-keys, the key of the digests written before them")
+	fs.StringVar(&c.hashKeys, "hash-keys", "", "named HMAC keys for secret digests, id:secret,…, the first current: keys digested under another verify and are re-digested under the first at their next verification")
 	fs.DurationVar(&c.cacheTTL, "cache-ttl", 30*time.Second, "longest a verified key is served from memory; 0 reads Redis on every verification")
 	fs.Int64Var(&c.cacheMaxBytes, "cache-max-bytes", 64<<20, "most memory, in bytes, the verifier's cache keeps alive (estimated per record)")
 	fs.DurationVar(&c.lastUsedFlush, "last-used-flush", time.Second, "how often last-used times are written to Redis")
@@ -91,6 +93,8 @@ func (c *storeConfig) check() error {
 		return usagef("--subscription-stale must be positive")
 	case !keystore.ValidPrefix(c.keyPrefix):
 		return usagef("--key-prefix %q must be letters, digits and _, ending in _, at most 32 characters", c.keyPrefix)
+	case c.badHashKeys() != nil:
+		return usagef("--hash-keys: %v", c.badHashKeys())
 	case c.badAcceptedPrefix() != "":
 		return usagef("--key-prefixes-accepted: %q must be letters, digits and _, ending in _, at most 32 characters", c.badAcceptedPrefix())
 	}
@@ -136,6 +140,31 @@ func (c *storeConfig) badAcceptedPrefix() string {
 	return ""
 }
 
+// parseHashKeys reads --hash-keys. Its errors never hold a secret.
+func (c *storeConfig) parseHashKeys() ([]keystore.HashKey, error) {
+	var out []keystore.HashKey
+	seen := map[string]bool{}
+	for i, entry := range splitList(c.hashKeys) {
+		id, secret, ok := strings.Cut(entry, ":")
+		switch {
+		case !ok || secret == "":
+			return nil, fmt.Errorf("entry %d must be id:secret", i+1)
+		case !keystore.ValidHashKeyID(id):
+			return nil, fmt.Errorf("entry %d: the id must be letters, digits, '.', '_' and '-', at most 32, and not sha256", i+1)
+		case seen[id]:
+			return nil, fmt.Errorf("the id %q is given twice", id)
+		}
+		seen[id] = true
+		out = append(out, keystore.HashKey{ID: id, Secret: []byte(secret)})
+	}
+	return out, nil
+}
+
+func (c *storeConfig) badHashKeys() error {
+	_, err := c.parseHashKeys()
+	return err
+}
+
 // redactURL keeps a Redis URL's password out of an error message.
 func redactURL(msg, url string) string {
 	if url == "" {
@@ -179,11 +208,13 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 	if b.embedded != nil {
 		logger.Warn("no Redis configured: using the embedded store, for ONE instance only; set KEYGATE_REDIS_URL for production", "data_dir", c.dataDir)
 	}
+	hashKeys, _ := c.parseHashKeys() // checked
 	store, err := keystore.New(b.rdb, keystore.Options{
 		Namespace:           c.namespace,
 		KeyPrefix:           c.keyPrefix,
 		AcceptedKeyPrefixes: splitList(c.keyPrefixes),
 		HashKey:             []byte(c.hashKey),
+		HashKeys:            hashKeys,
 		LastUsedFlush:       c.lastUsedFlush,
 		ReplicaWait:         c.replicaWait,
 		Logger:              logger,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -291,4 +292,87 @@ func TestWalkthroughRedisWithSidecar(t *testing.T) {
 	if code, _, _ := cli(t, append(env, "KEYGATE_URL=http://"+freeAddr(t)), "", "keys", "list"); code != exitUnreachable {
 		t.Fatalf("keys list against nothing: exit %d, want %d", code, exitUnreachable)
 	}
+}
+
+// TestKeyLifecycleCLI drives roll, disable, enable, update, revoke-all and
+// import from the command line against serve on a real redis-server, and
+// checks each through a sidecar in another process that trusts loopback
+// as a proxy.
+func TestKeyLifecycleCLI(t *testing.T) {
+	redis := redistest.Start(t)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, r.Header.Get("X-Api-Key-Id"))
+	}))
+	defer upstream.Close()
+	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	base := "http://" + addr
+	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=admintok-of-thirty-two-characters-0",
+		"KEYGATE_ADMIN_TOKEN=admintok-of-thirty-two-characters-0", "KEYGATE_URL=" + base}
+	start(t, env, base+"/readyz", "serve", "--listen", addr)
+	start(t, env, "http://"+opsAddr+"/readyz", "sidecar", "--upstream", upstream.URL, "--listen", proxyAddr,
+		"--ops-listen", opsAddr, "--trusted-proxies", "127.0.0.1")
+	call := func(secret, xff string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+proxyAddr+"/x", nil)
+		req.Header.Set("Authorization", "Bearer "+secret)
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	expect := func(what, secret, xff string, status int, id string) {
+		t.Helper()
+		code, body := call(secret, xff)
+		if code != status || (status == 200 && body != id) {
+			t.Fatalf("%s: %d %q, want %d %q", what, code, body, status, id)
+		}
+	}
+
+	old := decode[createdKey](t, mustCLI(t, env, "keys", "create", "--name", "svc", "--subject", "org_9", "--json"))
+	rolled := decode[createdKey](t, mustCLI(t, env, "keys", "roll", old.ID, "--grace", "1h", "--json"))
+	expect("the old key in its grace", old.Secret, "", 200, old.ID)
+	expect("the new key", rolled.Secret, "", 200, rolled.ID)
+
+	mustCLI(t, env, "keys", "disable", rolled.ID)
+	expect("disabled", rolled.Secret, "", 401, "")
+	if out := mustCLI(t, env, "keys", "get", rolled.ID); !strings.Contains(out, "disabled") {
+		t.Errorf("keys get of a disabled key:\n%s", out)
+	}
+	mustCLI(t, env, "keys", "enable", rolled.ID)
+	expect("enabled again", rolled.Secret, "", 200, rolled.ID)
+
+	out := mustCLI(t, env, "keys", "update", rolled.ID, "--name", "svc 2", "--allowed-cidrs", "203.0.113.0/24")
+	if !strings.Contains(out, "svc 2") || !strings.Contains(out, "203.0.113.0/24") {
+		t.Fatalf("keys update:\n%s", out)
+	}
+	expect("from loopback itself", rolled.Secret, "", 403, "")
+	expect("from an allowed client, through the trusted proxy", rolled.Secret, "203.0.113.5", 200, rolled.ID)
+	expect("a spoofed allowed address left of the real client", rolled.Secret, "203.0.113.5, 198.51.100.1", 403, "")
+
+	if out := mustCLI(t, env, "keys", "revoke-all", "--subject", "org_9", "--reason", "offboarding"); !strings.Contains(out, "revoked 2 keys of org_9") {
+		t.Fatalf("keys revoke-all: %q", out)
+	}
+	expect("after revoke-all", rolled.Secret, "203.0.113.5", 401, "")
+	expect("the old key after revoke-all", old.Secret, "", 401, "")
+
+	const foreign = "legacy_live_9f8e7d6c5b4a39281716"
+	sum := sha256.Sum256([]byte(foreign))
+	file := filepath.Join(t.TempDir(), "keys.jsonl")
+	lines := fmt.Sprintf(`{"name":"legacy","subject":"org_7","hash":{"algorithm":"sha256","value":"%x"}}`+"\n\n"+
+		`{"name":"broken","subject":"org_7","hash":{"algorithm":"md5","value":"00"}}`+"\n", sum)
+	if err := os.WriteFile(file, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := cli(t, env, "", "keys", "import", file)
+	if code != exitRefused || !strings.Contains(stderr, "line 3:") || !strings.Contains(stderr, "imported 1 keys, 1 failed") {
+		t.Fatalf("keys import: exit %d\n%s%s", code, stdout, stderr)
+	}
+	id, _, _ := strings.Cut(stdout, "\t")
+	expect("the imported key through the sidecar", foreign, "", 200, id)
 }

@@ -24,12 +24,18 @@ const keysSynopsis = `keygate keys COMMAND [flags]
 
 Commands:
   create --name N --subject S [--scopes a,b] [--expires-in 720h] [--description D] [--claims JSON]
-         [--rate-limit NAME=LIMIT/DURATION]... [--credits N [--refill day:N|month:N[:DAY]]]
+         [--rate-limit NAME=LIMIT/DURATION]... [--credits N [--refill day:N|month:N[:DAY]]] [--allowed-cidrs C,…]
   list [--subject S] [--query Q] [--include-invalid] [--limit N] [--offset N]
   get ID
-  update ID [--description D] [--scopes a,b] [--claims JSON] [--expires-in D | --never-expires]
+  update ID [--name N] [--description D] [--scopes a,b] [--claims JSON] [--expires-in D | --never-expires]
          [--rate-limit NAME=LIMIT/DURATION]... [--no-rate-limits] [--credits N [--refill …]] [--no-credits]
+         [--allowed-cidrs C,… | --any-address]
+  roll ID [--grace 24h]   (a new key and secret; the old one verifies for the grace, 0 revokes it now)
+  disable ID
+  enable ID
   revoke ID [--reason R]
+  revoke-all --subject S [--reason R]   (every key of the subject)
+  import FILE   (JSON lines, or "-" for standard input: a create body and "hash":{"algorithm":"sha256","value":HEX})
   delete ID
   verify SECRET   (or "-" to read the secret from standard input, out of shell history)
   usage ID [--granularity minute|hour|day] [--since 24h]   (a bar chart of its verifications)
@@ -46,6 +52,9 @@ type keysCommand struct {
 	args    int // positional arguments it takes (0 or 1)
 	argName string
 	run     func(ctx context.Context, c *client.Client, arg string, out *output) error
+	// long commands (import) have no overall deadline: each call has
+	// the client's.
+	long bool
 }
 
 func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
@@ -105,8 +114,11 @@ func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(
 		return exitUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if cmd.long {
+		ctx, cancel = context.WithCancel(context.Background())
+	}
 	defer cancel()
-	out := &output{w: stdout, json: *asJSON}
+	out := &output{w: stdout, errw: stderr, json: *asJSON}
 	if err := cmd.run(ctx, c, arg, out); err != nil {
 		fmt.Fprintf(stderr, "keygate keys %s: %v\n", name, err)
 		return exitStatus(err)
@@ -181,8 +193,10 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 		fs.Var(&limits, "rate-limit", "a rate limit NAME=LIMIT/DURATION, e.g. default=100/1m (repeatable)")
 		credits := fs.Int64("credits", -1, "credits the key starts with (default: unmetered)")
 		refill := fs.String("refill", "", "credits refill INTERVAL:AMOUNT[:DAY], e.g. month:1000 or day:50")
+		cidrs := fs.String("allowed-cidrs", "", "comma-separated IPv4/IPv6 CIDRs the key may be used from (default: any address)")
 		cmds["create"] = keysCommand{fs: fs, run: func(ctx context.Context, c *client.Client, _ string, out *output) error {
-			p := keystore.CreateParams{Name: *name, Subject: *subject, Scopes: splitList(*scopes), RateLimits: limits}
+			p := keystore.CreateParams{Name: *name, Subject: *subject, Scopes: splitList(*scopes), RateLimits: limits,
+				AllowedCIDRs: splitList(*cidrs)}
 			if err := givenCredits(fs, *credits); err != nil {
 				return err
 			}
@@ -250,6 +264,9 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 		credits := fs.Int64("credits", -1, "set the credits left")
 		refill := fs.String("refill", "", "credits refill INTERVAL:AMOUNT[:DAY], with --credits")
 		noCredits := fs.Bool("no-credits", false, "remove the credits: the key is no longer metered")
+		name := fs.String("name", "", "new name")
+		cidrs := fs.String("allowed-cidrs", "", "comma-separated IPv4/IPv6 CIDRs the key may be used from (replaces them)")
+		anyAddress := fs.Bool("any-address", false, "remove the allowed CIDRs: the key may be used from any address")
 		cmds["update"] = keysCommand{fs: fs, args: 1, argName: "key ID", run: func(ctx context.Context, c *client.Client, id string, out *output) error {
 			var p keystore.UpdateParams
 			set := map[string]bool{}
@@ -259,6 +276,19 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 			}
 			if err := givenCredits(fs, *credits); err != nil {
 				return err
+			}
+			if set["name"] {
+				p.Name = name
+			}
+			switch {
+			case *anyAddress:
+				p.AllowedCIDRs = &[]string{}
+			case set["allowed-cidrs"]:
+				l := splitList(*cidrs)
+				if len(l) == 0 {
+					return usagef("--allowed-cidrs needs at least one CIDR; --any-address removes them")
+				}
+				p.AllowedCIDRs = &l
 			}
 			switch {
 			case *noLimits:
@@ -316,6 +346,67 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 		}}
 	}
 	{
+		fs := newFlagSet("keygate keys roll", "keygate keys roll ID [--grace 24h]", io.Discard)
+		grace := fs.Duration("grace", keystore.DefaultRollGrace, "how long the old key keeps verifying; 0 revokes it now")
+		cmds["roll"] = keysCommand{fs: fs, args: 1, argName: "key ID", run: func(ctx context.Context, c *client.Client, id string, out *output) error {
+			if *grace < 0 {
+				return usagef("--grace must not be negative")
+			}
+			k, err := c.Roll(ctx, id, *grace)
+			if err != nil {
+				return err
+			}
+			return out.created(k)
+		}}
+	}
+	for _, enable := range []bool{false, true} {
+		name := map[bool]string{false: "disable", true: "enable"}[enable]
+		cmds[name] = keysCommand{fs: newFlagSet("keygate keys "+name, "keygate keys "+name+" ID", io.Discard), args: 1, argName: "key ID",
+			run: func(ctx context.Context, c *client.Client, id string, out *output) error {
+				k, err := c.Update(ctx, id, keystore.UpdateParams{Enabled: &enable})
+				if err != nil {
+					return err
+				}
+				return out.key(k)
+			}}
+	}
+	{
+		fs := newFlagSet("keygate keys revoke-all", "keygate keys revoke-all --subject S [--reason R]", io.Discard)
+		subject := fs.String("subject", "", "the subject whose every key is revoked (required)")
+		reason := fs.String("reason", "", "why the keys are revoked")
+		cmds["revoke-all"] = keysCommand{fs: fs, run: func(ctx context.Context, c *client.Client, _ string, out *output) error {
+			if *subject == "" {
+				return usagef("--subject is required")
+			}
+			var r *string
+			if *reason != "" {
+				r = reason
+			}
+			n, err := c.RevokeAll(ctx, *subject, r)
+			if err != nil {
+				return err
+			}
+			if out.json {
+				return out.printJSON(map[string]any{"object": "bulk_revoke", "subject": *subject, "revoked": n})
+			}
+			fmt.Fprintf(out.w, "revoked %d keys of %s\n", n, *subject)
+			return nil
+		}}
+	}
+	cmds["import"] = keysCommand{fs: newFlagSet("keygate keys import", "keygate keys import FILE", io.Discard), args: 1, argName: `file of JSON lines (or "-" for standard input)`, long: true,
+		run: func(ctx context.Context, c *client.Client, file string, out *output) error {
+			in := stdin
+			if file != "-" {
+				f, err := os.Open(file)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				defer f.Close()
+				in = f
+			}
+			return importLines(ctx, c, in, out)
+		}}
+	{
 		fs := newFlagSet("keygate keys usage", "keygate keys usage ID [--granularity hour] [--since 24h]", io.Discard)
 		granularity := fs.String("granularity", "hour", "minute, hour or day")
 		since := fs.Duration("since", 24*time.Hour, "how far back")
@@ -360,6 +451,62 @@ func keysCommands(stdin io.Reader) map[string]keysCommand {
 	return cmds
 }
 
+// importLines imports one key per line of in (blank lines skipped), and
+// goes on past a line that fails: each failure is told on standard error
+// with its line number, and the first one decides the exit status.
+func importLines(ctx context.Context, c *client.Client, in io.Reader, out *output) error {
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	var first error
+	imported, failed := 0, 0
+	fail := func(line int, err error) {
+		failed++
+		fmt.Fprintf(out.errw, "line %d: %v\n", line, err)
+		if first == nil {
+			first = err
+		}
+	}
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" {
+			continue
+		}
+		var p keystore.ImportParams
+		dec := json.NewDecoder(strings.NewReader(text))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			fail(line, usagef("not an import body: %v", err))
+			continue
+		}
+		k, err := c.Import(ctx, p)
+		if err != nil {
+			fail(line, err)
+			if errors.Is(err, keystore.ErrUnavailable) {
+				break // the server is gone: the rest would fail alike
+			}
+			continue
+		}
+		imported++
+		if out.json {
+			if err := json.NewEncoder(out.w).Encode(k); err != nil {
+				return err
+			}
+		} else {
+			fmt.Fprintf(out.w, "%s\t%s\t%s\n", k.ID, k.Subject, k.Name)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return usagef("reading the keys: %v", err)
+	}
+	if !out.json {
+		fmt.Fprintf(out.errw, "imported %d keys, %d failed\n", imported, failed)
+	}
+	if first != nil {
+		return fmt.Errorf("%d of %d keys not imported; the first: %w", failed, imported+failed, first)
+	}
+	return nil
+}
+
 // seconds turns a lifetime flag into whole seconds, rounding up.
 func seconds(flagName string, d time.Duration) (int64, error) {
 	if d <= 0 {
@@ -371,6 +518,7 @@ func seconds(flagName string, d time.Duration) (int64, error) {
 // output prints keys as tables, or as the API's JSON with --json.
 type output struct {
 	w    io.Writer
+	errw io.Writer // what import tells of lines that failed
 	json bool
 }
 
@@ -402,6 +550,15 @@ func (o *output) key(k *keystore.APIKey) error {
 	row("subject", k.Subject)
 	row("status", status(k))
 	row("scopes", strings.Join(k.Scopes, " "))
+	if len(k.AllowedCIDRs) > 0 {
+		row("allowed from", strings.Join(k.AllowedCIDRs, " "))
+	}
+	if k.RolledFrom != nil {
+		row("rolled from", *k.RolledFrom)
+	}
+	if k.RolledTo != nil {
+		row("rolled to", *k.RolledTo)
+	}
 	if k.Description != nil {
 		row("description", *k.Description)
 	}
@@ -490,6 +647,8 @@ func status(k *keystore.APIKey) string {
 	switch {
 	case k.Revoked:
 		return "revoked"
+	case !k.Enabled:
+		return "disabled"
 	case k.Expired:
 		return "expired"
 	}

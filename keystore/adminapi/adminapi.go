@@ -63,7 +63,9 @@ type ThrottleOptions struct {
 	// FailuresPerMinute.
 	Burst int
 	// TrustedProxies are the direct peers whose X-Forwarded-For names the
-	// client; from any other peer the header is ignored.
+	// client; from any other peer the header is ignored. They also decide
+	// the client address of POST /api_keys/verify when its body gives no
+	// client_ip.
 	TrustedProxies []netip.Prefix
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
@@ -174,6 +176,15 @@ var (
 	routeUsage = newRoute("/api_keys/{id}/usage", map[string]operation{
 		http.MethodGet: (*handler).usage,
 	})
+	routeRoll = newRoute("/api_keys/{id}/roll", map[string]operation{
+		http.MethodPost: (*handler).roll,
+	})
+	routeRevokeAll = newRoute("/api_keys/revoke_all", map[string]operation{
+		http.MethodPost: (*handler).revokeAll,
+	})
+	routeImport = newRoute("/api_keys/import", map[string]operation{
+		http.MethodPost: (*handler).importKey,
+	})
 )
 
 // match finds the route of path and its {id}; nil when there is none.
@@ -197,6 +208,10 @@ func match(path string) (*route, string) {
 	switch {
 	case len(segs) == 1 && segs[0] == "verify":
 		return routeVerify, ""
+	case len(segs) == 1 && segs[0] == "revoke_all":
+		return routeRevokeAll, ""
+	case len(segs) == 1 && segs[0] == "import":
+		return routeImport, ""
 	case len(segs) == 1:
 		return routeKey, segs[0]
 	case len(segs) == 2 && segs[1] == "revoke":
@@ -205,6 +220,8 @@ func match(path string) (*route, string) {
 		return routeSecret, segs[0]
 	case len(segs) == 2 && segs[1] == "usage":
 		return routeUsage, segs[0]
+	case len(segs) == 2 && segs[1] == "roll":
+		return routeRoll, segs[0]
 	}
 	return nil, ""
 }

@@ -168,13 +168,21 @@ func checkKeys(data []byte, body reflect.Type) error {
 }
 
 // wireName returns the wire name of the field of struct type t that
-// encoding/json would fill from key, and whether there is one.
+// encoding/json would fill from key, and whether there is one. The fields
+// of an embedded struct count as t's, as encoding/json reads them.
 func wireName(t reflect.Type, key string) (string, bool) {
 	if t.Kind() != reflect.Struct {
 		return key, false
 	}
 	for i := 0; i < t.NumField(); i++ {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		f := t.Field(i)
+		if f.Anonymous && f.Tag.Get("json") == "" {
+			if name, ok := wireName(f.Type, key); ok {
+				return name, true
+			}
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		if name != "" && name != "-" && strings.EqualFold(name, key) {
 			return name, true
 		}
@@ -217,6 +225,12 @@ func fieldByWireName(t reflect.Type, name string) (reflect.StructField, bool) {
 	}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
+		if f.Anonymous && f.Tag.Get("json") == "" {
+			if ef, ok := fieldByWireName(f.Type, name); ok {
+				return ef, true
+			}
+			continue
+		}
 		if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == name {
 			return f, true
 		}

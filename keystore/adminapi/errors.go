@@ -64,12 +64,15 @@ func verifyError(err error) error {
 		return notFound("api_key_not_found", "API key not found", "no API key matches this secret")
 	case errors.Is(err, keystore.ErrRevoked):
 		return notFound("api_key_revoked", "API key revoked", "the API key has been revoked")
+	case errors.Is(err, keystore.ErrDisabled):
+		return notFound("api_key_disabled", "API key disabled", "the API key is disabled")
 	case errors.Is(err, keystore.ErrExpired):
 		return notFound("api_key_expired", "API key expired", "the API key has expired")
 	case errors.Is(err, keystore.ErrMissing):
 		return &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_missing",
 			Message: "is missing", LongMessage: "secret is missing", Param: "secret", Err: err}
-	case errors.Is(err, keystore.ErrRateLimited), errors.Is(err, keystore.ErrUsageExceeded):
+	case errors.Is(err, keystore.ErrRateLimited), errors.Is(err, keystore.ErrUsageExceeded),
+		errors.Is(err, keystore.ErrIPNotAllowed):
 		return middleware.Error(err)
 	}
 	return err

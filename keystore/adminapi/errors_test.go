@@ -143,7 +143,9 @@ func errorCases() []errorCase {
 	for _, b := range []struct{ name, body, param string }{
 		{"truncated", `{"description":"x"`, ""},
 		{"array", `[]`, ""},
-		{"unknown field", `{"name":"renamed"}`, "name"},
+		{"unknown field", `{"owner":"x"}`, "owner"},
+		{"enabled a string", `{"enabled":"no"}`, "enabled"},
+		{"allowed_cidrs a string", `{"allowed_cidrs":"10.0.0.0/8"}`, "allowed_cidrs"},
 		{"description a number", `{"description":5}`, "description"},
 		{"scopes an object", `{"scopes":{"a":1}}`, "scopes"},
 		{"seconds a string", `{"seconds_until_expiration":"never"}`, "seconds_until_expiration"},

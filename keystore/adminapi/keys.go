@@ -3,7 +3,9 @@ package adminapi
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -51,6 +53,9 @@ func (h *handler) get(c *call) (any, error) {
 // updateBody keeps each field raw, so that an absent field (nil) is told
 // apart from a null one ("null"), which clears it.
 type updateBody struct {
+	Name                   json.RawMessage `json:"name"`
+	Enabled                json.RawMessage `json:"enabled"`
+	AllowedCIDRs           json.RawMessage `json:"allowed_cidrs"`
 	Subject                json.RawMessage `json:"subject"`
 	Description            json.RawMessage `json:"description"`
 	Claims                 json.RawMessage `json:"claims"`
@@ -63,10 +68,31 @@ type updateBody struct {
 func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
 
 // params turns the body into the store's parameters: null clears the
-// description, the claims and the scopes, and a null
-// seconds_until_expiration makes the key never expire.
+// description, the claims, the scopes and the allowed CIDRs, and a null
+// seconds_until_expiration makes the key never expire. A null name or
+// enabled changes nothing.
 func (b *updateBody) params() (keystore.UpdateParams, error) {
 	var p keystore.UpdateParams
+	if b.Name != nil && !isNull(b.Name) {
+		p.Name = new(string)
+		if err := decodeField("name", b.Name, p.Name); err != nil {
+			return p, err
+		}
+	}
+	if b.Enabled != nil && !isNull(b.Enabled) {
+		p.Enabled = new(bool)
+		if err := decodeField("enabled", b.Enabled, p.Enabled); err != nil {
+			return p, err
+		}
+	}
+	if b.AllowedCIDRs != nil {
+		p.AllowedCIDRs = &[]string{}
+		if !isNull(b.AllowedCIDRs) {
+			if err := decodeField("allowed_cidrs", b.AllowedCIDRs, p.AllowedCIDRs); err != nil {
+				return p, err
+			}
+		}
+	}
 	if b.Subject != nil && !isNull(b.Subject) {
 		if err := decodeField("subject", b.Subject, &p.Subject); err != nil {
 			return p, err
@@ -178,16 +204,26 @@ func (h *handler) secret(c *call) (any, error) {
 
 // POST /api_keys/verify: the key, through the one verifier, so that the
 // verification counts as a use, and spends cost (default 1) of a metered
-// key's limits and credits.
+// key's limits and credits. A key with allowed CIDRs is checked against
+// client_ip when the body gives one, else against the caller's address.
 func (h *handler) verify(c *call) (any, error) {
 	var b struct {
-		Secret string `json:"secret"`
-		Cost   *int64 `json:"cost"`
+		Secret   string  `json:"secret"`
+		Cost     *int64  `json:"cost"`
+		ClientIP *string `json:"client_ip"`
 	}
 	if err := decodeBody(c.r, &b); err != nil {
 		return nil, err
 	}
-	req := keystore.Request{Secret: b.Secret, Source: keystore.SourceAPI}
+	req := keystore.Request{Secret: b.Secret, Source: keystore.SourceAPI, ClientIP: h.proxies.ClientIP(c.r)}
+	if b.ClientIP != nil {
+		a, err := netip.ParseAddr(*b.ClientIP)
+		if err != nil {
+			return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_invalid", Message: "is invalid",
+				LongMessage: "client_ip must be an IPv4 or IPv6 address", Param: "client_ip"}
+		}
+		req.ClientIP = a
+	}
 	if b.Cost != nil {
 		if *b.Cost < 1 || *b.Cost > keystore.MaxCost {
 			return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_invalid", Message: "is invalid",
@@ -211,6 +247,71 @@ func (h *handler) verify(c *call) (any, error) {
 		out.Credits = &c
 	}
 	return &out, nil
+}
+
+// POST /api_keys/{id}/roll: a new key, with its secret, that replaces the
+// key; the old one verifies for expires_in_seconds more (default a day; 0
+// revokes it now).
+func (h *handler) roll(c *call) (any, error) {
+	c.keyID = loggableID(c.id)
+	var b struct {
+		ExpiresInSeconds *int64 `json:"expires_in_seconds"`
+	}
+	if err := decodeBody(c.r, &b); err != nil {
+		return nil, err
+	}
+	grace := keystore.DefaultRollGrace
+	if s := b.ExpiresInSeconds; s != nil {
+		if *s < 0 || *s > keystore.MaxSecondsUntilExpiration {
+			return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_invalid", Message: "is invalid",
+				LongMessage: fmt.Sprintf("expires_in_seconds must be between 0 (revoke the old key now) and %d", keystore.MaxSecondsUntilExpiration),
+				Param:       "expires_in_seconds"}
+		}
+		grace = time.Duration(*s) * time.Second
+	}
+	return h.store.Roll(c.r.Context(), c.id, grace)
+}
+
+// bulkRevoke is the answer to POST /api_keys/revoke_all.
+type bulkRevoke struct {
+	Object  string `json:"object"` // "bulk_revoke"
+	Subject string `json:"subject"`
+	Revoked int    `json:"revoked"` // keys this call revoked
+}
+
+// POST /api_keys/revoke_all: revokes every key of a subject.
+func (h *handler) revokeAll(c *call) (any, error) {
+	var b struct {
+		Subject          *string `json:"subject"`
+		RevocationReason *string `json:"revocation_reason"`
+	}
+	if err := decodeBody(c.r, &b); err != nil {
+		return nil, err
+	}
+	if b.Subject == nil {
+		return nil, &apierror.Error{Status: http.StatusBadRequest, Code: "form_param_missing", Message: "is missing",
+			LongMessage: "subject is missing", Param: "subject"}
+	}
+	n, err := h.store.RevokeAll(c.r.Context(), *b.Subject, b.RevocationReason)
+	if err != nil {
+		return nil, err
+	}
+	return &bulkRevoke{Object: "bulk_revoke", Subject: *b.Subject, Revoked: n}, nil
+}
+
+// POST /api_keys/import: a key whose secret another system issued, from
+// a create body and the SHA-256 of the secret; answered without a secret.
+func (h *handler) importKey(c *call) (any, error) {
+	var p keystore.ImportParams
+	if err := decodeBody(c.r, &p); err != nil {
+		return nil, err
+	}
+	key, err := h.store.Import(c.r.Context(), p)
+	if err != nil {
+		return nil, err
+	}
+	c.keyID = key.ID
+	return key, nil
 }
 
 // GET /api_keys/{id}/usage?granularity=minute|hour|day&start=ms&end=ms:

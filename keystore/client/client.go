@@ -1,6 +1,7 @@
-// Package client calls keygate's admin API (docs/api.md) from Go. Its
-// surface mirrors the APIKeys object of Clerk's SDKs: Create, GetAll, List,
-// Get, Update, Revoke, Delete and Verify.
+// Package client calls keygate's admin API (docs/api.md) from Go. Its surface mirrors
+// the APIKeys object of Clerk's SDKs (Create, GetAll, List, Get, Update,
+// Revoke, Delete and Verify) and adds keygate's own calls: Roll, Disable,
+// Enable, RevokeAll, Import and Usage.
 //
 //	c, err := client.New("http://127.0.0.1:8080", os.Getenv("KEYGATE_ADMIN_TOKEN"))
 //	if err != nil { … }
@@ -17,10 +18,11 @@
 //
 // Every error the server answers is an [*APIError]. Those that map cleanly
 // onto an outcome of package keystore match its sentinel with [errors.Is]:
-// 404 api_key_revoked is [keystore.ErrRevoked], api_key_expired
-// [keystore.ErrExpired], api_key_not_found and resource_not_found
-// [keystore.ErrNotFound], api_key_invalid [keystore.ErrMalformed], and any
-// 5xx [keystore.ErrUnavailable]. A server that cannot be reached, or that
+// 404 api_key_revoked is [keystore.ErrRevoked], api_key_disabled
+// [keystore.ErrDisabled], api_key_expired [keystore.ErrExpired],
+// api_key_not_found and resource_not_found [keystore.ErrNotFound],
+// api_key_invalid [keystore.ErrMalformed], 403 api_key_ip_not_allowed
+// [keystore.ErrIPNotAllowed], and any 5xx [keystore.ErrUnavailable]. A server that cannot be reached, or that
 // answers something other than the API's JSON, is an error wrapping
 // [keystore.ErrUnavailable] too. So a command line tool decides its exit
 // status in two checks:
@@ -180,6 +182,19 @@ func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams)
 	if p.Subject != "" {
 		body["subject"] = p.Subject
 	}
+	if p.Name != nil {
+		body["name"] = *p.Name
+	}
+	if p.Enabled != nil {
+		body["enabled"] = *p.Enabled
+	}
+	if p.AllowedCIDRs != nil {
+		cidrs := *p.AllowedCIDRs
+		if cidrs == nil {
+			cidrs = []string{}
+		}
+		body["allowed_cidrs"] = cidrs
+	}
 	if p.Description != nil {
 		body["description"] = *p.Description
 	}
@@ -213,6 +228,59 @@ func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams)
 		body["credits"] = p.Credits
 	}
 	return c.key(ctx, http.MethodPatch, "/api_keys/"+url.PathEscape(id), body)
+}
+
+// Roll replaces a key with a new one, which it returns with its secret
+// (shown this once): the old key keeps verifying for grace (0 revokes it
+// now; the API's default is a day), and its credits move to the new one.
+func (c *Client) Roll(ctx context.Context, id string, grace time.Duration) (*keystore.APIKey, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	if grace < 0 {
+		return nil, fmt.Errorf("client: the grace %v is negative", grace)
+	}
+	body := struct {
+		ExpiresInSeconds int64 `json:"expires_in_seconds"`
+	}{int64((grace + time.Second - 1) / time.Second)}
+	return c.key(ctx, http.MethodPost, "/v1/api_keys/"+url.PathEscape(id)+"/roll", body)
+}
+
+// Disable disables a key: it is refused as a revoked key is until
+// [Client.Enable].
+func (c *Client) Disable(ctx context.Context, id string) (*keystore.APIKey, error) {
+	return c.Update(ctx, id, keystore.UpdateParams{Enabled: new(false)})
+}
+
+// Enable enables a disabled key.
+func (c *Client) Enable(ctx context.Context, id string) (*keystore.APIKey, error) {
+	return c.Update(ctx, id, keystore.UpdateParams{Enabled: new(true)})
+}
+
+// RevokeAll revokes every key of subject, with an optional reason, and
+// returns how many keys it revoked (those revoked already not counted).
+func (c *Client) RevokeAll(ctx context.Context, subject string, reason *string) (int, error) {
+	if subject == "" {
+		return 0, errors.New("client: the subject is empty")
+	}
+	in := struct {
+		Subject          string  `json:"subject"`
+		RevocationReason *string `json:"revocation_reason"`
+	}{subject, reason}
+	var out struct {
+		Revoked int `json:"revoked"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/api_keys/revoke_all", nil, in, &out); err != nil {
+		return 0, err
+	}
+	return out.Revoked, nil
+}
+
+// Import stores a key whose secret another system issued, from the SHA-256
+// of that secret, and returns it (without a secret: its holder keeps the
+// one they have).
+func (c *Client) Import(ctx context.Context, p keystore.ImportParams) (*keystore.APIKey, error) {
+	return c.key(ctx, http.MethodPost, "/v1/api_keys/import", p)
 }
 
 // Usage returns a key's verifications by outcome at granularity ("minute",

@@ -2,6 +2,8 @@ package client_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -396,5 +398,67 @@ func TestOnRedisServer(t *testing.T) {
 	}
 	if _, err := c.Verify(ctx, k.Secret); !errors.Is(err, keystore.ErrNotFound) {
 		t.Fatalf("Verify after delete = %v", err)
+	}
+}
+
+// TestKeyLifecycleCalls drives roll, disable, enable, rename, allowed CIDRs, bulk
+// revoke and import through the real admin API.
+func TestKeyLifecycleCalls(t *testing.T) {
+	s := newServer(t)
+	c, err := client.New(s.url, adminToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	old, err := c.Create(ctx, keystore.CreateParams{Name: "ci", Subject: "org_1", Scopes: []string{"read"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := c.Roll(ctx, old.ID, time.Hour)
+	if err != nil || k.Secret == "" || k.RolledFrom == nil || *k.RolledFrom != old.ID {
+		t.Fatalf("Roll = %+v, %v", k, err)
+	}
+	if got := s.last(); got.Path != "/v1/api_keys/"+old.ID+"/roll" || got.Body != `{"expires_in_seconds":3600}` {
+		t.Errorf("Roll sent %s %s", got.Path, got.Body)
+	}
+	for _, secret := range []string{old.Secret, k.Secret} {
+		if _, err := c.Verify(ctx, secret); err != nil {
+			t.Errorf("during the grace: %v", err)
+		}
+	}
+	if _, err := c.Disable(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Verify(ctx, k.Secret); !errors.Is(err, keystore.ErrDisabled) {
+		t.Errorf("Verify of a disabled key = %v, want ErrDisabled", err)
+	}
+	if got, err := c.Enable(ctx, k.ID); err != nil || !got.Enabled {
+		t.Fatalf("Enable = %+v, %v", got, err)
+	}
+	renamed := "ci 2"
+	got, err := c.Update(ctx, k.ID, keystore.UpdateParams{Name: &renamed, AllowedCIDRs: &[]string{"192.0.2.0/24"}})
+	if err != nil || got.Name != renamed || len(got.AllowedCIDRs) != 1 {
+		t.Fatalf("Update = %+v, %v", got, err)
+	}
+	// The verify call comes from 127.0.0.1, outside the key's CIDRs.
+	if _, err := c.Verify(ctx, k.Secret); !errors.Is(err, keystore.ErrIPNotAllowed) {
+		t.Errorf("Verify from outside the CIDRs = %v, want ErrIPNotAllowed", err)
+	}
+	n, err := c.RevokeAll(ctx, "org_1", nil)
+	if err != nil || n != 2 {
+		t.Fatalf("RevokeAll = %d, %v; want 2", n, err)
+	}
+	if _, err := c.Verify(ctx, old.Secret); !errors.Is(err, keystore.ErrRevoked) {
+		t.Errorf("after RevokeAll = %v, want ErrRevoked", err)
+	}
+	const foreign = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+	sum := sha256.Sum256([]byte(foreign))
+	imp, err := c.Import(ctx, keystore.ImportParams{CreateParams: keystore.CreateParams{Name: "moved", Subject: "org_2"},
+		Hash: keystore.ImportHash{Algorithm: "sha256", Value: hex.EncodeToString(sum[:])}})
+	if err != nil || imp.Secret != "" {
+		t.Fatalf("Import = %+v, %v", imp, err)
+	}
+	if got, err := c.Verify(ctx, foreign); err != nil || got.ID != imp.ID {
+		t.Errorf("Verify of the imported secret = %v, %v", got, err)
 	}
 }

@@ -49,12 +49,16 @@ func (e *APIError) Is(target error) bool {
 	switch {
 	case e.Status >= 500:
 		return target == keystore.ErrUnavailable
+	case e.Status == http.StatusForbidden && e.Code == "api_key_ip_not_allowed":
+		return target == keystore.ErrIPNotAllowed
 	case e.Status != http.StatusNotFound:
 		return false
 	}
 	switch e.Code {
 	case "api_key_revoked":
 		return target == keystore.ErrRevoked
+	case "api_key_disabled":
+		return target == keystore.ErrDisabled
 	case "api_key_expired":
 		return target == keystore.ErrExpired
 	case "api_key_not_found", "resource_not_found":
