@@ -9,6 +9,7 @@ import (
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/audit"
 	"github.com/keygate/keygate/middleware"
 )
 
@@ -23,6 +24,10 @@ func (h *handler) create(c *call) (any, error) {
 		return nil, err
 	}
 	c.keyID = key.ID
+	if err := h.record(c, audit.Created, nil, key); err != nil {
+		h.discard(c, key.ID)
+		return nil, err
+	}
 	return key, nil
 }
 
@@ -133,7 +138,12 @@ func (h *handler) update(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return h.store.Update(c.r.Context(), c.id, p)
+	before, err := h.before(c)
+	if err != nil {
+		return nil, err
+	}
+	key, err := h.store.Update(c.r.Context(), c.id, p)
+	return h.recorded(c, audit.Updated, before, key, err)
 }
 
 // POST /api_keys/{id}/revoke. The body may be empty; an empty reason is
@@ -149,7 +159,12 @@ func (h *handler) revoke(c *call) (any, error) {
 	if b.RevocationReason != nil && *b.RevocationReason == "" {
 		b.RevocationReason = nil
 	}
-	return h.store.Revoke(c.r.Context(), c.id, b.RevocationReason)
+	before, err := h.before(c)
+	if err != nil {
+		return nil, err
+	}
+	key, err := h.store.Revoke(c.r.Context(), c.id, b.RevocationReason)
+	return h.recorded(c, audit.Revoked, before, key, err)
 }
 
 // deleted is the answer to DELETE, Clerk's DeletedObject.
@@ -162,7 +177,14 @@ type deleted struct {
 // DELETE /api_keys/{id}
 func (h *handler) delete(c *call) (any, error) {
 	c.keyID = loggableID(c.id)
-	if err := h.store.Delete(c.r.Context(), c.id); err != nil {
+	// A deleted key reads as not found, and deleting it again succeeds (and
+	// is recorded again, so that a repeat after a 503 leaves an event).
+	before, err := h.before(c)
+	if err != nil {
+		return nil, err
+	}
+	err = h.store.Delete(c.r.Context(), c.id)
+	if _, err := h.recorded(c, audit.Deleted, before, nil, err); err != nil {
 		return nil, err
 	}
 	return &deleted{Object: keystore.KeyType, ID: c.id, Deleted: true}, nil
