@@ -118,7 +118,7 @@ return 1
 
 // claimScript leases up to ARGV[3] due deliveries to known URLs (ARGV[5…])
 // until ARGV[2], dropping those to unknown URLs queued before ARGV[4]. It
-// returns (delivery, born, body)… and, last, the oldest born ('' when none).
+// returns (delivery, born, body)… and, last, the oldest born (” when none).
 var claimScript = redis.NewScript(`
 local known = {}
 for i = 5, #ARGV do known[ARGV[i]] = true end
