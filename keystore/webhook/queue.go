@@ -42,13 +42,6 @@ func urlHash(url string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// message is one webhook to send to every URL.
-type message struct {
-	id   string // webhook-id, the same on every attempt
-	born time.Time
-	body []byte
-}
-
 // fanOut is the Lua that queues message (id, born, body) for every URL
 // hash in urls, due at now.
 const fanOut = `

@@ -69,8 +69,6 @@ type receiver struct {
 	seen      map[string]int
 	order     []string
 	status    int // answered while set (a receiver that fails)
-	hang      chan struct{}
-	hung      chan string
 }
 
 func newReceiver(t *testing.T) *receiver {
