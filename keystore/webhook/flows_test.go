@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
 	"github.com/keygate/keygate/keystore/audit"
@@ -31,9 +32,7 @@ func TestCreditsExhausted(t *testing.T) {
 	defer srv.Close()
 	d, _ := f.dispatcher(t, srv.URL)
 	run(t, d)
-	waitFor(t, "the cursor set", 5*time.Second, func() bool {
-		return f.rdb.Exists(ctx, "keygate:{wh}:cursor").Val() == 1
-	})
+	f.waitStarted(t)
 	v, err := keystore.NewVerifier(f.store, keystore.VerifierOptions{
 		CreditsExhausted: webhook.CreditsExhausted(f.rdb, "keygate", quiet, nil),
 	})
@@ -100,9 +99,7 @@ func TestNothingSecretStored(t *testing.T) {
 	rcv.setStatus(503) // leave some deliveries pending in Redis
 	d, _ := f.dispatcher(t, srv.URL)
 	run(t, d)
-	waitFor(t, "the cursor set", 5*time.Second, func() bool {
-		return f.rdb.Exists(ctx, "keygate:{wh}:cursor").Val() == 1
-	})
+	f.waitStarted(t)
 	v, err := keystore.NewVerifier(f.store, keystore.VerifierOptions{CreditsExhausted: webhook.CreditsExhausted(f.rdb, "keygate", quiet, nil)})
 	if err != nil {
 		t.Fatal(err)
@@ -222,4 +219,50 @@ func dumpValues(t *testing.T, rdb *redis.Client, key string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestOnTheEmbeddedStore runs the queue's scripts on miniredis, which the
+// embedded store is: events, an expiry notice and a notification arrive.
+func TestOnTheEmbeddedStore(t *testing.T) {
+	ctx := context.Background()
+	_, rdb := redistest.Mini(t)
+	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	f := &fixture{rdb: rdb, store: store, log: audit.New(rdb, audit.Options{}), clock: time.Now}
+	rcv := newReceiver(t)
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	d, _ := f.dispatcher(t, srv.URL)
+	if err := d.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := f.record(t, 3)
+	hour := int64(3600)
+	k, err := store.Create(ctx, keystore.CreateParams{Name: "soon", Subject: "s", SecondsUntilExpiration: &hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.log.Record(ctx, &audit.Event{Action: audit.Created, APIKeyID: k.ID, Subject: "s", Changes: audit.Diff(nil, k)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := webhook.Notify(ctx, rdb, "keygate", "crx_1", webhook.TypeCreditsExhausted, map[string]string{"k": "v"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// The 1-day notice of a key created with an hour to live is not
+	// scheduled: it was past when the key was created.
+	if err := d.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs, _ := rcv.got()
+	for _, id := range append(ids, "crx_1") {
+		if _, ok := msgs[id]; !ok {
+			t.Fatalf("%s not delivered: %v", id, msgs)
+		}
+	}
+	if len(msgs) != 5 {
+		t.Fatalf("%d messages, want 5", len(msgs))
+	}
 }

@@ -177,6 +177,15 @@ func (f *fixture) dispatcher(t *testing.T, url string) (*webhook.Dispatcher, *pr
 	return d, reg
 }
 
+// waitStarted waits until a dispatcher has set the cursor: events
+// recorded from then on are sent.
+func (f *fixture) waitStarted(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the cursor set", 5*time.Second, func() bool {
+		return f.rdb.Exists(context.Background(), "keygate:{wh}:cursor").Val() == 1
+	})
+}
+
 // run runs d until the test ends.
 func run(t *testing.T, d *webhook.Dispatcher) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -236,9 +245,7 @@ func TestReceiverDownThenUp(t *testing.T) {
 	before := f.record(t, 5) // before webhooks are configured: not sent
 	d, reg := f.dispatcher(t, "http://"+addr+"/hooks")
 	run(t, d)
-	waitFor(t, "the cursor set", 5*time.Second, func() bool {
-		return f.rdb.Exists(context.Background(), "keygate:{wh}:cursor").Val() == 1
-	})
+	f.waitStarted(t)
 	ids := f.record(t, 20)
 	time.Sleep(time.Second)
 	srv := httptest.NewUnstartedServer(rcv)
@@ -286,9 +293,7 @@ func TestTwoWorkers(t *testing.T) {
 	b, regB := f.dispatcher(t, srv.URL)
 	run(t, a)
 	run(t, b)
-	waitFor(t, "the cursor set", 5*time.Second, func() bool {
-		return f.rdb.Exists(context.Background(), "keygate:{wh}:cursor").Val() == 1
-	})
+	f.waitStarted(t)
 	var ids []string
 	for range 10 {
 		ids = append(ids, f.record(t, 20)...)
@@ -335,9 +340,7 @@ func TestKilledWorker(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { a.Run(ctx); close(done) }()
-	waitFor(t, "the cursor set", 5*time.Second, func() bool {
-		return f.rdb.Exists(context.Background(), "keygate:{wh}:cursor").Val() == 1
-	})
+	f.waitStarted(t)
 	ids := f.record(t, 1)
 	<-first
 	cancel() // the worker dies mid-delivery
@@ -367,9 +370,7 @@ func TestGivenUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, d)
-	waitFor(t, "the cursor set", 5*time.Second, func() bool {
-		return f.rdb.Exists(context.Background(), "keygate:{wh}:cursor").Val() == 1
-	})
+	f.waitStarted(t)
 	f.record(t, 1)
 	waitFor(t, "the message given up", 10*time.Second, func() bool {
 		return counter(t, reg, "keygate_webhook_deliveries_total", "expired") == 1
