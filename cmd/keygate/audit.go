@@ -122,9 +122,8 @@ func auditCmd(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		}
 		return out.audit(page)
 	}}
-	if len(args) > 0 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprintln(stderr, auditSynopsis)
-		return exitOK
+	if len(args) > 0 && args[0] == "help" {
+		args = []string{"--help"}
 	}
 	return runClientCommand("keygate", "audit", cmd, args, stdout, stderr, getenv)
 }

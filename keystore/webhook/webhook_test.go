@@ -306,8 +306,14 @@ func TestTwoWorkers(t *testing.T) {
 			t.Fatalf("event %s not delivered", id)
 		}
 	}
-	byA := counter(t, regA, "keygate_webhook_deliveries_total", "delivered")
-	byB := counter(t, regB, "keygate_webhook_deliveries_total", "delivered")
+	// A worker counts a delivery once it has recorded it, just after the
+	// receiver has it.
+	var byA, byB float64
+	waitFor(t, "every delivery counted", 5*time.Second, func() bool {
+		byA = counter(t, regA, "keygate_webhook_deliveries_total", "delivered")
+		byB = counter(t, regB, "keygate_webhook_deliveries_total", "delivered")
+		return byA+byB >= float64(len(ids))
+	})
 	t.Logf("FIGURES two workers: %d events, delivered by A %.0f, by B %.0f, %d duplicates", len(ids), byA, byB, dup)
 	if byA+byB < float64(len(ids)) {
 		t.Fatalf("the workers count %.0f deliveries for %d events", byA+byB, len(ids))
