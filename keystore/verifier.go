@@ -76,6 +76,11 @@ type VerifierOptions struct {
 	Registerer prometheus.Registerer
 	// Logger receives failures of background work. Default slog.Default().
 	Logger *slog.Logger
+	// CreditsExhausted, when set, is called with the key when a
+	// verification spends its last credit (leaves 0): once per exhaustion,
+	// however many instances verify the key. It runs on the verification's
+	// goroutine, so it must not block. Default: none.
+	CreditsExhausted func(key *APIKey)
 }
 
 func (o VerifierOptions) withDefaults() VerifierOptions {
@@ -371,6 +376,9 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 		res.Limits, err = v.loads.meter(ctx, k, max(cost, 1), now)
 		if err != nil {
 			return Result{Key: k, Limits: res.Limits, id: k.ID}, hit, err
+		}
+		if c := res.Limits.Credits; c != nil && *c == 0 && v.opts.CreditsExhausted != nil {
+			v.opts.CreditsExhausted(k)
 		}
 	}
 	res.Key = v.store.use(k, now, &e.recorded)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/keygate/keygate/internal/embedded"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/webhook"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
@@ -193,6 +194,7 @@ type backend struct {
 	registry *prometheus.Registry
 	logger   *slog.Logger
 	closing  sync.Once
+	stops    []func() // background work to end before the store closes
 }
 
 // open connects to Redis as configured, or starts the embedded store when
@@ -236,6 +238,7 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 		SubscriptionStale: c.subscriptionStale,
 		Registerer:        b.registry,
 		Logger:            logger,
+		CreditsExhausted:  webhook.CreditsExhausted(b.rdb, c.namespace, logger, nil),
 	})
 	if err != nil {
 		b.Close()
@@ -295,6 +298,9 @@ func failFast(retries *int, dial, read, write *time.Duration) {
 func (b *backend) Close() { b.closing.Do(b.close) }
 
 func (b *backend) close() {
+	for _, stop := range b.stops {
+		stop()
+	}
 	if b.verifier != nil {
 		b.verifier.Close()
 	}

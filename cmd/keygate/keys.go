@@ -71,6 +71,13 @@ func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(
 		fmt.Fprintf(stderr, "keygate keys: unknown command %q\n\n%s\n", name, keysSynopsis)
 		return exitUsage
 	}
+	return runClientCommand("keygate keys", name, cmd, args[1:], stdout, stderr, getenv)
+}
+
+// runClientCommand runs cmd, named "prog name" in messages, against the
+// admin API: it adds the flags every such command has (--url,
+// --admin-token, --data-dir, --json), parses args and calls cmd.run.
+func runClientCommand(prog, name string, cmd keysCommand, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	fs := cmd.fs
 	fs.SetOutput(stderr)
 	url := fs.String("url", "http://127.0.0.1:8080", "base URL of keygate serve")
@@ -79,7 +86,7 @@ func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(
 	asJSON := fs.Bool("json", false, "print the API's JSON")
 	fs.envOnly = map[string]bool{"url": true, "admin-token": true, "data-dir": true}
 
-	positional, err := parseInterleaved(fs, args[1:], getenv)
+	positional, err := parseInterleaved(fs, args, getenv)
 	if err != nil {
 		if errors.Is(err, errHelp) {
 			return exitOK
@@ -89,9 +96,9 @@ func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(
 	}
 	if len(positional) != cmd.args {
 		if cmd.args == 0 {
-			fmt.Fprintf(stderr, "keygate keys %s: unexpected argument %q\n", name, positional[0])
+			fmt.Fprintf(stderr, "%s %s: unexpected argument %q\n", prog, name, positional[0])
 		} else {
-			fmt.Fprintf(stderr, "keygate keys %s: want exactly one %s\n", name, cmd.argName)
+			fmt.Fprintf(stderr, "%s %s: want exactly one %s\n", prog, name, cmd.argName)
 		}
 		return exitUsage
 	}
@@ -105,12 +112,12 @@ func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(
 		}
 	}
 	if *token == "" {
-		fmt.Fprintln(stderr, "keygate keys: no admin token: set KEYGATE_ADMIN_TOKEN (or --admin-token)")
+		fmt.Fprintln(stderr, prog+": no admin token: set KEYGATE_ADMIN_TOKEN (or --admin-token)")
 		return exitUsage
 	}
 	c, err := client.New(*url, *token)
 	if err != nil {
-		fmt.Fprintf(stderr, "keygate keys: --url: %v\n", err)
+		fmt.Fprintf(stderr, "%s: --url: %v\n", prog, err)
 		return exitUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -120,7 +127,7 @@ func keys(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(
 	defer cancel()
 	out := &output{w: stdout, errw: stderr, json: *asJSON}
 	if err := cmd.run(ctx, c, arg, out); err != nil {
-		fmt.Fprintf(stderr, "keygate keys %s: %v\n", name, err)
+		fmt.Fprintf(stderr, "%s %s: %v\n", prog, name, err)
 		return exitStatus(err)
 	}
 	return exitOK

@@ -15,6 +15,7 @@ Usage:
   keygate sidecar   reverse proxy that verifies every request before the upstream sees it
   keygate keys      create|list|get|update|revoke|delete|verify|usage keys against a running serve
   keygate store     export|import the data, e.g. from the embedded store to Redis
+  keygate audit     list audit events: who changed which key, and how
   keygate version   version and build info
 
 Every flag has an environment variable: --redis-url is KEYGATE_REDIS_URL, and so on.
@@ -47,6 +48,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 		return keys(args[1:], stdin, stdout, stderr, getenv)
 	case "store":
 		return storeCmd(args[1:], stdin, stdout, stderr, getenv)
+	case "audit":
+		return auditCmd(args[1:], stdout, stderr, getenv)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return exitOK

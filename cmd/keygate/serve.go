@@ -40,8 +40,14 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	adminTokens := fs.String("admin-tokens", "", "comma-separated admin bearer tokens (embedded store: generated and saved in --data-dir when unset)")
 	var thr throttleConfig
 	thr.register(fs, true)
+	var ac auditConfig
+	ac.register(fs)
 	if code, ok := parseFlags(fs, args, getenv, &cfg, stderr); !ok {
 		return code
+	}
+	named, err := ac.check()
+	if err != nil {
+		return startError(stderr, "keygate serve", err)
 	}
 	throttleOpts, err := thr.options()
 	if err != nil {
@@ -55,12 +61,12 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		return exitUsage
 	}
 	embedded := cfg.redisURL == "" && cfg.redisAddrs == ""
-	if len(tokens) == 0 && !embedded {
-		fmt.Fprintln(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS) is required with Redis")
+	if len(tokens) == 0 && len(named) == 0 && !embedded {
+		fmt.Fprintln(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS) or --admin-tokens-file is required with Redis")
 		return exitUsage
 	}
 	tokenLoaded := false
-	if len(tokens) == 0 {
+	if len(tokens) == 0 && len(named) == 0 {
 		tok, created, err := loadOrCreateAdminToken(cfg.dataDir)
 		if err != nil {
 			fmt.Fprintf(stderr, "keygate serve: --data-dir %s: %v\n", cfg.dataDir, err)
@@ -85,10 +91,17 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		logger.Error("Redis does not answer; /readyz reports 503 and verifications fail closed until it does", "err", err)
 	}
 
+	auditLog, stopWebhooks, err := ac.start(b, &cfg, logger)
+	if err != nil {
+		return startError(stderr, "keygate serve", err)
+	}
+	b.stops = append(b.stops, stopWebhooks)
 	admin, err := adminapi.New(adminapi.Options{
 		Store:       b.store,
 		Verifier:    b.verifier,
 		AdminTokens: tokens,
+		Tokens:      named,
+		Audit:       auditLog,
 		Logger:      logger,
 		Registerer:  b.registry,
 		Throttle: adminapi.ThrottleOptions{
@@ -107,7 +120,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	ops := sidecar.NewOps(b.verifier, b.registry)
 
 	mux := http.NewServeMux()
-	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/"} {
+	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/", "/audit_events", "/v1/audit_events"} {
 		mux.Handle(p, admin)
 	}
 	forwardAuth = accessLog(forwardAuth, logger, "forward-auth")

@@ -13,6 +13,7 @@ import (
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/audit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -37,8 +38,17 @@ type Options struct {
 	Verifier *keystore.Verifier
 	// AdminTokens are the bearer tokens that may call the API, each at
 	// least [MinAdminTokenLen] characters. Empty strings are ignored; at
-	// least one token is required.
+	// least one token (here or in Tokens) is required. They are admins,
+	// named token-1, token-2, … ([BareTokens]).
 	AdminTokens []string
+	// Tokens are named admin tokens with roles (KEYGATE_ADMIN_TOKENS_FILE),
+	// in addition to AdminTokens. A call beyond its token's role is 403
+	// authorization_invalid and changes nothing.
+	Tokens []Token
+	// Audit, when set, records every change before the call answers, and
+	// serves GET /v1/audit_events. A change whose event cannot be recorded
+	// answers 503 audit_unavailable. Default: none (no audit log).
+	Audit *audit.Log
 	// Logger receives one line per request. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives keygate_admin_requests_total. Default: none.
@@ -92,7 +102,11 @@ func New(opts Options) (http.Handler, error) {
 	if err := CheckAdminTokens(opts.AdminTokens); err != nil {
 		return nil, fmt.Errorf("adminapi: %w", err)
 	}
-	tokens := newTokenSet(opts.AdminTokens)
+	named := append(BareTokens(opts.AdminTokens), opts.Tokens...)
+	if err := CheckTokens(named); err != nil {
+		return nil, fmt.Errorf("adminapi: %w", err)
+	}
+	tokens := newTokenSet(named)
 	if tokens.empty() {
 		return nil, errors.New("adminapi: at least one non-empty admin token is required")
 	}
@@ -104,6 +118,7 @@ func New(opts Options) (http.Handler, error) {
 		store:    opts.Store,
 		verifier: opts.Verifier,
 		tokens:   tokens,
+		audit:    opts.Audit,
 		log:      opts.Logger,
 		metrics:  m,
 		limiter: throttle.New(throttle.Config{
@@ -119,6 +134,7 @@ type handler struct {
 	store    *keystore.Store
 	verifier *keystore.Verifier
 	tokens   tokenSet
+	audit    *audit.Log // nil: no audit log
 	log      *slog.Logger
 	metrics  *metrics
 	limiter  *throttle.Limiter // failed authentications; nil: off
@@ -131,6 +147,7 @@ type call struct {
 	header http.Header // of the response, for operations that set fields
 	id     string      // the {id} of the path, when the route has one
 	keyID  string      // the key the request concerns, for the log; never a secret
+	token  *adminToken // the admin token that authenticated it
 }
 
 // operation serves one method of one route. It returns the value to send
@@ -190,6 +207,9 @@ var (
 // match finds the route of path and its {id}; nil when there is none.
 // /v1/api_keys… is the same route as /api_keys….
 func match(path string) (*route, string) {
+	if strings.TrimPrefix(path, "/v1") == "/audit_events" {
+		return routeAuditEvents, ""
+	}
 	rest, ok := strings.CutPrefix(strings.TrimPrefix(path, "/v1"), "/api_keys")
 	switch {
 	case !ok:
@@ -242,7 +262,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	c := &call{r: r, header: w.Header(), id: id}
-	resp, err := h.dispatch(w, c, rt, op)
+	resp, err := h.dispatch(w, c, rt, op, label)
 
 	var body []byte
 	if err == nil {
@@ -269,14 +289,15 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, append(body, '\n'))
 	}
 	h.metrics.observe(label, status)
-	h.logRequest(r, label, status, time.Since(start), traceID, c.keyID, apiErr)
+	h.logRequest(r, label, status, time.Since(start), traceID, c, apiErr)
 }
 
 // dispatch authenticates the call, then runs op, the operation of its
-// route and method, when there is one.
-func (h *handler) dispatch(w http.ResponseWriter, c *call, rt *route, op operation) (any, error) {
+// route and method, when there is one and the token's role allows it.
+func (h *handler) dispatch(w http.ResponseWriter, c *call, rt *route, op operation, label string) (any, error) {
+	c.token = h.tokens.authorized(c.r.Header.Get("Authorization"))
 	switch {
-	case !h.tokens.authorized(c.r.Header.Get("Authorization")):
+	case c.token == nil:
 		if c.r.Header.Get("Authorization") != "" {
 			if ok, wait := h.limiter.Fail(h.proxies.ClientIP(c.r)); !ok {
 				return nil, throttle.TooManyRequests(wait, "failed authentications")
@@ -290,11 +311,13 @@ func (h *handler) dispatch(w http.ResponseWriter, c *call, rt *route, op operati
 		w.Header().Set("Allow", rt.allow)
 		return nil, &apierror.Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: "method not allowed",
 			LongMessage: c.r.Method + " is not allowed on " + rt.pattern + "; allowed: " + rt.allow}
+	case !c.token.role.may(label):
+		return nil, forbidden(c.token, label)
 	}
 	return op(h, c)
 }
 
-func (h *handler) logRequest(r *http.Request, route string, status int, d time.Duration, traceID, keyID string, e *apierror.Error) {
+func (h *handler) logRequest(r *http.Request, route string, status int, d time.Duration, traceID string, c *call, e *apierror.Error) {
 	attrs := []slog.Attr{
 		slog.String("method", r.Method),
 		slog.String("route", route),
@@ -302,8 +325,11 @@ func (h *handler) logRequest(r *http.Request, route string, status int, d time.D
 		slog.Duration("duration", d),
 		slog.String("request_id", traceID),
 	}
-	if keyID != "" {
-		attrs = append(attrs, slog.String("key_id", keyID))
+	if c.keyID != "" {
+		attrs = append(attrs, slog.String("key_id", c.keyID))
+	}
+	if c.token != nil {
+		attrs = append(attrs, slog.String("actor", c.token.name))
 	}
 	level := slog.LevelInfo
 	if e != nil {

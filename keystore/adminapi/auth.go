@@ -11,41 +11,50 @@ import (
 	"github.com/keygate/keygate/internal/apierror"
 )
 
-// tokenSet holds the SHA-256 digests of the admin tokens. Comparing digests
-// of equal length, against every token without stopping at a match, keeps
-// the time a check takes independent of how much of a token was right and
-// of which token matched.
-type tokenSet [][sha256.Size]byte
+// tokenSet holds the SHA-256 digests of the admin tokens, with their names
+// and roles. Comparing digests of equal length, against every token
+// without stopping at a match, keeps the time a check takes independent of
+// how much of a token was right and of which token matched.
+type tokenSet []adminToken
 
-func newTokenSet(tokens []string) tokenSet {
+type adminToken struct {
+	digest [sha256.Size]byte
+	name   string
+	role   Role
+}
+
+func newTokenSet(tokens []Token) tokenSet {
 	var s tokenSet
 	for _, t := range tokens {
-		if t != "" {
-			s = append(s, sha256.Sum256([]byte(t)))
-		}
+		s = append(s, adminToken{digest: sha256.Sum256([]byte(t.Token)), name: t.Name, role: t.Role})
 	}
 	return s
 }
 
 func (s tokenSet) empty() bool { return len(s) == 0 }
 
-// authorized reports whether header, an Authorization value, carries one of
-// the tokens as a bearer token. The scheme is compared case-insensitively.
-func (s tokenSet) authorized(header string) bool {
+// authorized returns the token that header, an Authorization value,
+// carries as a bearer token; nil when it carries none of them. The scheme
+// is compared case-insensitively.
+func (s tokenSet) authorized(header string) *adminToken {
 	scheme, token, ok := strings.Cut(header, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return false
+		return nil
 	}
 	token = strings.TrimSpace(token)
 	if token == "" {
-		return false
+		return nil
 	}
 	d := sha256.Sum256([]byte(token))
-	match := 0
+	found := -1
 	for i := range s {
-		match |= subtle.ConstantTimeCompare(d[:], s[i][:])
+		eq := subtle.ConstantTimeCompare(d[:], s[i].digest[:])
+		found = subtle.ConstantTimeSelect(eq, i, found)
 	}
-	return match == 1
+	if found < 0 {
+		return nil
+	}
+	return &s[found]
 }
 
 // CheckAdminTokens reports, without repeating any token, the first

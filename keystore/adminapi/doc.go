@@ -26,7 +26,11 @@
 //	e.Any("/v1/api_keys", wrapped)
 //	e.Any("/v1/api_keys/*", wrapped)
 //
-// Every request needs Authorization: Bearer and one of the admin tokens.
+// Every request needs Authorization: Bearer and one of the admin tokens;
+// a token's [Role] decides which routes it may call (403
+// authorization_invalid beyond it). With [Options.Audit], every change is
+// recorded before the call answers, and GET /v1/audit_events lists the
+// events (docs/audit.md).
 // Every answer is JSON with Content-Type exactly application/json: 200 on
 // success, and otherwise Clerk's error body, with the request's
 // X-Request-Id (or a fresh one) as clerk_trace_id. A store that cannot be

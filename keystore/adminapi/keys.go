@@ -11,6 +11,7 @@ import (
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/audit"
 	"github.com/keygate/keygate/middleware"
 )
 
@@ -25,6 +26,10 @@ func (h *handler) create(c *call) (any, error) {
 		return nil, err
 	}
 	c.keyID = key.ID
+	if err := h.record(c, audit.Created, nil, key); err != nil {
+		h.discard(c, key.ID)
+		return nil, err
+	}
 	return key, nil
 }
 
@@ -159,7 +164,18 @@ func (h *handler) update(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return h.store.Update(c.r.Context(), c.id, p)
+	before, err := h.before(c)
+	if err != nil {
+		return nil, err
+	}
+	key, err := h.store.Update(c.r.Context(), c.id, p)
+	action := audit.Updated
+	if before != nil && key != nil && before.Enabled != key.Enabled {
+		// Enabling or disabling is the change that matters; the event's
+		// changes list every field all the same.
+		action = map[bool]audit.Action{true: audit.Enabled, false: audit.Disabled}[key.Enabled]
+	}
+	return h.recorded(c, action, before, key, err)
 }
 
 // POST /api_keys/{id}/revoke. The body may be empty; an empty reason is
@@ -175,7 +191,12 @@ func (h *handler) revoke(c *call) (any, error) {
 	if b.RevocationReason != nil && *b.RevocationReason == "" {
 		b.RevocationReason = nil
 	}
-	return h.store.Revoke(c.r.Context(), c.id, b.RevocationReason)
+	before, err := h.before(c)
+	if err != nil {
+		return nil, err
+	}
+	key, err := h.store.Revoke(c.r.Context(), c.id, b.RevocationReason)
+	return h.recorded(c, audit.Revoked, before, key, err)
 }
 
 // deleted is the answer to DELETE, Clerk's DeletedObject.
@@ -188,7 +209,14 @@ type deleted struct {
 // DELETE /api_keys/{id}
 func (h *handler) delete(c *call) (any, error) {
 	c.keyID = loggableID(c.id)
-	if err := h.store.Delete(c.r.Context(), c.id); err != nil {
+	// A deleted key reads as not found, and deleting it again succeeds (and
+	// is recorded again, so that a repeat after a 503 leaves an event).
+	before, err := h.before(c)
+	if err != nil {
+		return nil, err
+	}
+	err = h.store.Delete(c.r.Context(), c.id)
+	if _, err := h.recorded(c, audit.Deleted, before, nil, err); err != nil {
 		return nil, err
 	}
 	return &deleted{Object: keystore.KeyType, ID: c.id, Deleted: true}, nil
@@ -269,7 +297,28 @@ func (h *handler) roll(c *call) (any, error) {
 		}
 		grace = time.Duration(*s) * time.Second
 	}
-	return h.store.Roll(c.r.Context(), c.id, grace)
+	before, err := h.before(c)
+	if err != nil {
+		return nil, err
+	}
+	key, err := h.store.Roll(c.r.Context(), c.id, grace)
+	if err == nil && h.audit != nil {
+		// One event for the old key (its expiration and rolled_to), one
+		// for the new (created), before the answer.
+		old, gerr := h.store.Get(c.r.Context(), c.id)
+		if gerr != nil {
+			old = before
+		}
+		if aerr := h.record(c, audit.Rolled, before, old); aerr != nil {
+			return nil, aerr
+		}
+		created := *key
+		created.Secret = ""
+		if aerr := h.record(&call{r: c.r, header: c.header, id: key.ID, token: c.token}, audit.Created, nil, &created); aerr != nil {
+			return nil, aerr
+		}
+	}
+	return key, err
 }
 
 // bulkRevoke is the answer to POST /api_keys/revoke_all.
@@ -293,6 +342,17 @@ func (h *handler) revokeAll(c *call) (any, error) {
 			LongMessage: "subject is missing", Param: "subject"}
 	}
 	n, err := h.store.RevokeAll(c.r.Context(), *b.Subject, b.RevocationReason)
+	if err != nil && !errors.Is(err, keystore.ErrInvalidationUnconfirmed) {
+		return nil, err
+	}
+	changes := map[string]audit.Change{"revoked_keys": {From: json.RawMessage("null"), To: json.RawMessage(strconv.Itoa(n))}}
+	if b.RevocationReason != nil {
+		reason, _ := json.Marshal(*b.RevocationReason)
+		changes["revocation_reason"] = audit.Change{From: json.RawMessage("null"), To: reason}
+	}
+	if aerr := h.recordEvent(c, &audit.Event{Action: audit.BulkRevoked, Subject: *b.Subject, Changes: changes}); aerr != nil {
+		return nil, aerr
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +370,11 @@ func (h *handler) importKey(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.keyID = key.ID
+	c.keyID, c.id = key.ID, key.ID
+	if aerr := h.record(c, audit.Imported, nil, key); aerr != nil {
+		h.discard(c, key.ID)
+		return nil, aerr
+	}
 	return key, nil
 }
 

@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -25,6 +26,11 @@ type APIError struct {
 	RetryAfter time.Duration
 }
 
+// ErrForbidden reports a call beyond the admin token's role (403
+// authorization_invalid): the token is right, but may not do this. An
+// [*APIError] with status 403 matches it.
+var ErrForbidden = errors.New("keygate: the admin token's role does not allow this call")
+
 func (e *APIError) Error() string {
 	msg := e.LongMessage
 	if msg == "" {
@@ -37,6 +43,9 @@ func (e *APIError) Error() string {
 	}
 	if msg != "" {
 		b.WriteString(": " + msg)
+	}
+	if e.Code == "authorization_invalid" {
+		b.WriteString("; use an admin token whose role allows it (admin, manage, read or verify)")
 	}
 	if e.TraceID != "" {
 		b.WriteString(" (trace " + e.TraceID + ")")
@@ -51,6 +60,8 @@ func (e *APIError) Is(target error) bool {
 		return target == keystore.ErrUnavailable
 	case e.Status == http.StatusForbidden && e.Code == "api_key_ip_not_allowed":
 		return target == keystore.ErrIPNotAllowed
+	case e.Status == http.StatusForbidden:
+		return target == ErrForbidden && e.Code == "authorization_invalid"
 	case e.Status != http.StatusNotFound:
 		return false
 	}
