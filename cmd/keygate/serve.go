@@ -20,13 +20,15 @@ import (
 
 	"github.com/keygate/keygate/keystore/adminapi"
 	"github.com/keygate/keygate/sidecar"
+	"github.com/keygate/keygate/sidecar/extauthz"
 )
 
 const serveSynopsis = `keygate serve [flags]
 
 Serves the admin API (/api_keys and /v1/api_keys, Clerk-compatible),
 POST /api_keys/verify, /forward-auth for nginx, Traefik, Caddy and Envoy,
-/metrics, /healthz and /readyz on one listener. With no Redis configured it
+/metrics, /healthz and /readyz on one listener, and with --grpc-listen
+Envoy's gRPC ext_authz on another. With no Redis configured it
 runs on the embedded store in --data-dir, for one instance.`
 
 // adminTokenFile holds the generated admin token in the data dir.
@@ -37,6 +39,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	var cfg storeConfig
 	cfg.register(fs)
 	listen := fs.String("listen", ":8080", "address to serve on")
+	grpcListen := fs.String("grpc-listen", "", "address to serve Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization) on; default: off")
 	adminTokens := fs.String("admin-tokens", "", "comma-separated admin bearer tokens (embedded store: generated and saved in --data-dir when unset)")
 	var thr throttleConfig
 	thr.register(fs, true)
@@ -120,8 +123,24 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		return exitUsage
 	}
 	srv := withLog(sidecar.NewServer(*listen, withRequestID(mux)), logger)
+	servers := []server{{srv, ln}}
+	if *grpcListen != "" {
+		authz, err := extauthz.New(b.verifier, extauthz.Options{Logger: logger, Throttle: throttleOpts})
+		if err != nil {
+			ln.Close()
+			return startError(stderr, "keygate serve", err)
+		}
+		gln, err := net.Listen("tcp", *grpcListen)
+		if err != nil {
+			ln.Close()
+			fmt.Fprintf(stderr, "keygate serve: --grpc-listen %s: %v\n", *grpcListen, err)
+			return exitUsage
+		}
+		servers = append(servers, server{newGRPCServer(authz), gln})
+		logger.Info("keygate serve: gRPC ext_authz listening", "addr", gln.Addr().String())
+	}
 	logger.Info("keygate serve listening", "addr", ln.Addr().String(), "version", version)
-	return runServers(logger, b, server{srv, ln})
+	return runServers(logger, b, servers...)
 }
 
 // parseFlags parses and checks the flags; ok is false when the command
@@ -163,8 +182,11 @@ func withLog(srv *http.Server, logger *slog.Logger) *http.Server {
 }
 
 type server struct {
-	srv *http.Server
-	ln  net.Listener
+	srv interface {
+		Serve(net.Listener) error
+		Shutdown(context.Context) error
+	}
+	ln net.Listener
 }
 
 // runServers serves until SIGTERM or SIGINT, then drains in-flight requests,
