@@ -44,7 +44,11 @@ func TestNginxRemovesSpoofedHeaders(t *testing.T) {
 // without a key. nginx refuses more forms than the sidecar (it cannot
 // tell when a form matters), so only the plain forms' statuses are
 // checked.
-func TestNginxPathForms(t *testing.T) {
+func TestNginxPathForms(t *testing.T) { proxyPathForms(t, "nginx", startNginx) }
+
+// proxyPathForms runs the path forms through the proxy that start starts
+// with its documented configuration.
+func proxyPathForms(t *testing.T, proxy string, start func(t *testing.T, keygate, app string) string) {
 	_, rdb := redistest.Mini(t)
 	e := newEnv(t, rdb)
 	reader := e.create(t, keystore.CreateParams{Scopes: []string{"read"}})
@@ -52,7 +56,7 @@ func TestNginxPathForms(t *testing.T) {
 	keygate := httptest.NewServer(forwardAuthMux(t, e, ForwardAuthOptions{}))
 	t.Cleanup(keygate.Close)
 	app := newRoutingUpstream(t)
-	base := startNginx(t, strings.TrimPrefix(keygate.URL, "http://"), strings.TrimPrefix(app.URL, "http://"))
+	base := start(t, strings.TrimPrefix(keygate.URL, "http://"), strings.TrimPrefix(app.URL, "http://"))
 	addr := strings.TrimPrefix(base, "http://")
 
 	plain := map[string][3]int{ // no key, reader, scoped
@@ -83,5 +87,5 @@ func TestNginxPathForms(t *testing.T) {
 			}
 		})
 	}
-	t.Logf("%d path forms through nginx, %d requests reached the app, %d bypasses", len(pathForms), len(app.hits), app.bypasses(t))
+	t.Logf("%d path forms through %s, %d requests reached the app, %d bypasses", len(pathForms), proxy, len(app.hits), app.bypasses(t))
 }
