@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -12,7 +15,7 @@ import (
 // TestServeGRPC runs serve with --grpc-listen and asks it over gRPC, as
 // Envoy's ext_authz filter would: a live key is let through with its
 // identity, the same key is denied with 401 once revoked, and SIGTERM
-// still exits 0.
+// still exits 0. serve also answers /v1/openapi.json without a token.
 func TestServeGRPC(t *testing.T) {
 	addr, grpcAddr := freeAddr(t), freeAddr(t)
 	base := "http://" + addr
@@ -53,6 +56,16 @@ func TestServeGRPC(t *testing.T) {
 	mustCLI(t, env, "keys", "revoke", key.ID)
 	if d := check().GetDeniedResponse(); d.GetStatus().GetCode() != 401 {
 		t.Fatalf("revoked key: %v, want a 401 denial", d)
+	}
+	// The admin API's OpenAPI document, without an admin token.
+	resp, err := http.Get(base + "/v1/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" || !strings.Contains(string(doc), `"openapi": "3.1.0"`) {
+		t.Errorf("GET /v1/openapi.json: %d %s %.100s", resp.StatusCode, resp.Header.Get("Content-Type"), doc)
 	}
 	if code := serve.stop(t); code != 0 {
 		t.Fatalf("serve exited %d after SIGTERM:\n%s", code, serve.stderr)

@@ -25,7 +25,8 @@ import (
 
 const serveSynopsis = `keygate serve [flags]
 
-Serves the admin API (/api_keys and /v1/api_keys, Clerk-compatible),
+Serves the admin API (/api_keys and /v1/api_keys, Clerk-compatible; its
+OpenAPI 3.1 document at /v1/openapi.json),
 POST /api_keys/verify, /forward-auth for nginx, Traefik, Caddy and Envoy,
 /metrics, /healthz and /readyz on one listener, and with --grpc-listen
 Envoy's gRPC ext_authz on another. With no Redis configured it
@@ -110,6 +111,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/"} {
 		mux.Handle(p, admin)
 	}
+	mux.Handle(adminapi.OpenAPIPath, adminapi.OpenAPI())
 	forwardAuth = accessLog(forwardAuth, logger, "forward-auth")
 	mux.Handle("/forward-auth", forwardAuth)
 	mux.Handle("/forward-auth/", forwardAuth)
