@@ -75,6 +75,10 @@ type VerifierOptions struct {
 	Registerer prometheus.Registerer
 	// Logger receives failures of background work. Default slog.Default().
 	Logger *slog.Logger
+	// Tracer, when set, is told of every verification (a span, with
+	// whether the cache answered). Default none: then tracing costs a nil
+	// check.
+	Tracer Tracer
 }
 
 func (o VerifierOptions) withDefaults() VerifierOptions {
@@ -250,6 +254,10 @@ func (v *Verifier) Check(ctx context.Context, req Request) (Result, error) {
 // parameters, not fields, and scopes must not escape with the secret, so
 // that Verify's variadic scopes stay on the caller's stack.
 func (v *Verifier) check(ctx context.Context, secret string, source Source, scopes []string, cost int64) (Result, error) {
+	var end func(string, bool, string)
+	if v.opts.Tracer != nil {
+		ctx, end = v.opts.Tracer.StartVerification(ctx, source)
+	}
 	start := time.Now()
 	res, hit, err := v.verify(ctx, secret, scopes, cost, start)
 	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
@@ -257,6 +265,9 @@ func (v *Verifier) check(ctx context.Context, secret string, source Source, scop
 		if o := historyOutcome(err); o != histNone {
 			v.store.history.record(res.id, start, o)
 		}
+	}
+	if end != nil {
+		end(Outcome(err), hit, res.id)
 	}
 	return res, err
 }

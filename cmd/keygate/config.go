@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // storeConfig are the flags of every command that talks to Redis.
@@ -41,6 +42,10 @@ type storeConfig struct {
 
 	logFormat string
 	logLevel  string
+
+	// tracing, when set (not a flag: OTEL_EXPORTER_OTLP_ENDPOINT),
+	// traces Redis commands and verifications.
+	tracing *sdktrace.TracerProvider
 }
 
 func (c *storeConfig) register(fs *flagSet) {
@@ -183,6 +188,7 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 	default:
 		return nil, usagef("no Redis configured: set --redis-url or --redis-addrs")
 	}
+	instrumentRedis(b.rdb, c.tracing, logger)
 	store, err := keystore.New(b.rdb, keystore.Options{
 		Namespace:           c.namespace,
 		KeyPrefix:           c.keyPrefix,
@@ -209,6 +215,7 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 		SubscriptionStale: c.subscriptionStale,
 		Registerer:        b.registry,
 		Logger:            logger,
+		Tracer:            verifierTracer(c.tracing),
 	})
 	if err != nil {
 		b.Close()

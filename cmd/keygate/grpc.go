@@ -12,8 +12,8 @@ import (
 // grpcServer serves Envoy's gRPC ext_authz (--grpc-listen).
 type grpcServer struct{ g *grpc.Server }
 
-func newGRPCServer(authz *extauthz.Server) grpcServer {
-	g := grpc.NewServer()
+func newGRPCServer(authz *extauthz.Server, opts ...grpc.ServerOption) grpcServer {
+	g := grpc.NewServer(opts...)
 	authz.Register(g)
 	return grpcServer{g}
 }

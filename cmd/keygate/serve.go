@@ -30,7 +30,9 @@ OpenAPI 3.1 document at /v1/openapi.json),
 POST /api_keys/verify, /forward-auth for nginx, Traefik, Caddy and Envoy,
 /metrics, /healthz and /readyz on one listener, and with --grpc-listen
 Envoy's gRPC ext_authz on another. With no Redis configured it
-runs on the embedded store in --data-dir, for one instance.`
+runs on the embedded store in --data-dir, for one instance. With
+OTEL_EXPORTER_OTLP_ENDPOINT set, spans of admin calls, forward-auth,
+gRPC checks, verifications and Redis commands go out by OTLP.`
 
 // adminTokenFile holds the generated admin token in the data dir.
 const adminTokenFile = "admin-token"
@@ -52,6 +54,12 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		return startError(stderr, "keygate serve", err)
 	}
 	logger := cfg.logger(stderr)
+	tp, stopTracing, err := startTracing(getenv, "serve", logger)
+	if err != nil {
+		return startError(stderr, "keygate serve", err)
+	}
+	defer stopTracing()
+	cfg.tracing = tp
 
 	tokens := splitList(*adminTokens)
 	if err := adminapi.CheckAdminTokens(tokens); err != nil {
@@ -107,6 +115,8 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	}
 	ops := sidecar.NewOps(b.verifier, b.registry)
 
+	admin = traced(tp, adminapi.Route, admin)
+	forwardAuth = traced(tp, spanName(sidecar.ForwardAuthPath), forwardAuth)
 	mux := http.NewServeMux()
 	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/"} {
 		mux.Handle(p, admin)
@@ -138,7 +148,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 			fmt.Fprintf(stderr, "keygate serve: --grpc-listen %s: %v\n", *grpcListen, err)
 			return exitUsage
 		}
-		servers = append(servers, server{newGRPCServer(authz), gln})
+		servers = append(servers, server{newGRPCServer(authz, grpcTracing(tp)...), gln})
 		logger.Info("keygate serve: gRPC ext_authz listening", "addr", gln.Addr().String())
 	}
 	logger.Info("keygate serve listening", "addr", ln.Addr().String(), "version", version)
