@@ -106,7 +106,7 @@ func named(spans []sdktrace.ReadOnlySpan, name string) []sdktrace.ReadOnlySpan {
 func attr(s sdktrace.ReadOnlySpan, key string) (string, bool) {
 	for _, a := range s.Attributes() {
 		if string(a.Key) == key {
-			return a.Value.Emit(), true
+			return a.Value.String(), true
 		}
 	}
 	return "", false
@@ -130,12 +130,12 @@ func noSecret(t *testing.T, spans []sdktrace.ReadOnlySpan, secrets ...string) {
 	for _, s := range spans {
 		text := s.Name() + " " + s.Status().Description
 		for _, a := range s.Attributes() {
-			text += " " + string(a.Key) + "=" + a.Value.Emit()
+			text += " " + string(a.Key) + "=" + a.Value.String()
 		}
 		for _, ev := range s.Events() {
 			text += " " + ev.Name
 			for _, a := range ev.Attributes {
-				text += " " + a.Value.Emit()
+				text += " " + a.Value.String()
 			}
 		}
 		for _, secret := range secrets {
@@ -275,8 +275,8 @@ func TestProxySpans(t *testing.T) {
 	noSecret(t, spans, k.Secret)
 	for _, s := range spans {
 		for _, a := range s.Attributes() {
-			if strings.Contains(a.Value.Emit(), "page=2") {
-				t.Errorf("span %q holds the query: %s", s.Name(), a.Value.Emit())
+			if strings.Contains(a.Value.String(), "page=2") {
+				t.Errorf("span %q holds the query: %s", s.Name(), a.Value.String())
 			}
 		}
 	}

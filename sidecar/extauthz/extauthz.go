@@ -21,7 +21,6 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/throttle"
@@ -251,13 +250,17 @@ func grpcCode(status int) codes.Code {
 	return codes.Unavailable
 }
 
-// header is one header for Envoy. append false replaces a header of that
-// name (the deprecated field, which every Envoy version reads the same
-// way; append_action came later).
+// header is one header for Envoy, replacing any header of that name
+// unless appendValue. (Envoy versions that predate append_action read the
+// unset append field as false: they replace too.)
 func header(name, value string, appendValue bool) *corev3.HeaderValueOption {
+	action := corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	if appendValue {
+		action = corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+	}
 	return &corev3.HeaderValueOption{
-		Header: &corev3.HeaderValue{Key: strings.ToLower(name), Value: value},
-		Append: wrapperspb.Bool(appendValue),
+		Header:       &corev3.HeaderValue{Key: strings.ToLower(name), Value: value},
+		AppendAction: action,
 	}
 }
 

@@ -211,8 +211,8 @@ func grpcAnswer(t *testing.T, resp *authv3.CheckResponse) answer {
 
 func setHeader(t *testing.T, m map[string]string, h *corev3.HeaderValueOption) {
 	t.Helper()
-	if h.GetAppend() == nil || h.GetAppend().GetValue() {
-		t.Errorf("header %s: append must be set, to false", h.GetHeader().GetKey())
+	if h.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+		t.Errorf("header %s: %v, want it to replace the client's", h.GetHeader().GetKey(), h.GetAppendAction())
 	}
 	name := h.GetHeader().GetKey()
 	if name != strings.ToLower(name) {
