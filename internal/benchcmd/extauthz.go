@@ -31,18 +31,11 @@ const grpcConns = 2
 // the HTTP /forward-auth endpoint, on the same verifier and cached key,
 // under the same closed-loop load.
 func extAuthzLoad(ctx context.Context, e *env) ([]row, error) {
-	if err := e.fresh(ctx); err != nil {
-		return nil, err
-	}
-	in, err := e.instance(ctx, keystore.Options{}, keystore.VerifierOptions{}, 0)
+	in, k, err := e.keyed(ctx, keystore.VerifierOptions{})
 	if err != nil {
 		return nil, err
 	}
 	defer in.close()
-	k, err := in.store.Create(ctx, keyParams(0, subjectOf(0)))
-	if err != nil {
-		return nil, err
-	}
 	fa, err := sidecar.NewForwardAuth(in.v, sidecar.ForwardAuthOptions{})
 	if err != nil {
 		return nil, err
@@ -153,13 +146,10 @@ func grpcHammer(ctx context.Context, clients []authv3.AuthorizationClient, req *
 // default: a nil check) and on (an SDK provider that samples every span
 // and records it in memory), in the same run.
 func tracingCost(ctx context.Context, e *env) ([]row, error) {
-	if err := e.fresh(ctx); err != nil {
-		return nil, err
-	}
 	spans := &discarding{}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	defer tp.Shutdown(ctx)
-	off, err := e.instance(ctx, keystore.Options{}, keystore.VerifierOptions{}, 0)
+	off, k, err := e.keyed(ctx, keystore.VerifierOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -169,10 +159,6 @@ func tracingCost(ctx context.Context, e *env) ([]row, error) {
 		return nil, err
 	}
 	defer on.close()
-	k, err := off.store.Create(ctx, keyParams(0, subjectOf(0)))
-	if err != nil {
-		return nil, err
-	}
 	var failed error
 	loop := func(v *keystore.Verifier) func(b *testing.B) {
 		return func(b *testing.B) {
