@@ -81,6 +81,10 @@ type VerifierOptions struct {
 	// however many instances verify the key. It runs on the verification's
 	// goroutine, so it must not block. Default: none.
 	CreditsExhausted func(key *APIKey)
+	// Tracer, when set, is told of every verification (a span, with
+	// whether the cache answered). Default none: then tracing costs a nil
+	// check.
+	Tracer Tracer
 }
 
 func (o VerifierOptions) withDefaults() VerifierOptions {
@@ -267,6 +271,10 @@ func (v *Verifier) Check(ctx context.Context, req Request) (Result, error) {
 // parameters, not fields, and scopes must not escape with the secret, so
 // that Verify's variadic scopes stay on the caller's stack.
 func (v *Verifier) check(ctx context.Context, secret string, source Source, scopes []string, cost int64, client netip.Addr) (Result, error) {
+	var end func(string, bool, string)
+	if v.opts.Tracer != nil {
+		ctx, end = v.opts.Tracer.StartVerification(ctx, source)
+	}
 	start := time.Now()
 	res, hit, err := v.verify(ctx, secret, scopes, cost, client, start)
 	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
@@ -278,6 +286,9 @@ func (v *Verifier) check(ctx context.Context, secret string, source Source, scop
 			}
 			v.store.history.record(res.id, at, o)
 		}
+	}
+	if end != nil {
+		end(Outcome(err), hit, res.id)
 	}
 	return res, err
 }

@@ -37,6 +37,7 @@
 // parameters, merged slashes and resolved dot segments), and is refused
 // with 400 when the decoder would change that.
 //
-// Configuration for nginx (the one the tests run), Traefik, Caddy and
-// Envoy is in deploy/forward-auth/.
+// Configuration for nginx and Caddy (the ones the tests run in the real
+// proxies), Traefik, and Envoy (over HTTP, or over gRPC with package
+// [github.com/keygate/keygate/sidecar/extauthz]) is in deploy/forward-auth/.
 package sidecar

@@ -25,6 +25,17 @@ const (
 // separated.
 const HeaderRequiredScopes = "X-Required-Scopes"
 
+// Spoofable reports whether a header of this name, sent by a client, must
+// never reach an upstream: what [NewProxy] removes, and what other ways in
+// (Envoy's gRPC ext_authz) must have the proxy remove. See spoofable.
+func Spoofable(name string) bool { return spoofable(name) }
+
+// SetIdentity sets the identity headers of key on h, as forward-auth
+// answers them and the proxy sends them upstream: X-Api-Key-Claims is
+// deleted for a key without claims, values that cannot travel in a header
+// are cleaned. It replaces any value already there.
+func SetIdentity(h http.Header, key *keystore.APIKey) { setIdentity(h, key) }
+
 // spoofable reports whether a header of this name, sent by a client, must
 // never reach the upstream: an identity header (X-Api-Key-*), a
 // forwarding header (X-Forwarded-*, Forwarded, X-Real-Ip, True-Client-Ip),

@@ -288,34 +288,46 @@ func (p *proxy) credential(name string) bool {
 	return false
 }
 
-// setForwarded sets X-Forwarded-For, -Host and -Proto from what keygate
-// knows: the client and the proxies between it and the sidecar, as far as
-// the trusted proxies vouch for them, and the Host and scheme of the
-// request, or those a trusted proxy reported.
+// setForwarded sets X-Forwarded-For, -Host and -Proto as [Forwarded]
+// gives them.
 func (p *proxy) setForwarded(pr *httputil.ProxyRequest) {
-	in, h := pr.In, pr.Out.Header
-	chain := p.trusted.Chain(in)
+	xff, host, proto := Forwarded(pr.In, p.trusted)
+	if xff != "" {
+		pr.Out.Header["X-Forwarded-For"] = []string{xff}
+	}
+	pr.Out.Header["X-Forwarded-Host"] = []string{host}
+	pr.Out.Header["X-Forwarded-Proto"] = []string{proto}
+}
+
+// Forwarded returns the X-Forwarded-For, -Host and -Proto values that the
+// proxy sends upstream for r, from what keygate knows: the client and the
+// proxies between it and r.RemoteAddr, as far as the trusted proxies vouch
+// for them (forwardedFor is "" when r.RemoteAddr is no IP address), and
+// the Host and scheme (r.TLS) of the request, or those a trusted peer
+// reported in its own X-Forwarded-Host and -Proto.
+func Forwarded(r *http.Request, trusted []netip.Prefix) (forwardedFor, host, proto string) {
+	proxies := throttle.Proxies(trusted)
+	chain := proxies.Chain(r)
 	if len(chain) > 0 && chain[0].IsValid() {
 		hops := make([]string, len(chain))
 		for i, a := range chain {
 			hops[len(chain)-1-i] = a.String()
 		}
-		h["X-Forwarded-For"] = []string{strings.Join(hops, ", ")}
+		forwardedFor = strings.Join(hops, ", ")
 	}
-	host, proto := in.Host, "http"
-	if in.TLS != nil {
+	host, proto = r.Host, "http"
+	if r.TLS != nil {
 		proto = "https"
 	}
-	if len(chain) > 0 && p.trusted.Contains(chain[0]) {
-		if v := in.Header.Get("X-Forwarded-Proto"); v == "http" || v == "https" {
+	if len(chain) > 0 && proxies.Contains(chain[0]) {
+		if v := r.Header.Get("X-Forwarded-Proto"); v == "http" || v == "https" {
 			proto = v
 		}
-		if v := in.Header.Get("X-Forwarded-Host"); v != "" && validHost(v) {
+		if v := r.Header.Get("X-Forwarded-Host"); v != "" && validHost(v) {
 			host = v
 		}
 	}
-	h["X-Forwarded-Host"] = []string{host}
-	h["X-Forwarded-Proto"] = []string{proto}
+	return forwardedFor, host, proto
 }
 
 // validHost reports whether v can be a host[:port] as a proxy reports it.

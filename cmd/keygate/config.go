@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // storeConfig are the flags of every command that talks to Redis.
@@ -43,6 +44,10 @@ type storeConfig struct {
 
 	logFormat string
 	logLevel  string
+
+	// tracing, when set (not a flag: OTEL_EXPORTER_OTLP_ENDPOINT),
+	// traces Redis commands and verifications.
+	tracing *sdktrace.TracerProvider
 }
 
 func (c *storeConfig) register(fs *flagSet) {
@@ -210,6 +215,7 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 	if b.embedded != nil {
 		logger.Warn("no Redis configured: using the embedded store, for ONE instance only; set KEYGATE_REDIS_URL for production", "data_dir", c.dataDir)
 	}
+	instrumentRedis(b.rdb, c.tracing, logger)
 	hashKeys, _ := c.parseHashKeys() // checked
 	store, err := keystore.New(b.rdb, keystore.Options{
 		Namespace:           c.namespace,
@@ -239,6 +245,7 @@ func (c *storeConfig) open(logger *slog.Logger, allowEmbedded bool) (*backend, e
 		Registerer:        b.registry,
 		Logger:            logger,
 		CreditsExhausted:  webhook.CreditsExhausted(b.rdb, c.namespace, logger, nil),
+		Tracer:            verifierTracer(c.tracing),
 	})
 	if err != nil {
 		b.Close()

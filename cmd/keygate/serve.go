@@ -20,14 +20,19 @@ import (
 
 	"github.com/keygate/keygate/keystore/adminapi"
 	"github.com/keygate/keygate/sidecar"
+	"github.com/keygate/keygate/sidecar/extauthz"
 )
 
 const serveSynopsis = `keygate serve [flags]
 
-Serves the admin API (/api_keys and /v1/api_keys, Clerk-compatible),
+Serves the admin API (/api_keys and /v1/api_keys, Clerk-compatible; its
+OpenAPI 3.1 document at /v1/openapi.json),
 POST /api_keys/verify, /forward-auth for nginx, Traefik, Caddy and Envoy,
-/metrics, /healthz and /readyz on one listener. With no Redis configured it
-runs on the embedded store in --data-dir, for one instance.`
+/metrics, /healthz and /readyz on one listener, and with --grpc-listen
+Envoy's gRPC ext_authz on another. With no Redis configured it
+runs on the embedded store in --data-dir, for one instance. With
+OTEL_EXPORTER_OTLP_ENDPOINT set, spans of admin calls, forward-auth,
+gRPC checks, verifications and Redis commands go out by OTLP.`
 
 // adminTokenFile holds the generated admin token in the data dir.
 const adminTokenFile = "admin-token"
@@ -37,6 +42,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	var cfg storeConfig
 	cfg.register(fs)
 	listen := fs.String("listen", ":8080", "address to serve on")
+	grpcListen := fs.String("grpc-listen", "", "address to serve Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization) on; default: off")
 	adminTokens := fs.String("admin-tokens", "", "comma-separated admin bearer tokens (embedded store: generated and saved in --data-dir when unset)")
 	var thr throttleConfig
 	thr.register(fs, true)
@@ -54,6 +60,12 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		return startError(stderr, "keygate serve", err)
 	}
 	logger := cfg.logger(stderr)
+	tp, stopTracing, err := startTracing(getenv, "serve", logger)
+	if err != nil {
+		return startError(stderr, "keygate serve", err)
+	}
+	defer stopTracing()
+	cfg.tracing = tp
 
 	tokens := splitList(*adminTokens)
 	if err := adminapi.CheckAdminTokens(tokens); err != nil {
@@ -119,10 +131,13 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	}
 	ops := sidecar.NewOps(b.verifier, b.registry)
 
+	admin = traced(tp, adminapi.Route, admin)
+	forwardAuth = traced(tp, spanName(sidecar.ForwardAuthPath), forwardAuth)
 	mux := http.NewServeMux()
 	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/", "/audit_events", "/v1/audit_events"} {
 		mux.Handle(p, admin)
 	}
+	mux.Handle(adminapi.OpenAPIPath, adminapi.OpenAPI())
 	forwardAuth = accessLog(forwardAuth, logger, "forward-auth")
 	mux.Handle("/forward-auth", forwardAuth)
 	mux.Handle("/forward-auth/", forwardAuth)
@@ -136,8 +151,24 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		return exitUsage
 	}
 	srv := withLog(sidecar.NewServer(*listen, withRequestID(mux)), logger)
+	servers := []server{{srv, ln}}
+	if *grpcListen != "" {
+		authz, err := extauthz.New(b.verifier, extauthz.Options{Logger: logger, Throttle: throttleOpts})
+		if err != nil {
+			ln.Close()
+			return startError(stderr, "keygate serve", err)
+		}
+		gln, err := net.Listen("tcp", *grpcListen)
+		if err != nil {
+			ln.Close()
+			fmt.Fprintf(stderr, "keygate serve: --grpc-listen %s: %v\n", *grpcListen, err)
+			return exitUsage
+		}
+		servers = append(servers, server{newGRPCServer(authz, grpcTracing(tp)...), gln})
+		logger.Info("keygate serve: gRPC ext_authz listening", "addr", gln.Addr().String())
+	}
 	logger.Info("keygate serve listening", "addr", ln.Addr().String(), "version", version)
-	return runServers(logger, b, server{srv, ln})
+	return runServers(logger, b, servers...)
 }
 
 // parseFlags parses and checks the flags; ok is false when the command
@@ -179,8 +210,11 @@ func withLog(srv *http.Server, logger *slog.Logger) *http.Server {
 }
 
 type server struct {
-	srv *http.Server
-	ln  net.Listener
+	srv interface {
+		Serve(net.Listener) error
+		Shutdown(context.Context) error
+	}
+	ln net.Listener
 }
 
 // runServers serves until SIGTERM or SIGINT, then drains in-flight requests,

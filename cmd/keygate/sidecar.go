@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 
+	"github.com/keygate/keygate/keygateotel"
 	"github.com/keygate/keygate/sidecar"
 )
 
@@ -17,7 +18,9 @@ against Redis (no hop through serve), removes the credential, sets the
 X-Api-Key-* identity headers and forwards. /metrics, /healthz and /readyz are
 on the separate --ops-listen address, so no upstream path is shadowed.
 It needs Redis (--redis-url or --redis-addrs): the embedded store belongs to
-one serve process.`
+one serve process. With OTEL_EXPORTER_OTLP_ENDPOINT set, spans of proxied
+requests, verifications and Redis commands go out by OTLP, and the
+upstream gets the trace in traceparent.`
 
 func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	fs := newFlagSet("keygate sidecar", sidecarSynopsis, stderr)
@@ -50,6 +53,12 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 		return exitUsage
 	}
 	logger := cfg.logger(stderr)
+	tp, stopTracing, err := startTracing(getenv, "sidecar", logger)
+	if err != nil {
+		return startError(stderr, "keygate sidecar", err)
+	}
+	defer stopTracing()
+	cfg.tracing = tp
 	b, err := cfg.open(logger, false)
 	if err != nil {
 		return startError(stderr, "keygate sidecar", err)
@@ -69,6 +78,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 		Registerer:     b.registry,
 		Throttle:       throttleOpts,
 		TrustedProxies: throttleOpts.TrustedProxies,
+		Transport:      upstreamTransport(tp),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "keygate sidecar: %v\n", err)
@@ -85,7 +95,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer, getenv func(string) str
 		fmt.Fprintf(stderr, "keygate sidecar: --ops-listen %s: %v\n", *opsListen, err)
 		return exitUsage
 	}
-	proxySrv := withLog(sidecar.NewProxyServer(*listen, withRequestID(accessLog(proxy, logger, "sidecar"))), logger)
+	proxySrv := withLog(sidecar.NewProxyServer(*listen, withRequestID(accessLog(traced(tp, keygateotel.MethodName, proxy), logger, "sidecar"))), logger)
 	opsSrv := withLog(sidecar.NewServer(*opsListen, sidecar.NewOps(b.verifier, b.registry)), logger)
 	logger.Info("keygate sidecar listening", "addr", ln.Addr().String(), "ops", opsLn.Addr().String(), "upstream", up.Redacted())
 	return runServers(logger, b, server{proxySrv, ln}, server{opsSrv, opsLn})

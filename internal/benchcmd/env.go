@@ -131,6 +131,24 @@ func (e *env) instance(ctx context.Context, sopts keystore.Options, vopts keysto
 	return in, nil
 }
 
+// keyed is a fresh store, one instance on it with vopts (ready to serve
+// from its cache) and one key; close the instance when done.
+func (e *env) keyed(ctx context.Context, vopts keystore.VerifierOptions) (*instance, *keystore.APIKey, error) {
+	if err := e.fresh(ctx); err != nil {
+		return nil, nil, err
+	}
+	in, err := e.instance(ctx, keystore.Options{}, vopts, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := in.store.Create(ctx, keyParams(0, subjectOf(0)))
+	if err != nil {
+		in.close()
+		return nil, nil, err
+	}
+	return in, k, nil
+}
+
 func (in *instance) close() {
 	in.v.Close()
 	in.store.Close()

@@ -42,18 +42,11 @@ func nsPerOp(r testing.BenchmarkResult) float64 {
 // home-grown check does at best: a SHA-256 of the secret, a map lookup by
 // key ID and a constant-time comparison of the digests.
 func cachedVerify(ctx context.Context, e *env) ([]row, error) {
-	if err := e.fresh(ctx); err != nil {
-		return nil, err
-	}
-	in, err := e.instance(ctx, keystore.Options{}, keystore.VerifierOptions{}, 0)
+	in, k, err := e.keyed(ctx, keystore.VerifierOptions{})
 	if err != nil {
 		return nil, err
 	}
 	defer in.close()
-	k, err := in.store.Create(ctx, keyParams(0, subjectOf(0)))
-	if err != nil {
-		return nil, err
-	}
 	if _, err := in.v.Verify(ctx, k.Secret, keystore.SourceMiddleware); err != nil {
 		return nil, err
 	}
@@ -125,16 +118,8 @@ func serveLoop(h http.Handler, r *http.Request) func(b *testing.B) {
 // middlewareSetup is a verifier with one cached key, and a request
 // carrying it.
 func middlewareSetup(ctx context.Context, e *env) (*instance, *http.Request, error) {
-	if err := e.fresh(ctx); err != nil {
-		return nil, nil, err
-	}
-	in, err := e.instance(ctx, keystore.Options{}, keystore.VerifierOptions{}, 0)
+	in, k, err := e.keyed(ctx, keystore.VerifierOptions{})
 	if err != nil {
-		return nil, nil, err
-	}
-	k, err := in.store.Create(ctx, keyParams(0, subjectOf(0)))
-	if err != nil {
-		in.close()
 		return nil, nil, err
 	}
 	r := httptest.NewRequest("GET", "/reports/42", nil)

@@ -119,21 +119,32 @@ func roundTrip(c net.Conn, br *bufio.Reader, req []byte) (ok, keep bool) {
 // alternating from round to round), after a short warm-up of each, and
 // returns each round's results.
 func compareLoad(base, kg target, conns, rounds int, d time.Duration) (b, k []loadResult, err error) {
-	for _, t := range []target{base, kg} {
-		if r := hammer(t, conns, d/4); r.errors > 0 || r.rps == 0 {
-			return nil, nil, fmt.Errorf("%s: %d failed requests in the warm-up", t.name, r.errors)
+	return compareRuns(base.name, func(d time.Duration) loadResult { return hammer(base, conns, d) },
+		kg.name, func(d time.Duration) loadResult { return hammer(kg, conns, d) }, rounds, d)
+}
+
+// compareRuns is compareLoad for any two loads: each runs for the
+// duration it is given and reports what it did.
+func compareRuns(baseName string, base func(time.Duration) loadResult, kgName string, kg func(time.Duration) loadResult,
+	rounds int, d time.Duration) (b, k []loadResult, err error) {
+	for _, w := range []struct {
+		name string
+		run  func(time.Duration) loadResult
+	}{{baseName, base}, {kgName, kg}} {
+		if r := w.run(d / 4); r.errors > 0 || r.rps == 0 {
+			return nil, nil, fmt.Errorf("%s: %d failed requests in the warm-up", w.name, r.errors)
 		}
 	}
 	for i := 0; i < rounds; i++ {
 		if i%2 == 0 {
-			b = append(b, hammer(base, conns, d))
-			k = append(k, hammer(kg, conns, d))
+			b = append(b, base(d))
+			k = append(k, kg(d))
 		} else {
-			k = append(k, hammer(kg, conns, d))
-			b = append(b, hammer(base, conns, d))
+			k = append(k, kg(d))
+			b = append(b, base(d))
 		}
 		if n := b[i].errors + k[i].errors; n > 0 {
-			return nil, nil, fmt.Errorf("round %d: %d failed requests (%s %d, %s %d)", i+1, n, base.name, b[i].errors, kg.name, k[i].errors)
+			return nil, nil, fmt.Errorf("round %d: %d failed requests (%s %d, %s %d)", i+1, n, baseName, b[i].errors, kgName, k[i].errors)
 		}
 	}
 	return b, k, nil

@@ -58,6 +58,8 @@ var measures = []measure{
 	{"uncached", uncachedVerify},
 	{"sidecar", sidecarLoad},
 	{"forward-auth", forwardAuthLoad},
+	{"ext-authz", extAuthzLoad},
+	{"tracing", tracingCost},
 	{"revoke", revokeLatency},
 	{"revoke-fleet", revokeFleet},
 	{"revoke-frozen", revokeFrozen},

@@ -50,18 +50,11 @@ var upstream = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 // sidecarLoad compares the sidecar with a bare httputil.ReverseProxy to the
 // same upstream, with the same transport, under the same load.
 func sidecarLoad(ctx context.Context, e *env) ([]row, error) {
-	if err := e.fresh(ctx); err != nil {
-		return nil, err
-	}
-	in, err := e.instance(ctx, keystore.Options{}, keystore.VerifierOptions{}, 0)
+	in, k, err := e.keyed(ctx, keystore.VerifierOptions{})
 	if err != nil {
 		return nil, err
 	}
 	defer in.close()
-	k, err := in.store.Create(ctx, keyParams(0, subjectOf(0)))
-	if err != nil {
-		return nil, err
-	}
 	var srvs servers
 	defer srvs.close()
 	app, err := srvs.start(sidecar.NewServer("", upstream))
@@ -117,18 +110,11 @@ func forwardAuthLoad(ctx context.Context, e *env) ([]row, error) {
 	if bin == "" {
 		return nil, errors.New("nginx is not installed (Debian: apt-get install -y nginx-light)")
 	}
-	if err := e.fresh(ctx); err != nil {
-		return nil, err
-	}
-	in, err := e.instance(ctx, keystore.Options{}, keystore.VerifierOptions{}, 0)
+	in, k, err := e.keyed(ctx, keystore.VerifierOptions{})
 	if err != nil {
 		return nil, err
 	}
 	defer in.close()
-	k, err := in.store.Create(ctx, keyParams(0, subjectOf(0)))
-	if err != nil {
-		return nil, err
-	}
 	fa, err := sidecar.NewForwardAuth(in.v, sidecar.ForwardAuthOptions{})
 	if err != nil {
 		return nil, err

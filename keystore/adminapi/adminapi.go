@@ -253,14 +253,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reqBody := r.Body // as the server gave it, for linger
 
 	rt, id := match(r.URL.Path)
-	label := "unmatched"
-	var op operation
-	if rt != nil {
-		label = rt.pattern
-		if op = rt.ops[r.Method]; op != nil {
-			label = r.Method + " " + rt.pattern
-		}
-	}
+	label, op := routeOf(rt, r.Method)
 	c := &call{r: r, header: w.Header(), id: id}
 	resp, err := h.dispatch(w, c, rt, op, label)
 
@@ -290,6 +283,29 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.metrics.observe(label, status)
 	h.logRequest(r, label, status, time.Since(start), traceID, c, apiErr)
+}
+
+// Route names the route of r as keygate_admin_requests_total labels it:
+// "METHOD pattern" ("GET /api_keys/{id}", /v1 folded into the same
+// pattern), the bare pattern for a method the route does not serve, and
+// "unmatched" for a path that is no route. Its values are few, and never
+// hold an ID or a secret: fit for a trace span's name.
+func Route(r *http.Request) string {
+	rt, _ := match(r.URL.Path)
+	label, _ := routeOf(rt, r.Method)
+	return label
+}
+
+// routeOf returns the label of rt for method, and the operation that
+// serves it (nil when none does).
+func routeOf(rt *route, method string) (string, operation) {
+	if rt == nil {
+		return "unmatched", nil
+	}
+	if op := rt.ops[method]; op != nil {
+		return method + " " + rt.pattern, op
+	}
+	return rt.pattern, nil
 }
 
 // dispatch authenticates the call, then runs op, the operation of its

@@ -39,6 +39,12 @@
 // is 503 invalidation_unconfirmed with Retry-After (repeat it:
 // docs/revocation.md). The API answers no 500.
 //
+// The API is described by an OpenAPI 3.1 document, openapi.json in this
+// package: every route, field, header, status and error code. [OpenAPI]
+// serves it (keygate serve, at [OpenAPIPath], without an admin token), and
+// the package's tests validate every request they make and every response
+// they get against it, so that it cannot drift from the API.
+//
 // Where the contract is silent:
 //   - A body is read as JSON whatever its Content-Type, and an empty body is
 //     read as {} (Clerk's SDK sends Content-Type: application/json on GET

@@ -74,7 +74,7 @@ func newEnvOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client, opts ...
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.h, e.store = h, store
+	e.h, e.store = validated(t, h), store
 	return e
 }
 

@@ -91,7 +91,7 @@ func (e *fuzzEnv) serve(t *testing.T, method, path, rawQuery string, body []byte
 		req.Header.Set("Authorization", auth)
 	}
 	rec := httptest.NewRecorder()
-	e.h.ServeHTTP(rec, req)
+	validated(t, e.h).ServeHTTP(rec, req)
 	status, out := rec.Code, rec.Body.Bytes()
 	what := method + " " + strconv.Quote(path) + " ?" + strconv.Quote(rawQuery) + " body " + strconv.Quote(string(body))
 	switch status {
