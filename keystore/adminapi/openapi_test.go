@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -290,7 +289,7 @@ func TestUsageControlRoutes(t *testing.T) {
 	if err := e.store.FlushUsage(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now().UnixMilli() // verifications are counted by the wall clock
+	now := e.clock.Now().UnixMilli() // verifications are counted by the store's clock
 	u := e.do("GET", "/v1/api_keys/"+k.ID+"/usage?granularity=minute&start="+strconv.FormatInt(now-60_000, 10)+"&end="+strconv.FormatInt(now+60_000, 10), "")
 	if u.Code != 200 || !strings.Contains(u.Body.String(), `"valid":2`) || !strings.Contains(u.Body.String(), `"rate_limited":1`) ||
 		!strings.Contains(u.Body.String(), `"usage_exceeded":1`) {
