@@ -241,6 +241,7 @@ func TestListCostsThePage(t *testing.T) {
 		for _, p := range []ListParams{
 			{Subject: "big", Limit: 10, Offset: 300},
 			{Subject: "big", Limit: 10, Offset: 300, IncludeInvalid: true},
+			{Limit: 10, Offset: 600},
 			{Limit: 10, Offset: 1200, IncludeInvalid: true},
 		} {
 			e.cmds.reset()
