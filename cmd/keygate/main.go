@@ -14,6 +14,7 @@ Usage:
   keygate serve     admin API, /api_keys/verify, /forward-auth, /metrics, /healthz, /readyz
   keygate sidecar   reverse proxy that verifies every request before the upstream sees it
   keygate keys      create|list|get|update|revoke|delete|verify keys against a running serve
+  keygate store     migrate: move the listing indexes of an earlier version (serve does it at start)
   keygate version   version and build info
 
 Every flag has an environment variable: --redis-url is KEYGATE_REDIS_URL, and so on.
@@ -44,6 +45,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 		return sidecarCmd(args[1:], stdout, stderr, getenv)
 	case "keys":
 		return keys(args[1:], stdin, stdout, stderr, getenv)
+	case "store":
+		return storeCmd(args[1:], stdout, stderr, getenv)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 		return exitOK

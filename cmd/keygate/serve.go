@@ -77,6 +77,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	if err := b.ping(context.Background()); err != nil {
 		logger.Error("Redis does not answer; /readyz reports 503 and verifications fail closed until it does", "err", err)
 	}
+	migrating, stopMigrating := context.WithCancel(context.Background())
+	defer stopMigrating()
+	migrateInBackground(migrating, b, logger, 5*time.Second)
 
 	admin, err := adminapi.New(adminapi.Options{
 		Store:       b.store,
