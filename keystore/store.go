@@ -137,7 +137,6 @@ func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
 		done:    make(chan struct{}),
 	}
 	s.invalidationWait.Store(int64(opts.InvalidationWait))
-	s.lastUsed.pending = make(map[string]int64)
 	if opts.LastUsedFlush > 0 {
 		go s.flushLoop(opts.LastUsedFlush)
 	} else {

@@ -802,11 +802,14 @@ func TestCacheKeepsNoSecret(t *testing.T) {
 		t.Fatal("precondition: key not cached")
 	}
 	kept := []string{ent.key.ID, ent.key.Name, ent.key.Subject, ent.digest}
-	e.store.lastUsed.mu.Lock()
-	for id := range e.store.lastUsed.pending {
-		kept = append(kept, id)
+	for i := range e.store.lastUsed.shards {
+		sh := &e.store.lastUsed.shards[i]
+		sh.mu.Lock()
+		for id := range sh.pending {
+			kept = append(kept, id)
+		}
+		sh.mu.Unlock()
 	}
-	e.store.lastUsed.mu.Unlock()
 	for _, s := range kept {
 		if inSecret(s) {
 			t.Fatalf("the verifier keeps %q, a piece of the caller's secret", s)
