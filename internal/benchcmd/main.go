@@ -46,6 +46,8 @@ type config struct {
 	keys       int           // keys stored for the memory and list rows
 	cpuprofile string
 
+	loadAtStart string // the machine's load average when the run began
+
 	scale     bool          // the measures of make bench-scale instead
 	scaleKeys int           // keys of the bench-scale data set
 	coldStart time.Duration // of the cold-start load
@@ -128,6 +130,7 @@ func measureNames(ms []measure) string {
 
 func run(c config) error {
 	start := time.Now()
+	c.loadAtStart = loadAverage()
 	ctx := context.Background()
 	if c.cpuprofile != "" {
 		f, err := os.Create(c.cpuprofile)

@@ -32,8 +32,8 @@ func render(machine string, c config, rows []row, took time.Duration) string {
 		b.WriteString("on loopback, with keygate and its baseline taking turns in the same run.\n\n")
 	}
 	fmt.Fprintf(&b, "Machine: %s.  \n", machine)
-	fmt.Fprintf(&b, "Run: %s, %d runs per measure (medians quoted), took %s.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), c.runs, took.Round(time.Second))
+	fmt.Fprintf(&b, "Run: %s, %d runs per measure (medians quoted), took %s; load average (1 min) %s at the start, %s at the end.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), c.runs, took.Round(time.Second), c.loadAtStart, loadAverage())
 	b.WriteString("| measure | keygate | baseline (same run) | keygate vs baseline | goal | met? |\n")
 	b.WriteString("|---|---|---|---|---|---|\n")
 	for _, r := range rows {
@@ -47,6 +47,20 @@ func render(machine string, c config, rows []row, took time.Duration) string {
 		}
 	}
 	return b.String()
+}
+
+// loadAverage is the 1-minute load average of the machine: on shared
+// cores, other work shows in the figures.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "unknown"
+	}
+	return f[0]
 }
 
 // The sections of BENCHMARKS.md that make bench and make bench-scale
