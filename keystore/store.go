@@ -387,17 +387,10 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 	args := append([]any{p.Subject, now, len(set) / 2}, set...)
 	args = append(args, del...)
 	var key *APIKey
-	write := func() (placement, error) {
-		reply, err := updateScript.Run(ctx, s.writer(), []string{s.names.record(id)}, args...).Result()
-		if err != nil {
-			return placement{}, s.unavailable(opUpdate, "updating key "+id, err)
-		}
-		rec, err := s.scriptRecord(id, reply)
-		if err != nil {
-			return placement{}, err
-		}
-		key = rec.key
-		return placementOf(rec.key, s.now()), nil
+	write := func() (p placement, err error) {
+		key, p, err = s.changedRecord(id, opUpdate, "updating key "+id,
+			updateScript.Run(ctx, s.writer(), []string{s.names.record(id)}, args...))
+		return p, err
 	}
 	err := s.change(ctx, id, opUpdate, "updating key "+id, func() error {
 		if p.NeverExpires || p.SecondsUntilExpiration != nil {
@@ -407,6 +400,21 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 		return err
 	})
 	return key, err
+}
+
+// changedRecord decodes the reply of cmd, a script that changed the record
+// of id, and returns the key and where it now belongs in the indexes. A
+// failed script is unavailable, counted under op.
+func (s *Store) changedRecord(id, op, doing string, cmd *redis.Cmd) (*APIKey, placement, error) {
+	reply, err := cmd.Result()
+	if err != nil {
+		return nil, placement{}, s.unavailable(op, doing, err)
+	}
+	rec, err := s.scriptRecord(id, reply)
+	if err != nil {
+		return nil, placement{}, err
+	}
+	return rec.key, placementOf(rec.key, s.now()), nil
 }
 
 // scriptRecord decodes a script's reply: 0 for no key, -1 for a subject
@@ -455,17 +463,10 @@ func (s *Store) Revoke(ctx context.Context, id string, reason *string) (*APIKey,
 	}
 	var key *APIKey
 	err := s.change(ctx, id, opRevoke, "revoking key "+id, func() error {
-		return s.reindexing(ctx, id, opRevoke, func() (placement, error) {
-			reply, err := revokeScript.Run(ctx, s.writer(), []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
-			if err != nil {
-				return placement{}, s.unavailable(opRevoke, "revoking key "+id, err)
-			}
-			rec, err := s.scriptRecord(id, reply)
-			if err != nil {
-				return placement{}, err
-			}
-			key = rec.key
-			return placementOf(rec.key, s.now()), nil
+		return s.reindexing(ctx, id, opRevoke, func() (p placement, err error) {
+			key, p, err = s.changedRecord(id, opRevoke, "revoking key "+id,
+				revokeScript.Run(ctx, s.writer(), []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text))
+			return p, err
 		})
 	})
 	return key, err

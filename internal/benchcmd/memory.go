@@ -59,24 +59,10 @@ func memoryAndList(ctx context.Context, e *env) ([]row, error) {
 	for i := range sampled {
 		sampled[i] = ns + ":key:" + keys[i*n/sample].ID
 	}
-	rec, err := memoryUsage(ctx, rdb, sampled)
+	recMedian, subIdxBytes, allIdxBytes, _, err := keyBytes(ctx, rdb, ns, sampled)
 	if err != nil {
 		return nil, err
 	}
-	subIdx, err := scanKeys(ctx, rdb, ns+":sub:*", 0)
-	if err != nil {
-		return nil, err
-	}
-	subSizes, err := memoryUsage(ctx, rdb, subIdx)
-	if err != nil {
-		return nil, err
-	}
-	allSizes, err := memoryUsage(ctx, rdb, []string{ns + ":{all}:valid", ns + ":{all}:invalid", ns + ":{all}:expiry"})
-	if err != nil {
-		return nil, err
-	}
-	subIdxBytes, allIdxBytes := sum(subSizes), sum(allSizes)
-	recMedian := median(rec)
 	perKey := recMedian + (subIdxBytes+allIdxBytes)/float64(n)
 	perKeyInfo := float64(after-before) / float64(n)
 
@@ -146,6 +132,30 @@ func memoryAndList(ctx context.Context, e *env) ([]row, error) {
 			"the page and the count come from the subject's valid index (the API's default) or from its valid and invalid "+
 			"indexes merged (include_invalid), and the page's records from one pipeline. make bench-scale lists at a million keys.", big, calls),
 	}}, nil
+}
+
+// keyBytes returns MEMORY USAGE … SAMPLES 0 of the records named
+// (median), and summed over the listing indexes of namespace ns, the
+// subjects' and the global ones, with how many subject index sets there
+// are.
+func keyBytes(ctx context.Context, rdb *redis.Client, ns string, records []string) (record, subjects, global float64, sets int, err error) {
+	recSizes, err := memoryUsage(ctx, rdb, records)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	subIdx, err := scanKeys(ctx, rdb, ns+":sub:*", 0)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	subSizes, err := memoryUsage(ctx, rdb, subIdx)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	allSizes, err := memoryUsage(ctx, rdb, []string{ns + ":{all}:valid", ns + ":{all}:invalid", ns + ":{all}:expiry"})
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	return median(recSizes), sum(subSizes), sum(allSizes), len(subIdx), nil
 }
 
 // usedMemory returns Redis's used_memory.

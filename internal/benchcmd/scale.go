@@ -318,24 +318,11 @@ func scaleMemory(ctx context.Context, e *env) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
-	recSizes, err := memoryUsage(ctx, rdb, records)
+	rec, subBytes, allBytes, sets, err := keyBytes(ctx, rdb, ns, records)
 	if err != nil {
 		return nil, err
 	}
-	subIdx, err := scanKeys(ctx, rdb, ns+":sub:*", 0)
-	if err != nil {
-		return nil, err
-	}
-	subSizes, err := memoryUsage(ctx, rdb, subIdx)
-	if err != nil {
-		return nil, err
-	}
-	allSizes, err := memoryUsage(ctx, rdb, []string{ns + ":{all}:valid", ns + ":{all}:invalid", ns + ":{all}:expiry"})
-	if err != nil {
-		return nil, err
-	}
-	rec := median(recSizes)
-	sub, all := sum(subSizes)/float64(ds.n), sum(allSizes)/float64(ds.n)
+	sub, all := subBytes/float64(ds.n), allBytes/float64(ds.n)
 	perKey := rec + sub + all
 	return []row{{
 		measure: fmt.Sprintf("memory per stored key, %s keys", thousands(ds.n)),
@@ -345,8 +332,8 @@ func scaleMemory(ctx context.Context, e *env) ([]row, error) {
 		goal:     "≤ 600 bytes",
 		verdict:  verdict(perKey <= 600),
 		note: scaleShape(ds.n, ds.big) + fmt.Sprintf(". `MEMORY USAGE … SAMPLES 0` of %d records (median) plus every index sorted set "+
-			"(valid, invalid and expiry of %d subject scopes and of the global one) divided by the number of keys; used_memory "+
-			"(`INFO memory`) before the data set and after its migration adds Redis's keyspace overhead.", len(records), len(subIdx)/2),
+			"(the %d valid, invalid and expiry sets of the subjects, and the global ones) divided by the number of keys; used_memory "+
+			"(`INFO memory`) before the data set and after its migration adds Redis's keyspace overhead.", len(records), sets),
 	}}, nil
 }
 
