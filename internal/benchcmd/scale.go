@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
@@ -360,7 +361,8 @@ func scaleCreate(ctx context.Context, e *env) ([]row, error) {
 	}}, nil
 }
 
-// memoryUsage returns MEMORY USAGE … SAMPLES 0 of keys, pipelined.
+// memoryUsage returns MEMORY USAGE … SAMPLES 0 of keys, pipelined: 0 for
+// a key that does not exist (an index with nothing in it).
 func memoryUsage(ctx context.Context, rdb *redis.Client, keys []string) ([]float64, error) {
 	out := make([]float64, 0, len(keys))
 	for start := 0; start < len(keys); start += 1000 {
@@ -371,7 +373,7 @@ func memoryUsage(ctx context.Context, rdb *redis.Client, keys []string) ([]float
 				cmds[i] = p.MemoryUsage(ctx, k, 0)
 			}
 			return nil
-		}); err != nil {
+		}); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, err
 		}
 		for _, c := range cmds {
