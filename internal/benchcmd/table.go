@@ -32,8 +32,12 @@ func render(machine string, c config, rows []row, took time.Duration) string {
 		b.WriteString("on loopback, with keygate and its baseline taking turns in the same run.\n\n")
 	}
 	fmt.Fprintf(&b, "Machine: %s.  \n", machine)
-	fmt.Fprintf(&b, "Run: %s, %d runs per measure (medians quoted), took %s; load average (1 min) %s at the start, %s at the end.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), c.runs, took.Round(time.Second), c.loadAtStart, loadAverage())
+	runs := fmt.Sprintf("%d runs per measure (medians quoted)", c.runs)
+	if c.scale {
+		runs = "the calls each row names"
+	}
+	fmt.Fprintf(&b, "Run: %s, %s, took %s; load average (1 min) %s at the start, %s at the end.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runs, took.Round(time.Second), c.loadAtStart, loadAverage())
 	b.WriteString("| measure | keygate | baseline (same run) | keygate vs baseline | goal | met? |\n")
 	b.WriteString("|---|---|---|---|---|---|\n")
 	for _, r := range rows {
