@@ -10,29 +10,63 @@ import (
 )
 
 // lastUsed coalesces successful verifications in memory: one entry per key,
-// holding the newest use, whatever the request rate.
+// holding the newest use, whatever the request rate. The entries are split
+// by key over shards, each under its own lock, so that verifications of
+// different keys on different cores do not take turns.
 type lastUsed struct {
+	shards [lastUsedShards]lastUsedShard
+}
+
+const lastUsedShards = 16
+
+type lastUsedShard struct {
 	mu      sync.Mutex
 	pending map[string]int64 // key ID → Unix ms
+	_       [48]byte         // keeps shards' locks on separate cache lines
+}
+
+// shard is the shard of a key ID, by its last character: IDs end in random
+// hex digits.
+func (l *lastUsed) shard(id string) *lastUsedShard {
+	if id == "" {
+		return &l.shards[0]
+	}
+	return &l.shards[id[len(id)-1]%lastUsedShards]
 }
 
 func (l *lastUsed) record(id string, ms int64) {
-	l.mu.Lock()
-	if ms > l.pending[id] {
-		l.pending[id] = ms
+	sh := l.shard(id)
+	sh.mu.Lock()
+	if ms > sh.pending[id] {
+		if sh.pending == nil {
+			sh.pending = make(map[string]int64)
+		}
+		sh.pending[id] = ms
 	}
-	l.mu.Unlock()
+	sh.mu.Unlock()
 }
 
 // take empties the pending uses and returns them.
 func (l *lastUsed) take() map[string]int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.pending) == 0 {
-		return nil
+	var batch map[string]int64
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		taken := sh.pending
+		if len(taken) > 0 {
+			sh.pending = make(map[string]int64, len(taken))
+		}
+		sh.mu.Unlock()
+		if len(taken) == 0 {
+			continue
+		}
+		if batch == nil {
+			batch = make(map[string]int64, len(taken)*lastUsedShards)
+		}
+		for id, ms := range taken {
+			batch[id] = ms
+		}
 	}
-	batch := l.pending
-	l.pending = make(map[string]int64, len(batch))
 	return batch
 }
 

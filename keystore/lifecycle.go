@@ -23,7 +23,8 @@ const DefaultRollGrace = 24 * time.Hour
 // (Unix ms): it links the two, caps the expiration at ARGV[3] (or, when
 // ARGV[3] is "", revokes the key with the reason ARGV[5]), makes the
 // successor meter it when ARGV[4] is "1", and takes its credits, which it
-// returns (-1 for none). It returns {-1} for no key and {-2} for a key
+// returns (-1 for none), followed by the record as HGETALL reads it (for
+// the listing indexes). It returns {-1} for no key and {-2} for a key
 // revoked or rolled already.
 var rollScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'x') == 1 then return {-1, 0} end
@@ -38,7 +39,9 @@ end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'mv', ARGV[2]) end
 local credits = redis.call('HGET', KEYS[1], 'cr')
 if credits then redis.call('HSET', KEYS[1], 'cr', '0') end
-return {0, tonumber(credits or '-1')}
+local out = {0, tonumber(credits or '-1')}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out
 `)
 
 // Roll replaces the key id with a new one and returns the new key with its
@@ -127,18 +130,36 @@ func (s *Store) Roll(ctx context.Context, id string, grace time.Duration) (*APIK
 		meterVia = "1"
 	}
 	err = s.change(ctx, id, opRoll, "rolling key "+id, func() error {
-		reply, err := rollScript.Run(ctx, s.writer(), []string{s.names.record(id)},
-			now.UnixMilli(), k.ID, capAt, meterVia, "rolled to "+k.ID).Int64Slice()
-		if err != nil || len(reply) != 2 {
-			return s.unavailable(opRoll, "rolling key "+id, errors.Join(err, errors.New("unexpected reply")))
+		// The old key's new expiration (or revocation) may move it
+		// between the listing indexes: journal, record, indexes.
+		var moved int64
+		err := s.reindexing(ctx, id, opRoll, func() (placement, error) {
+			reply, err := rollScript.Run(ctx, s.writer(), []string{s.names.record(id)},
+				now.UnixMilli(), k.ID, capAt, meterVia, "rolled to "+k.ID).Slice()
+			var status int64
+			if err == nil && len(reply) >= 2 {
+				status, _ = reply[0].(int64)
+				moved, _ = reply[1].(int64)
+			}
+			if err != nil || len(reply) < 2 {
+				return placement{}, s.unavailable(opRoll, "rolling key "+id, errors.Join(err, errors.New("unexpected reply")))
+			}
+			switch status {
+			case -1:
+				return placement{}, ErrNotFound
+			case -2:
+				return placement{}, invalid("id", "was revoked or rolled while it was being rolled")
+			}
+			rec, ok := decodeRecord(id, hashFromReply(reply[2:]), s.now())
+			if !ok {
+				return placement{}, ErrNotFound
+			}
+			return placementOf(rec.key, s.now()), nil
+		})
+		if err != nil {
+			return err
 		}
-		switch reply[0] {
-		case -1:
-			return ErrNotFound
-		case -2:
-			return invalid("id", "was revoked or rolled while it was being rolled")
-		}
-		if moved := reply[1]; moved > 0 {
+		if moved > 0 {
 			// The new key is unknown to anyone yet: nothing spent from it.
 			if err := s.rdb.HIncrBy(ctx, s.names.record(k.ID), fCredits, moved).Err(); err != nil {
 				s.opts.Logger.Error("moving the credits of a rolled key: set them on its successor by hand",
@@ -163,13 +184,14 @@ func (s *Store) Roll(ctx context.Context, id string, grace time.Duration) (*APIK
 
 // revokeOfSubjectScript revokes the record KEYS[1] at ARGV[1] if it is a
 // key of the subject ARGV[4] and not revoked yet, with the reason ARGV[3]
-// when ARGV[2] is "1". It returns 1 when it revoked the key.
+// when ARGV[2] is "1". It returns the key's created_at (for the listing
+// indexes) when it revoked the key, and 0 otherwise.
 var revokeOfSubjectScript = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 's') ~= ARGV[4] or redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 0 end
 if redis.call('HGET', KEYS[1], 'r') == '1' then return 0 end
 redis.call('HSET', KEYS[1], 'r', '1', 'ua', ARGV[1])
 if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'rr', ARGV[3]) end
-return 1
+return {tonumber(redis.call('HGET', KEYS[1], 'ca') or '0')}
 `)
 
 // revokeBatch is how many revocations a bulk revoke sends per pipeline.
@@ -196,10 +218,18 @@ func (s *Store) RevokeAll(ctx context.Context, subject string, reason *string) (
 	revoked := 0
 	t := invTarget{head: targetSubject, subject: subject}
 	err := s.changeOf(ctx, t, opRevoke, "revoking the keys of a subject", func() error {
-		ids, err := s.rdb.ZRange(ctx, s.names.subject(subject), 0, -1).Result()
-		if err != nil {
+		// Every key of the subject, valid or not (an expired or disabled
+		// key is revoked too), from its scope's indexes: one slot.
+		sc := s.names.subjectScope(subject)
+		var valid, other *redis.StringSliceCmd
+		if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			valid = p.ZRange(ctx, sc.valid, 0, -1)
+			other = p.ZRange(ctx, sc.invalid, 0, -1)
+			return nil
+		}); err != nil {
 			return s.unavailable(opRevoke, "listing the keys of a subject", err)
 		}
+		ids := append(valid.Val(), other.Val()...)
 		if len(ids) > 0 {
 			if err := revokeOfSubjectScript.Load(ctx, s.rdb).Err(); err != nil {
 				return s.unavailable(opRevoke, "revoking the keys of a subject", err)
@@ -221,7 +251,48 @@ func (s *Store) RevokeAll(ctx context.Context, subject string, reason *string) (
 // revokeEach revokes the keys ids of subject in one pipeline and returns
 // how many it revoked. With [Options.ReplicaWait] on a single server or
 // Sentinel, the pipeline ends with WAIT 1 on its connection.
+//
+// The listing indexes follow the order of every change that moves keys
+// (index.go): the keys are journaled first, in one step, then revoked,
+// then moved to the invalid indexes (the subject's scope, then the global
+// one, which clears their journal entries). A failure after the journal
+// leaves the entries for a listing to repair.
 func (s *Store) revokeEach(ctx context.Context, ids []string, now int64, hasReason, text, subject string) (int, error) {
+	journal := make([]redis.Z, len(ids))
+	journaled := make(map[string]int64, len(ids))
+	for i, id := range ids {
+		journal[i] = redis.Z{Score: float64(now), Member: id}
+		journaled[id] = now
+	}
+	if err := s.rdb.ZAdd(ctx, s.names.journal(), journal...).Err(); err != nil {
+		return 0, err
+	}
+	n, created, err := s.revokeRecords(ctx, ids, now, hasReason, text, subject)
+	if err != nil {
+		return n, err
+	}
+	ps := make([]placement, len(ids))
+	for i, id := range ids {
+		if c, ok := created[id]; ok {
+			ps[i] = placement{id: id, subject: subject, place: placeInvalid, createdAt: c}
+		} else {
+			// Revoked already, or not a key of subject: nothing moved; the
+			// global step only clears the journal entry.
+			ps[i] = placement{id: id}
+		}
+	}
+	if err := s.placeAll(ctx, ps, "", journaled); err != nil {
+		s.metrics.errors.WithLabelValues(opRevoke).Inc()
+		s.refreshTopology(err)
+		s.opts.Logger.Warn("updating the listing indexes; a listing repairs them within "+journalGrace.String(), "subject", subject, "err", err)
+	}
+	return n, nil
+}
+
+// revokeRecords revokes the records of revokeEach and returns how many it
+// revoked, with the created_at of each.
+func (s *Store) revokeRecords(ctx context.Context, ids []string, now int64, hasReason, text, subject string) (int, map[string]int64, error) {
+	created := make(map[string]int64, len(ids))
 	cmds := make([]*redis.Cmd, len(ids))
 	var wait *redis.Cmd
 	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -239,16 +310,20 @@ func (s *Store) revokeEach(ctx context.Context, ids []string, now int64, hasReas
 			// A failover to a replica that has not seen the script.
 			cmd = revokeOfSubjectScript.Run(ctx, s.rdb, []string{s.names.record(ids[i])}, now, hasReason, text, subject)
 		}
-		r, err := cmd.Int64()
+		r, err := cmd.Result()
 		if err != nil {
-			return n, err
+			return n, created, err
 		}
-		n += int(r)
+		if a, ok := r.([]any); ok && len(a) == 1 {
+			c, _ := a[0].(int64)
+			created[ids[i]] = c
+			n++
+		}
 	}
 	if wait != nil {
 		if got, err := wait.Int64(); err != nil || got < 1 {
 			s.unreplicated(s.names.record(ids[len(ids)-1]), s.opts.ReplicaWait, err)
 		}
 	}
-	return n, nil
+	return n, created, nil
 }

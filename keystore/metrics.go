@@ -2,6 +2,9 @@ package keystore
 
 import (
 	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,32 +42,15 @@ const (
 	opImport     = "import"
 )
 
-// verifierMetrics are the verifier's series. The series of the known sources
-// and results are resolved once, so that observing one allocates nothing.
+// verifierMetrics are the verifier's series.
 type verifierMetrics struct {
-	verifications *prometheus.CounterVec   // result, source
-	duration      *prometheus.HistogramVec // cache: hit, miss
+	verifications *verificationStats // keygate_verifications_total and keygate_verification_duration_seconds
 	invalidations prometheus.Counter
 	flushes       *prometheus.CounterVec // reason
 	entries       prometheus.Gauge
-
-	bySource [len(sources)][len(outcomes)]prometheus.Counter
-	hit      prometheus.Observer
-	miss     prometheus.Observer
 }
 
 func newVerifierMetrics(reg prometheus.Registerer) (*verifierMetrics, error) {
-	verifications := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "keygate",
-		Name:      "verifications_total",
-		Help:      "Key verifications by result and entry point.",
-	}, []string{"result", "source"})
-	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: "keygate",
-		Name:      "verification_duration_seconds",
-		Help:      "Time to verify a key, by whether the cache answered.",
-		Buckets:   []float64{.000001, .000005, .00001, .00005, .0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
-	}, []string{"cache"})
 	invalidations := prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "keygate",
 		Name:      "cache_invalidations_total",
@@ -82,10 +68,7 @@ func newVerifierMetrics(reg prometheus.Registerer) (*verifierMetrics, error) {
 	})
 	m := &verifierMetrics{}
 	var err error
-	if m.verifications, err = register(reg, verifications); err != nil {
-		return nil, err
-	}
-	if m.duration, err = register(reg, duration); err != nil {
+	if m.verifications, err = register(reg, newVerificationStats()); err != nil {
 		return nil, err
 	}
 	if m.invalidations, err = register(reg, invalidations); err != nil {
@@ -97,33 +80,139 @@ func newVerifierMetrics(reg prometheus.Registerer) (*verifierMetrics, error) {
 	if m.entries, err = register(reg, entries); err != nil {
 		return nil, err
 	}
-	for i, s := range sources {
-		for j, r := range outcomes {
-			m.bySource[i][j] = m.verifications.WithLabelValues(r, string(s))
-		}
-	}
-	m.hit = m.duration.WithLabelValues("hit")
-	m.miss = m.duration.WithLabelValues("miss")
 	return m, nil
 }
 
+// observe counts one verification and its duration.
 func (m *verifierMetrics) observe(source Source, outcome int, hit bool, d time.Duration) {
-	c := m.counter(source, outcome)
-	c.Inc()
-	if hit {
-		m.hit.Observe(d.Seconds())
-	} else {
-		m.miss.Observe(d.Seconds())
+	m.verifications.observe(source, outcome, hit, d)
+}
+
+// count counts one verification without a duration.
+func (m *verifierMetrics) count(source Source, outcome int) {
+	m.verifications.count(m.verifications.stripe(), source, outcome)
+}
+
+// durationBuckets are the upper bounds of keygate_verification_duration_seconds.
+var durationBuckets = [...]float64{.000001, .000005, .00001, .00005, .0001, .0005, .001, .0025, .005, .01, .025, .05, .1, .25}
+
+// verificationStats is the collector of keygate_verifications_total{result,
+// source} and keygate_verification_duration_seconds{cache}. Every
+// verification writes to both, on every core, so the counts are split into
+// stripes, each on cache lines of its own, and each call writes to a
+// stripe picked at random: two cores seldom write the same line, where one
+// shared counter would pass its line from core to core on every call. A
+// scrape sums the stripes.
+type verificationStats struct {
+	countDesc, durationDesc *prometheus.Desc
+	stripes                 [statStripes]statStripe
+
+	mu    sync.Mutex
+	other map[[2]string]uint64 // result, source → count, for sources beyond the known ones
+}
+
+const statStripes = 16
+
+type statStripe struct {
+	counts [len(sources)][len(outcomes)]atomic.Uint64
+	times  [2]durationStripe // cache hit, miss
+	_      [64]byte
+}
+
+type durationStripe struct {
+	buckets [len(durationBuckets)]atomic.Uint64 // observations in (previous bound, bound]
+	count   atomic.Uint64
+	nanos   atomic.Int64 // their sum
+}
+
+func newVerificationStats() *verificationStats {
+	return &verificationStats{
+		countDesc: prometheus.NewDesc("keygate_verifications_total",
+			"Key verifications by result and entry point.", []string{"result", "source"}, nil),
+		durationDesc: prometheus.NewDesc("keygate_verification_duration_seconds",
+			"Time to verify a key, by whether the cache answered.", []string{"cache"}, nil),
+		other: map[[2]string]uint64{},
 	}
 }
 
-func (m *verifierMetrics) counter(source Source, outcome int) prometheus.Counter {
-	for i, s := range sources {
-		if s == source {
-			return m.bySource[i][outcome]
+// stripe picks a stripe at random: math/rand/v2's generator is per thread.
+func (st *verificationStats) stripe() *statStripe {
+	return &st.stripes[rand.Uint32()%statStripes]
+}
+
+func (st *verificationStats) observe(source Source, outcome int, hit bool, d time.Duration) {
+	s := st.stripe()
+	st.count(s, source, outcome)
+	t := &s.times[1]
+	if hit {
+		t = &s.times[0]
+	}
+	secs := d.Seconds()
+	for i, bound := range durationBuckets {
+		if secs <= bound {
+			t.buckets[i].Add(1)
+			break
 		}
 	}
-	return m.verifications.WithLabelValues(outcomes[outcome], string(source))
+	t.count.Add(1)
+	t.nanos.Add(int64(d))
+}
+
+func (st *verificationStats) count(s *statStripe, source Source, outcome int) {
+	for i, known := range sources {
+		if known == source {
+			s.counts[i][outcome].Add(1)
+			return
+		}
+	}
+	st.mu.Lock()
+	st.other[[2]string{outcomes[outcome], string(source)}]++
+	st.mu.Unlock()
+}
+
+// Describe implements [prometheus.Collector].
+func (st *verificationStats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- st.countDesc
+	ch <- st.durationDesc
+}
+
+// Collect implements [prometheus.Collector]: every known source and result
+// (zero or not), the other sources met, and both histograms.
+func (st *verificationStats) Collect(ch chan<- prometheus.Metric) {
+	for i, source := range sources {
+		for j, result := range outcomes {
+			var n uint64
+			for k := range st.stripes {
+				n += st.stripes[k].counts[i][j].Load()
+			}
+			ch <- prometheus.MustNewConstMetric(st.countDesc, prometheus.CounterValue, float64(n), result, string(source))
+		}
+	}
+	st.mu.Lock()
+	for k, n := range st.other {
+		ch <- prometheus.MustNewConstMetric(st.countDesc, prometheus.CounterValue, float64(n), k[0], k[1])
+	}
+	st.mu.Unlock()
+	for h, label := range []string{"hit", "miss"} {
+		var count uint64
+		var nanos int64
+		var perBucket [len(durationBuckets)]uint64
+		for k := range st.stripes {
+			t := &st.stripes[k].times[h]
+			count += t.count.Load()
+			nanos += t.nanos.Load()
+			for i := range perBucket {
+				perBucket[i] += t.buckets[i].Load()
+			}
+		}
+		cumulative := make(map[float64]uint64, len(durationBuckets))
+		var below uint64
+		for i, bound := range durationBuckets {
+			below += perBucket[i]
+			cumulative[bound] = below
+		}
+		ch <- prometheus.MustNewConstHistogram(st.durationDesc, count, time.Duration(nanos).Seconds(), cumulative, label)
+	}
 }
 
 // storeMetrics are the store's series.

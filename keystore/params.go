@@ -83,7 +83,7 @@ type UpdateParams struct {
 type ListParams struct {
 	Subject        string // "" lists every subject
 	Query          string // case-insensitive substring of the name
-	IncludeInvalid bool   // include revoked and expired keys
+	IncludeInvalid bool   // include revoked, disabled and expired keys
 	Type           string // "" or "api_key"
 	Limit          int    // 1–100; 0 means 10
 	Offset         int    // ≥ 0

@@ -138,6 +138,9 @@ type Store struct {
 	// invalidationWait is Options.InvalidationWait, which a Verifier may
 	// replace (VerifierOptions.InvalidationWait).
 	invalidationWait atomic.Int64
+	// layoutReady is set once the listing indexes are known to be in the
+	// current layout (migrate.go).
+	layoutReady atomic.Bool
 
 	stop     chan struct{}
 	done     chan struct{}
@@ -184,7 +187,6 @@ func New(rdb redis.UniversalClient, opts Options) (*Store, error) {
 		done:    make(chan struct{}),
 	}
 	s.invalidationWait.Store(int64(opts.InvalidationWait))
-	s.lastUsed.pending = make(map[string]int64)
 	s.rehashes.pending = make(map[string]rehash)
 	if opts.LastUsedFlush > 0 {
 		go s.flushLoop(opts.LastUsedFlush)
@@ -218,12 +220,10 @@ func (s *Store) now() time.Time { return s.opts.Now() }
 // keyNames builds the store's Redis key names; see README.md for the layout.
 type keyNames struct{ ns string }
 
-func (n keyNames) record(id string) string       { return n.ns + ":key:" + id }
-func (n keyNames) subject(subject string) string { return n.ns + ":subject:" + subject }
-func (n keyNames) all() string                   { return n.ns + ":keys" }
-func (n keyNames) invalidate() string            { return n.ns + ":invalidate" }
-func (n keyNames) imports() string               { return n.ns + ":imports" }
-func (n keyNames) imported(index string) string  { return n.ns + ":import:" + index }
+func (n keyNames) record(id string) string      { return n.ns + ":key:" + id }
+func (n keyNames) invalidate() string           { return n.ns + ":invalidate" }
+func (n keyNames) imports() string              { return n.ns + ":imports" }
+func (n keyNames) imported(index string) string { return n.ns + ":import:" + index }
 
 // The invalidation keys share the hash tag {inv}: scripts touch several.
 func (n keyNames) inv() string                 { return n.ns + ":{inv}:" }
@@ -309,38 +309,38 @@ func (s *Store) newKey(p CreateParams) (*APIKey, error) {
 	return k, nil
 }
 
-// add writes a new key's record and its index entries; extra are more
-// fields of the record.
+// add writes a new key's record and puts it in the listing indexes; extra
+// are more fields of the record. Create, Import and Roll (the new key) add
+// keys this way.
 func (s *Store) add(ctx context.Context, op string, rec *record, extra ...any) error {
 	k := rec.key
-	// Index entries first, record second: a crash in between leaves an index
-	// entry without a record, which listing skips and removes, and never a
-	// verifiable key that listing cannot show.
-	z := redis.Z{Score: float64(k.CreatedAt), Member: k.ID}
-	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZAdd(ctx, s.names.subject(k.Subject), z)
-		p.ZAdd(ctx, s.names.all(), z)
-		return nil
-	}); err != nil {
-		return s.unavailable(op, "indexing key "+k.ID, err)
+	// Journal, record, indexes (index.go): a crash leaves a journal entry,
+	// which a listing repairs, and a key whose secret nobody was given.
+	journaled, err := s.beginChange(ctx, k.ID)
+	if err != nil {
+		return s.unavailable(op, "journaling key "+k.ID, err)
 	}
 	if err := s.rdb.HSet(ctx, s.names.record(k.ID), append(rec.fields(), extra...)...).Err(); err != nil {
 		return s.unavailable(op, "writing key "+k.ID, err)
 	}
+	s.indexAfter(ctx, op, placementOf(k, s.now()), journaled)
 	return nil
 }
 
 // discard removes a new key that was never shown to anyone (a roll that
-// failed), record and index entries, as well as it can.
+// failed), record and index entries, as well as it can: journal, record,
+// indexes, like any change that moves a key between indexes.
 func (s *Store) discard(ctx context.Context, k *APIKey) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), withdrawTimeout)
 	defer cancel()
-	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, s.names.record(k.ID))
-		p.ZRem(ctx, s.names.subject(k.Subject), k.ID)
-		p.ZRem(ctx, s.names.all(), k.ID)
-		return nil
-	}); err != nil {
+	journaled, err := s.beginChange(ctx, k.ID)
+	if err == nil {
+		err = s.rdb.Del(ctx, s.names.record(k.ID)).Err()
+	}
+	if err == nil {
+		err = s.index(ctx, placement{id: k.ID, subject: k.Subject, place: placeNone}, journaled)
+	}
+	if err != nil {
 		s.opts.Logger.Warn("removing a key that was never shown", "id", k.ID, "err", err)
 	}
 }
@@ -473,127 +473,6 @@ type usedKey struct {
 	lastUsed int64
 }
 
-// GetAll is [Store.List] with page numbers instead of an offset.
-func (s *Store) GetAll(ctx context.Context, p GetAllParams) (*KeyList, error) {
-	return s.List(ctx, p.listParams())
-}
-
-// listBatch is how many index entries a listing reads per round trip.
-const listBatch = 256
-
-// danglingGrace is how old an index entry without a record must be before
-// listing removes it: younger ones may belong to a Create in progress.
-const danglingGrace = time.Minute
-
-// List returns one page of keys, newest first, and how many keys match in
-// all. It reads the index of the subject (or of every key) and filters the
-// records; with IncludeInvalid and no Query it reads only the page.
-func (s *Store) List(ctx context.Context, p ListParams) (*KeyList, error) {
-	if err := p.validate(); err != nil {
-		return nil, err
-	}
-	index := s.names.all()
-	if p.Subject != "" {
-		index = s.names.subject(p.Subject)
-	}
-	now := s.now()
-	if p.IncludeInvalid && p.Query == "" {
-		if list, ok, err := s.listPage(ctx, index, p, now); err != nil || ok {
-			return list, err
-		}
-	}
-	query := strings.ToLower(p.Query)
-	list := &KeyList{Data: []*APIKey{}}
-	for start := int64(0); ; start += listBatch {
-		entries, err := s.rdb.ZRevRangeWithScores(ctx, index, start, start+listBatch-1).Result()
-		if err != nil {
-			return nil, s.unavailable(opList, "listing keys", err)
-		}
-		recs, err := s.loadEntries(ctx, index, entries, now)
-		if err != nil {
-			return nil, err
-		}
-		for _, rec := range recs {
-			k := rec.key
-			if !p.IncludeInvalid && (k.Revoked || k.Expired) {
-				continue
-			}
-			if query != "" && !strings.Contains(strings.ToLower(k.Name), query) {
-				continue
-			}
-			if list.TotalCount >= p.Offset && len(list.Data) < p.Limit {
-				list.Data = append(list.Data, k)
-			}
-			list.TotalCount++
-		}
-		if len(entries) < listBatch {
-			return list, nil
-		}
-	}
-}
-
-// listPage serves an unfiltered listing from the index alone. It reports
-// false when the page met index entries without records, so that the caller
-// counts by reading every record instead.
-func (s *Store) listPage(ctx context.Context, index string, p ListParams, now time.Time) (*KeyList, bool, error) {
-	var total *redis.IntCmd
-	var page *redis.ZSliceCmd
-	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		total = pipe.ZCard(ctx, index)
-		page = pipe.ZRevRangeWithScores(ctx, index, int64(p.Offset), int64(p.Offset+p.Limit-1))
-		return nil
-	}); err != nil {
-		return nil, false, s.unavailable(opList, "listing keys", err)
-	}
-	entries := page.Val()
-	recs, err := s.loadEntries(ctx, index, entries, now)
-	if err != nil || len(recs) < len(entries) {
-		return nil, false, err
-	}
-	list := &KeyList{Data: make([]*APIKey, 0, len(recs)), TotalCount: int(total.Val())}
-	for _, rec := range recs {
-		list.Data = append(list.Data, rec.key)
-	}
-	return list, true, nil
-}
-
-// loadEntries reads the records of index entries in one round trip, in
-// order, and removes from index the entries whose records are gone.
-func (s *Store) loadEntries(ctx context.Context, index string, entries []redis.Z, now time.Time) ([]*record, error) {
-	if len(entries) == 0 {
-		return nil, nil
-	}
-	cmds := make([]*redis.MapStringStringCmd, len(entries))
-	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, e := range entries {
-			cmds[i] = p.HGetAll(ctx, s.names.record(e.Member.(string)))
-		}
-		return nil
-	}); err != nil {
-		return nil, s.unavailable(opList, "loading keys", err)
-	}
-	recs := make([]*record, 0, len(entries))
-	var dangling []any
-	cutoff := float64(now.Add(-danglingGrace).UnixMilli())
-	for i, e := range entries {
-		id := e.Member.(string)
-		rec, ok := decodeRecord(id, cmds[i].Val(), now)
-		if !ok {
-			if e.Score < cutoff {
-				dangling = append(dangling, id)
-			}
-			continue
-		}
-		recs = append(recs, rec)
-	}
-	if len(dangling) > 0 {
-		if err := s.rdb.ZRem(ctx, index, dangling...).Err(); err != nil {
-			s.opts.Logger.Warn("removing index entries without records", "index", index, "err", err)
-		}
-	}
-	return recs, nil
-}
-
 var updateScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'x') == 1 then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 's') ~= ARGV[1] then return -1 end
@@ -694,19 +573,34 @@ func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey,
 	args := append([]any{p.Subject, now, len(set) / 2}, set...)
 	args = append(args, del...)
 	var key *APIKey
+	write := func() (p placement, err error) {
+		key, p, err = s.changedRecord(id, opUpdate, "updating key "+id,
+			updateScript.Run(ctx, s.writer(), []string{s.names.record(id)}, args...))
+		return p, err
+	}
 	err := s.change(ctx, id, opUpdate, "updating key "+id, func() error {
-		reply, err := updateScript.Run(ctx, s.writer(), []string{s.names.record(id)}, args...).Result()
-		if err != nil {
-			return s.unavailable(opUpdate, "updating key "+id, err)
+		if p.NeverExpires || p.SecondsUntilExpiration != nil || p.Enabled != nil {
+			return s.reindexing(ctx, id, opUpdate, write)
 		}
-		rec, err := s.scriptRecord(id, reply)
-		if err != nil {
-			return err
-		}
-		key = rec.key
-		return nil
+		_, err := write()
+		return err
 	})
 	return key, err
+}
+
+// changedRecord decodes the reply of cmd, a script that changed the record
+// of id, and returns the key and where it now belongs in the indexes. A
+// failed script is unavailable, counted under op.
+func (s *Store) changedRecord(id, op, doing string, cmd *redis.Cmd) (*APIKey, placement, error) {
+	reply, err := cmd.Result()
+	if err != nil {
+		return nil, placement{}, s.unavailable(op, doing, err)
+	}
+	rec, err := s.scriptRecord(id, reply)
+	if err != nil {
+		return nil, placement{}, err
+	}
+	return rec.key, placementOf(rec.key, s.now()), nil
 }
 
 // scriptRecord decodes a script's reply: 0 for no key, -1 for a subject
@@ -755,16 +649,11 @@ func (s *Store) Revoke(ctx context.Context, id string, reason *string) (*APIKey,
 	}
 	var key *APIKey
 	err := s.change(ctx, id, opRevoke, "revoking key "+id, func() error {
-		reply, err := revokeScript.Run(ctx, s.writer(), []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text).Result()
-		if err != nil {
-			return s.unavailable(opRevoke, "revoking key "+id, err)
-		}
-		rec, err := s.scriptRecord(id, reply)
-		if err != nil {
-			return err
-		}
-		key = rec.key
-		return nil
+		return s.reindexing(ctx, id, opRevoke, func() (p placement, err error) {
+			key, p, err = s.changedRecord(id, opRevoke, "revoking key "+id,
+				revokeScript.Run(ctx, s.writer(), []string{s.names.record(id)}, s.now().UnixMilli(), hasReason, text))
+			return p, err
+		})
 	})
 	return key, err
 }
@@ -796,31 +685,19 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if !ValidID(id) {
 		return ErrNotFound
 	}
-	var subject string
-	err := s.change(ctx, id, opDelete, "deleting key "+id, func() error {
-		// Record first, index entries second: a crash in between leaves
-		// index entries that listing skips and removes.
-		var err error
-		subject, err = deleteScript.Run(ctx, s.writer(), []string{s.names.record(id)}, tombstoneTTL.Milliseconds()).Text()
-		if errors.Is(err, redis.Nil) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return s.unavailable(opDelete, "deleting key "+id, err)
-		}
-		return nil
+	return s.change(ctx, id, opDelete, "deleting key "+id, func() error {
+		// The record first: the key stops verifying at once.
+		return s.reindexing(ctx, id, opDelete, func() (placement, error) {
+			subject, err := deleteScript.Run(ctx, s.writer(), []string{s.names.record(id)}, tombstoneTTL.Milliseconds()).Text()
+			if errors.Is(err, redis.Nil) {
+				return placement{}, ErrNotFound
+			}
+			if err != nil {
+				return placement{}, s.unavailable(opDelete, "deleting key "+id, err)
+			}
+			return placement{id: id, subject: subject, place: placeNone}, nil
+		})
 	})
-	if subject != "" {
-		if _, perr := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZRem(ctx, s.names.subject(subject), id)
-			p.ZRem(ctx, s.names.all(), id)
-			return nil
-		}); perr != nil {
-			// The key is gone; the entries left behind are removed by listing.
-			s.opts.Logger.Warn("removing index entries of a deleted key", "id", id, "err", perr)
-		}
-	}
-	return err
 }
 
 // change applies write, a change to the key id, so that once it returns no

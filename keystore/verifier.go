@@ -303,7 +303,7 @@ func (v *Verifier) Authorize(key *APIKey, source Source, scopes ...string) error
 		return nil
 	}
 	err := &ScopeError{Required: append([]string(nil), scopes...)}
-	v.metrics.counter(source, outcomeIndex(err)).Inc()
+	v.metrics.count(source, outcomeIndex(err))
 	return err
 }
 

@@ -14,7 +14,8 @@ Usage:
   keygate serve     admin API, /api_keys/verify, /forward-auth, /metrics, /healthz, /readyz
   keygate sidecar   reverse proxy that verifies every request before the upstream sees it
   keygate keys      create|list|get|update|revoke|delete|verify|usage keys against a running serve
-  keygate store     export|import the data, e.g. from the embedded store to Redis
+  keygate store     export|import the data, e.g. from the embedded store to Redis;
+                    migrate: move the listing indexes of an earlier version (serve does it at start)
   keygate audit     list audit events: who changed which key, and how
   keygate version   version and build info
 

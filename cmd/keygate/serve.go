@@ -102,6 +102,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	if err := b.ping(context.Background()); err != nil {
 		logger.Error("Redis does not answer; /readyz reports 503 and verifications fail closed until it does", "err", err)
 	}
+	migrating, stopMigrating := context.WithCancel(context.Background())
+	defer stopMigrating()
+	migrateInBackground(migrating, b, logger, 5*time.Second)
 
 	auditLog, stopWebhooks, err := ac.start(b, &cfg, logger)
 	if err != nil {

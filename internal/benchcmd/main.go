@@ -5,7 +5,10 @@
 //	go run ./internal/benchcmd -out BENCHMARKS.md     # also writes the table there
 //	go run ./internal/benchcmd -only 'verify|revoke'  # some measures only
 //	go run ./internal/benchcmd -only embedded -out BENCHMARKS.md  # the embedded store's rows, merged into the file
+//	go run ./internal/benchcmd -scale -out BENCHMARKS.md  # make bench-scale: a million keys (issue 21)
 //
+// With -out, each mode replaces only its own section of the file, so that
+// make bench and make bench-scale keep each other's tables.
 // It starts its own redis-server (and nginx, for forward-auth) on free
 // loopback ports, and stops them when it is done. Every measure runs -runs
 // times, keygate and its baseline taking turns, and the table quotes
@@ -43,6 +46,12 @@ type config struct {
 	redisConns int           // connections of the uncached verify and redis-benchmark
 	keys       int           // keys stored for the memory and list rows
 	cpuprofile string
+
+	loadAtStart string // the machine's load average when the run began
+
+	scale     bool          // the measures of make bench-scale instead
+	scaleKeys int           // keys of the bench-scale data set
+	coldStart time.Duration // of the cold-start load
 }
 
 // measure is one row of the table, or several.
@@ -82,11 +91,16 @@ func main() {
 	fs.IntVar(&c.redisConns, "redis-conns", 32, "connections of the uncached verify and of redis-benchmark")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run (keygate, baselines and load generators) to this file")
 	fs.IntVar(&c.keys, "keys", 100_000, "keys stored for the memory row (10,000 of them, at most, under one subject for the list row)")
+	fs.BoolVar(&c.scale, "scale", false, "run the measures of make bench-scale instead: "+scaleNames())
+	fs.IntVar(&c.scaleKeys, "scale-keys", 1_000_000, "keys of the bench-scale data set (a tenth of them, at most 100,000, under one subject)")
+	fs.DurationVar(&c.coldStart, "cold-start", 20*time.Second, "duration of the bench-scale cold-start load")
 	fs.Parse(os.Args[1:])
 	if c.runs < 1 || c.runs > 20 || c.conns < 1 || c.conns > 512 || c.redisConns < 1 || c.redisConns > 512 ||
 		c.keys < 1000 || c.keys > 1_000_000 || c.round < 100*time.Millisecond || c.round > time.Minute ||
-		c.benchtime < 10*time.Millisecond || c.benchtime > 10*time.Second {
-		fmt.Fprintln(os.Stderr, "benchcmd: -runs 1..20, -conns and -redis-conns 1..512, -keys 1000..1000000, -round 100ms..1m, -benchtime 10ms..10s")
+		c.benchtime < 10*time.Millisecond || c.benchtime > 10*time.Second ||
+		c.scaleKeys < 20_000 || c.scaleKeys > 5_000_000 || c.coldStart < 2*time.Second || c.coldStart > 5*time.Minute {
+		fmt.Fprintln(os.Stderr, "benchcmd: -runs 1..20, -conns and -redis-conns 1..512, -keys 1000..1000000, -round 100ms..1m, -benchtime 10ms..10s, "+
+			"-scale-keys 20000..5000000, -cold-start 2s..5m")
 		os.Exit(2)
 	}
 	re, err := regexp.Compile(only)
@@ -107,9 +121,13 @@ func main() {
 	}
 }
 
-func names() string {
+func names() string { return measureNames(measures) }
+
+func scaleNames() string { return measureNames(scaleMeasures) }
+
+func measureNames(ms []measure) string {
 	var n []string
-	for _, m := range measures {
+	for _, m := range ms {
 		n = append(n, m.name)
 	}
 	return strings.Join(n, ", ")
@@ -117,6 +135,7 @@ func names() string {
 
 func run(c config) error {
 	start := time.Now()
+	c.loadAtStart = loadAverage()
 	ctx := context.Background()
 	if c.cpuprofile != "" {
 		f, err := os.Create(c.cpuprofile)
@@ -137,8 +156,12 @@ func run(c config) error {
 
 	var rows []row
 	failed := 0
-	for _, m := range measures {
-		if !c.only.MatchString(m.name) {
+	list := measures
+	if c.scale {
+		list = scaleMeasures
+	}
+	for _, m := range list {
+		if !c.only.MatchString(m.name) && !(c.scale && m.name == "build") {
 			continue
 		}
 		progress("%s…", m.name)
@@ -158,10 +181,17 @@ func run(c config) error {
 	fmt.Print(table)
 	if c.out != "" {
 		if old, err := os.ReadFile(c.out); err == nil && c.only.String() != "" {
-			// Some measures only: their rows replace or join the file's.
-			table = merge(string(old), env.machine, c, rows, time.Since(start))
+			// Some measures only: their rows replace or join those of the
+			// file's section of this mode.
+			begin, end := benchBegin, benchEnd
+			if c.scale {
+				begin, end = scaleBegin, scaleEnd
+			}
+			if sec := section(string(old), begin, end, ""); sec != "" {
+				table = merge(sec, env.machine, c, rows, time.Since(start))
+			}
 		}
-		if err := os.WriteFile(c.out, []byte(table), 0o644); err != nil {
+		if err := writeSection(c.out, c.scale, table); err != nil {
 			return err
 		}
 		progress("wrote %s", c.out)

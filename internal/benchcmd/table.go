@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -20,12 +23,21 @@ type row struct {
 
 func render(machine string, c config, rows []row, took time.Duration) string {
 	var b strings.Builder
-	b.WriteString("# keygate benchmarks\n\n")
-	b.WriteString("Produced by `make bench` (`go run ./internal/benchcmd`); every figure below comes from one run of it,\n")
-	b.WriteString("on loopback, with keygate and its baseline taking turns in the same run.\n\n")
+	if c.scale {
+		b.WriteString("## At scale\n\n")
+		b.WriteString("Produced by `make bench-scale` (`go run ./internal/benchcmd -scale`); every figure below comes from one run of it,\n")
+		fmt.Fprintf(&b, "on loopback, on one redis-server holding a data set of %d keys.\n\n", c.scaleKeys)
+	} else {
+		b.WriteString("Produced by `make bench` (`go run ./internal/benchcmd`); every figure below comes from one run of it,\n")
+		b.WriteString("on loopback, with keygate and its baseline taking turns in the same run.\n\n")
+	}
 	fmt.Fprintf(&b, "Machine: %s.  \n", machine)
-	fmt.Fprintf(&b, "Run: %s, %d runs per measure (medians quoted), took %s.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), c.runs, took.Round(time.Second))
+	runs := fmt.Sprintf("%d runs per measure (medians quoted)", c.runs)
+	if c.scale {
+		runs = "the calls each row names"
+	}
+	fmt.Fprintf(&b, "Run: %s, %s, took %s; load average (1 min) %s at the start, %s at the end.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runs, took.Round(time.Second), c.loadAtStart, loadAverage())
 	b.WriteString("| measure | keygate | baseline (same run) | keygate vs baseline | goal | met? |\n")
 	b.WriteString("|---|---|---|---|---|---|\n")
 	for _, r := range rows {
@@ -102,6 +114,62 @@ func merge(old, machine string, c config, rows []row, took time.Duration) string
 		out = append(out[:lastRow+1], append(newRows, out[lastRow+1:]...)...)
 	}
 	return strings.Join(out, "\n") + "\n"
+}
+
+// loadAverage is the 1-minute load average of the machine: on shared
+// cores, other work shows in the figures.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "unknown"
+	}
+	return f[0]
+}
+
+// The sections of BENCHMARKS.md that make bench and make bench-scale
+// write, each between its markers; the file's title comes first.
+const (
+	benchTitle    = "# keygate benchmarks\n\n"
+	benchBegin    = "<!-- make bench: begin -->\n"
+	benchEnd      = "<!-- make bench: end -->\n"
+	scaleBegin    = "<!-- make bench-scale: begin -->\n"
+	scaleEnd      = "<!-- make bench-scale: end -->\n"
+	noScaleResult = "## At scale\n\nNot measured yet: run `make bench-scale`.\n"
+)
+
+// writeSection writes table as the section of make bench, or of make
+// bench-scale, of the file at path, keeping the other section as it is.
+func writeSection(path string, scale bool, table string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	bench := section(string(old), benchBegin, benchEnd, "")
+	scaled := section(string(old), scaleBegin, scaleEnd, noScaleResult)
+	if scale {
+		scaled = table
+	} else {
+		bench = table
+	}
+	out := benchTitle + benchBegin + bench + benchEnd + "\n" + scaleBegin + scaled + scaleEnd
+	return os.WriteFile(path, []byte(out), 0o644)
+}
+
+// section returns what s holds between begin and end, or def.
+func section(s, begin, end, def string) string {
+	_, rest, ok := strings.Cut(s, begin)
+	if !ok {
+		return def
+	}
+	body, _, ok := strings.Cut(rest, end)
+	if !ok {
+		return def
+	}
+	return body
 }
 
 func cell(s string) string {

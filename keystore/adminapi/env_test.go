@@ -124,7 +124,8 @@ func (e *env) snapshot() string {
 	for _, line := range strings.SplitAfter(e.mr.Dump(), "\n") {
 		if name, ok := strings.CutPrefix(line, "- "); ok {
 			name = strings.TrimSpace(name)
-			keep = name == "keygate:keys" || strings.HasPrefix(name, "keygate:key:") || strings.HasPrefix(name, "keygate:subject:")
+			keep = strings.HasPrefix(name, "keygate:key:") || strings.HasPrefix(name, "keygate:sub:") ||
+				strings.HasPrefix(name, "keygate:{all}:") && !strings.HasSuffix(name, ":layout")
 		}
 		if keep {
 			b.WriteString(line)

@@ -52,6 +52,7 @@ func TestCluster(t *testing.T) {
 	t.Run("InstantRevocation", func(t *testing.T) { testInstantRevocation(t, d) })
 	t.Run("ReplicaWait", func(t *testing.T) { testReplicaWait(t, d) })
 	t.Run("AuditAndWebhooks", func(t *testing.T) { testAuditAndWebhooks(t, d) })
+	t.Run("Listing", func(t *testing.T) { testListing(t, d) })
 	t.Run("Failover", func(t *testing.T) {
 		// A namespace whose verifier registry and invalidation channel live
 		// on one master: killing it cuts the subscriptions, the registry and

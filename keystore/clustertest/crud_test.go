@@ -62,7 +62,7 @@ func testStoreAndVerifier(t *testing.T, d deployment) {
 		}
 		records[addr]++
 		if i < subjects {
-			addr, err := d.masterOf(ctx, ns+":subject:"+subject(i))
+			addr, err := d.masterOf(ctx, ns+":sub:{"+subject(i)+"}:valid")
 			if err != nil {
 				t.Fatal(err)
 			}

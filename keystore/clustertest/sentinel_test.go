@@ -54,6 +54,7 @@ func TestSentinel(t *testing.T) {
 	t.Run("StoreAndVerifier", func(t *testing.T) { testStoreAndVerifier(t, d) })
 	t.Run("InstantRevocation", func(t *testing.T) { testInstantRevocation(t, d) })
 	t.Run("ReplicaWait", func(t *testing.T) { testReplicaWait(t, d) })
+	t.Run("Listing", func(t *testing.T) { testListing(t, d) })
 	t.Run("Failover", func(t *testing.T) {
 		victim := master(ctx)
 		testFailover(t, failoverTarget{
