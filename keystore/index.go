@@ -9,8 +9,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The indexes listing reads (README.md, "Layout", describes them and why
-// they are safe on Redis Cluster).
+// The indexes listing reads (README.md beside this file has the layout,
+// and why it is safe on Redis Cluster).
 //
 // Each scope, one subject or every subject, has three sorted sets under one
 // hash tag, so that one script can move a key between them:

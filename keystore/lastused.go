@@ -53,13 +53,12 @@ func (l *lastUsed) take() map[string]int64 {
 		sh := &l.shards[i]
 		sh.mu.Lock()
 		taken := sh.pending
-		if len(taken) > 0 {
-			sh.pending = make(map[string]int64, len(taken))
-		}
-		sh.mu.Unlock()
 		if len(taken) == 0 {
+			sh.mu.Unlock()
 			continue
 		}
+		sh.pending = make(map[string]int64, len(taken))
+		sh.mu.Unlock()
 		if batch == nil {
 			batch = make(map[string]int64, len(taken)*lastUsedShards)
 		}
