@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,48 +43,18 @@ func lastUsedWrites(ctx context.Context, e *env) ([]row, error) {
 	hook := &writeCounter{prefix: in.store.Namespace() + ":key:"}
 	in.rdb.AddHook(hook)
 
-	const workers = 2
-	var done atomic.Int64
-	var failed atomic.Pointer[error]
-	var wg sync.WaitGroup
-	start := time.Now()
-	d := time.Duration(secs) * time.Second
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			i := w
-			n := 0
-			for {
-				el := time.Since(start)
-				if el >= d {
-					break
-				}
-				for due := int(el.Seconds() * lastUsedRate / workers); n < due; n++ {
-					if _, err := in.v.Verify(ctx, keys[i%len(keys)].Secret, keystore.SourceMiddleware); err != nil {
-						failed.CompareAndSwap(nil, &err)
-						return
-					}
-					i += workers
-				}
-				time.Sleep(200 * time.Microsecond)
-			}
-			done.Add(int64(n))
-		}()
+	done, took, err := pace(ctx, in.v, keys, lastUsedRate, time.Duration(secs)*time.Second)
+	if err != nil {
+		return nil, err
 	}
-	wg.Wait()
-	took := time.Since(start)
 	total := hook.total.Load()
-	if p := failed.Load(); p != nil {
-		return nil, *p
-	}
 	// Let the last flush of the measured period happen.
 	time.Sleep(1100 * time.Millisecond)
 	if k, err := in.store.Get(ctx, keys[0].ID); err != nil || k.LastUsedAt == nil {
 		return nil, errors.New("last_used_at was not written")
 	}
 	maxFlush := hook.maxFlush.Load()
-	verifs := float64(done.Load()) / took.Seconds()
+	verifs := float64(done) / took.Seconds()
 	return []row{{
 		measure:  fmt.Sprintf("last-used writes, %s verifications of %d keys", rate(lastUsedRate), lastUsedKeys),
 		keygate:  fmt.Sprintf("%.0f writes/s, at most %d in one flush (%s verifications achieved)", float64(total)/took.Seconds(), maxFlush, rate(verifs)),
