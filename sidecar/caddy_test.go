@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // caddySnippet is the documented Caddyfile; the test runs it as it is,
@@ -47,7 +49,7 @@ func startCaddy(t *testing.T, keygate, app string) string {
 	dir := t.TempDir()
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		addr := closedAddr(t)
+		addr := testkit.FreeAddr(t)
 		conf := caddyGlobal + strings.NewReplacer(caddyKeygate, keygate, caddyApp, app, caddyListen, "http://:"+port(addr)+" {").Replace(string(snippet))
 		path := filepath.Join(dir, "Caddyfile")
 		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // nginxInstallHint tells how to get nginx when it is missing.
@@ -79,7 +81,7 @@ func startNginx(t *testing.T, keygate, app string) string {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		addr := closedAddr(t)
+		addr := testkit.FreeAddr(t)
 		conf := strings.NewReplacer(snippetKeygate, keygate, snippetApp, app, snippetListen, "listen "+addr+";").Replace(string(snippet))
 		if err := os.WriteFile(filepath.Join(dir, "keygate.conf"), []byte(conf), 0o644); err != nil {
 			t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -49,7 +50,7 @@ func newEnv(c config) (*env, error) {
 // startRedis starts redis-server on a free loopback port, without
 // persistence, and waits until it answers.
 func (e *env) startRedis(bin string) error {
-	port, err := freePort()
+	port, err := testkit.FreePort()
 	if err != nil {
 		return err
 	}
@@ -221,15 +222,6 @@ func keyParams(i int, subject string) keystore.CreateParams {
 
 // subjectOf returns a Clerk-style user ID for the number i.
 func subjectOf(i int) string { return fmt.Sprintf("user_2xUq8ZtRk9vLbN3mWc4e%07d", i) }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
 
 // version returns the first line a tool prints about its version.
 func version(bin string, flag string) string {
