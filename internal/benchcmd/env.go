@@ -111,8 +111,17 @@ type instance struct {
 	v     *keystore.Verifier
 }
 
+// instance starts an instance on a client of the run's redis-server with
+// a pool of poolSize connections (go-redis's default when 0).
 func (e *env) instance(ctx context.Context, sopts keystore.Options, vopts keystore.VerifierOptions, poolSize int) (*instance, error) {
-	in := &instance{rdb: e.client(poolSize)}
+	return instanceOn(ctx, e.client(poolSize), sopts, vopts)
+}
+
+// instanceOn starts an instance on rdb, which it closes with the instance
+// (at once on an error), and waits until a verifier with a cache serves
+// from it.
+func instanceOn(ctx context.Context, rdb *redis.Client, sopts keystore.Options, vopts keystore.VerifierOptions) (*instance, error) {
+	in := &instance{rdb: rdb}
 	var err error
 	if in.store, err = keystore.New(in.rdb, sopts); err != nil {
 		in.rdb.Close()
@@ -148,6 +157,18 @@ func (e *env) keyed(ctx context.Context, vopts keystore.VerifierOptions) (*insta
 		return nil, nil, err
 	}
 	return in, k, nil
+}
+
+// adminStore is a store on a client of its own, as the process that
+// serves the admin API has; the returned func closes both.
+func (e *env) adminStore() (*keystore.Store, func(), error) {
+	rdb := e.client(0)
+	store, err := keystore.New(rdb, keystore.Options{})
+	if err != nil {
+		rdb.Close()
+		return nil, nil, err
+	}
+	return store, func() { store.Close(); rdb.Close() }, nil
 }
 
 func (in *instance) close() {
