@@ -1,7 +1,7 @@
 // Package testkit holds the helpers that the tests of several packages
 // share: free loopback ports, a clean environment for subprocesses, a
-// logger into a buffer, metric values read from a registry, the contract's
-// error body, and a test application behind a proxy. It imports nothing of
+// logger into a buffer, metric values read from a registry, keygate's
+// error body (docs/api.md), and a test application behind a proxy. It imports nothing of
 // keygate, so that every package, keystore included, can use it in tests.
 //
 //	addr := testkit.FreeAddr(t)
@@ -53,8 +53,9 @@ func FreeAddr(t testing.TB) string {
 }
 
 // Dial connects to addr for a test that writes a request byte for byte.
-// The connection is closed at cleanup at the latest, and every read and write on it
-// fails after 30 seconds: a bound for a hung server, not a measurement.
+// The connection is closed at cleanup at the latest, and every read and
+// write on it fails after 30 seconds: a bound for a hung server, not a
+// measurement.
 func Dial(t testing.TB, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
