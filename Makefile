@@ -67,9 +67,8 @@ fuzz:
 test-faults:
 	$(GO) test -race -count=1 -v -run '^TestFault' ./sidecar/
 
-# go vet, gofmt, staticcheck and deadcode, pinned in .ci/lint (go run
-# fetches them from the module proxy); .ci/lint-pending lists findings in
-# files other changes are rewriting.
+# go vet, gofmt, staticcheck and deadcode, pinned in .ci/lint (go install
+# fetches them from the module proxy).
 lint:
 	@bash .ci/lint
 

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 const modulePath = "github.com/keygate/keygate"
@@ -99,7 +101,7 @@ var (
 // readHelp runs "keygate NAME --help" and reads its flags.
 func readHelp(name string) (*command, error) {
 	cmd := exec.Command(keygate, name, "--help")
-	cmd.Env = cleanEnv()
+	cmd.Env = testkit.CleanEnv()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -133,11 +135,6 @@ func readHelp(name string) (*command, error) {
 // envFor is the documented rule: --redis-url is KEYGATE_REDIS_URL.
 func envFor(flag string) string {
 	return "KEYGATE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
-// cleanEnv is the test's environment without KEYGATE_ variables.
-func cleanEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "KEYGATE_") })
 }
 
 func TestHelpFollowsTheEnvRule(t *testing.T) {

@@ -3,20 +3,18 @@ package deploy
 import (
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os/exec"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/syncbuf"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // unreachableRedis is a loopback port nothing listens on: the binary starts,
@@ -33,16 +31,6 @@ type proc struct {
 	done   chan struct{}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // start runs the invocation exactly as configured (its flags and its
 // environment), except for what must differ on a test machine: the Redis
 // URL's address becomes redisAddr, the listen addresses become free loopback
@@ -50,12 +38,12 @@ func freeAddr(t *testing.T) string {
 // are appended.
 func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *proc {
 	t.Helper()
-	p := &proc{inv: inv, listen: freeAddr(t), out: &syncbuf.Buffer{}, done: make(chan struct{})}
+	p := &proc{inv: inv, listen: testkit.FreeAddr(t), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.addrs = map[string]string{"listen": p.listen}
 	if inv.cmd == "sidecar" {
-		p.addrs["ops-listen"] = freeAddr(t)
+		p.addrs["ops-listen"] = testkit.FreeAddr(t)
 	}
-	env := cleanEnv()
+	env := testkit.CleanEnv()
 	for k, v := range inv.env {
 		if k == "KEYGATE_REDIS_URL" {
 			u, err := url.Parse(v)
@@ -204,19 +192,6 @@ func do(t *testing.T, method, rawURL, bearer, body string) (int, string, http.He
 	return resp.StatusCode, string(b), resp.Header
 }
 
-// newUpstream is a test application that records the headers of the last
-// request that reached it.
-func newUpstream(t *testing.T) (*httptest.Server, *atomic.Pointer[http.Header]) {
-	var last atomic.Pointer[http.Header]
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := r.Header.Clone()
-		last.Store(&h)
-		io.WriteString(w, "hello from the app\n")
-	}))
-	t.Cleanup(srv.Close)
-	return srv, &last
-}
-
 // createdKey is the part of the admin API's create answer the sessions use.
 type createdKey struct {
 	ID     string `json:"id"`
@@ -245,7 +220,7 @@ func createKey(t *testing.T, serveAddr, adminToken, body string) createdKey {
 func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc) {
 	t.Helper()
 	redisAddr := redistest.Start(t).Addr
-	up, last := newUpstream(t)
+	up := testkit.NewUpstream(t, nil)
 	serve = start(t, serveInv, redisAddr)
 	sidecar = start(t, sidecarInv, redisAddr, "--upstream", up.URL)
 	for _, p := range []*proc{serve, sidecar} {
@@ -263,7 +238,7 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	if status, body := get(t, proxy, key.Secret); status != http.StatusOK {
 		t.Fatalf("through %s with the key serve created: %d %s, want 200 (do serve and sidecar share Redis, namespace and hash key?)", sidecarInv.where, status, body)
 	}
-	h := *last.Load()
+	h := up.Last(t).Header
 	if h.Get("X-Api-Key-Id") != key.ID || h.Get("X-Api-Key-Subject") != "user_42" {
 		t.Errorf("the app got identity %q %q, want %q user_42", h.Get("X-Api-Key-Id"), h.Get("X-Api-Key-Subject"), key.ID)
 	}

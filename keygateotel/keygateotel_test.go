@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keygateotel"
 	"github.com/keygate/keygate/keystore"
@@ -53,16 +54,7 @@ func newEnv(t *testing.T, tracing bool) *env {
 		tracer = keygateotel.Verifications(e.tp)
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{Tracer: tracer, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { v.Close() })
+	store, v := keystoretest.New(t, rdb, keystore.Options{LastUsedFlush: -1, Logger: quiet}, keystore.VerifierOptions{Tracer: tracer, Logger: quiet})
 	e.store, e.verifier = store, v
 	// Wait (a bounded time) for the verifier's subscription to be live, so
 	// that its cache answers: a real asynchronous event.

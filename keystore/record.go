@@ -9,10 +9,10 @@ import (
 
 // Field names of a key's record, a Redis hash. They are short because a
 // record is stored once per key and read on every uncached verification:
-// with the contract's names a record took 424 bytes of Redis memory, over
-// the 600-byte budget per key once the index entries are counted. A
-// nullable field that is null is absent from the hash; so is the type when
-// it is the default "api_key".
+// Redis keeps every field's name in every record, so the names count
+// against the memory budget per key (BENCHMARKS.md, "memory per stored
+// key") as much as the values do. A nullable field that is null is absent
+// from the hash; so is the type when it is the default "api_key".
 const (
 	fName        = "n"
 	fSubject     = "s"

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
@@ -201,27 +202,6 @@ func (f *fleet) settle(tg *target, d time.Duration) {
 	tg.errs.Range(func(k, _ any) bool { f.t.Errorf("unexpected outcome: %v", k); return true })
 }
 
-func flushes(t testing.TB, m *member, reason string) float64 {
-	t.Helper()
-	mfs, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "keygate_cache_flushes_total" {
-			continue
-		}
-		for _, s := range mf.GetMetric() {
-			for _, l := range s.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
-					return s.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
 // TestRevokeWithAFrozenVerifier: one of three verifiers has its link to
 // Redis frozen (nothing forwarded, nothing closed) just before each revoke
 // (or disable, narrowing, bulk revoke). The change waits for it until its
@@ -336,7 +316,7 @@ func testPublishFails(t *testing.T, narrow func(context.Context, *Store, *APIKey
 			_, err := m.v.Check(ctx, Request{Secret: k.Secret, Source: SourceSidecar, ClientIP: loadClient})
 			return err != nil && !errors.Is(err, ErrUnavailable)
 		})
-		if n := flushes(t, m, flushUnpublished); n < 1 {
+		if n := testkit.MetricValue(t, m.reg, "keygate_cache_flushes_total", map[string]string{"reason": flushUnpublished}); n < 1 {
 			t.Errorf("%s emptied its cache for an unpublished change %v times", m.v.InstanceID(), n)
 		}
 	}
@@ -400,7 +380,9 @@ func testLostWhileSubscribed(t *testing.T, narrow func(context.Context, *Store, 
 		t.Fatalf("verifiers that did not acknowledge = %v, want the lossy one", missing)
 	}
 	f.settle(tg, 300*time.Millisecond)
-	waitFor(t, "the lossy verifier to notice the gap", func() bool { return flushes(t, lossy, flushGap) >= 1 })
+	waitFor(t, "the lossy verifier to notice the gap", func() bool {
+		return testkit.MetricValue(t, lossy.reg, "keygate_cache_flushes_total", map[string]string{"reason": flushGap}) >= 1
+	})
 	if cachedValid(lossy.v, k.ID) {
 		t.Fatal("the lossy verifier still caches the key as valid")
 	}

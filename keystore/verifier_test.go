@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
@@ -78,11 +78,6 @@ func peer(t testing.TB, e *env, opts ...func(*Options)) *env {
 	rdb := redis.NewClient(redistest.ClientOptions(e.rdb.Options().Addr))
 	t.Cleanup(func() { rdb.Close() })
 	return newEnv(t, rdb, opts...)
-}
-
-// logTo returns a logger that writes to l.
-func logTo(l *syncbuf.Buffer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // recordWaits makes s report each wait for acknowledgements.
@@ -322,7 +317,7 @@ func TestCacheBounded(t *testing.T) {
 		if n := v.cache.len(); n != 8 {
 			t.Fatalf("cache of 8 holds %d keys", n)
 		}
-		if g := gaugeValue(t, reg, "keygate_cache_entries"); g != 8 {
+		if g := testkit.MetricValue(t, reg, "keygate_cache_entries", nil); g != 8 {
 			t.Fatalf("keygate_cache_entries = %v, want 8", g)
 		}
 		for _, k := range keys {
@@ -514,7 +509,7 @@ func TestChangeElsewhereIsInstant(t *testing.T) {
 				if _, err := v.Verify(ctx, k.Secret, SourceSidecar, tc.scopes...); !errors.Is(err, tc.want) {
 					t.Fatalf("B's first answer after %s returned = %v, want %v", tc.name, err, tc.want)
 				}
-				if got := counterValue(t, reg, "keygate_cache_invalidations_total", nil); got != float64(i+1) {
+				if got := testkit.MetricValue(t, reg, "keygate_cache_invalidations_total", nil); got != float64(i+1) {
 					t.Errorf("keygate_cache_invalidations_total = %v, want %d", got, i+1)
 				}
 				_, missing := waits()
@@ -645,7 +640,7 @@ func TestSubscriptionHangs(t *testing.T) {
 	direct := redis.NewClient(redistest.ClientOptions(srv.Addr))
 	t.Cleanup(func() { direct.Close() })
 	var logs syncbuf.Buffer
-	a := newEnv(t, direct, func(o *Options) { o.Logger = logTo(&logs) })
+	a := newEnv(t, direct, func(o *Options) { o.Logger = testkit.LogTo(&logs) })
 	waits := recordWaits(a.store)
 	viaProxy := redis.NewClient(redistest.ClientOptions(proxy.Addr))
 	t.Cleanup(func() { viaProxy.Close() })
@@ -690,7 +685,7 @@ func TestSubscriptionHangs(t *testing.T) {
 func TestRevokeWaitsOnlyForRegisteredInstances(t *testing.T) {
 	mr, rdb := redistest.Mini(t)
 	var logs syncbuf.Buffer
-	e := newEnv(t, rdb, func(o *Options) { o.Logger = logTo(&logs); o.InvalidationWait = 50 * time.Millisecond })
+	e := newEnv(t, rdb, func(o *Options) { o.Logger = testkit.LogTo(&logs); o.InvalidationWait = 50 * time.Millisecond })
 	waits := recordWaits(e.store)
 	ctx := context.Background()
 	now := time.Now()
@@ -745,7 +740,7 @@ func TestCloseDeregisters(t *testing.T) {
 	if _, err := rdb.ZScore(ctx, e.store.names.verifiers(), v.InstanceID()).Result(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("closed verifier still registered: %v", err)
 	}
-	if g := gaugeValue(t, reg, "keygate_cache_entries"); g != 0 {
+	if g := testkit.MetricValue(t, reg, "keygate_cache_entries", nil); g != 0 {
 		t.Fatalf("keygate_cache_entries after Close = %v", g)
 	}
 	if _, err := e.store.Revoke(ctx, k.ID, nil); err != nil {
@@ -837,7 +832,7 @@ func TestMetrics(t *testing.T) {
 	if err := e.store.FlushLastUsed(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if g := gaugeValue(t, reg, "keygate_cache_entries"); g != 1 {
+	if g := testkit.MetricValue(t, reg, "keygate_cache_entries", nil); g != 1 {
 		t.Errorf("keygate_cache_entries = %v, want 1", g)
 	}
 	if _, err := other.store.Revoke(ctx, k.ID, nil); err != nil {
@@ -859,7 +854,7 @@ func TestMetrics(t *testing.T) {
 		{"keygate_last_used_flushes_total", nil, 1},
 		{"keygate_store_errors_total", map[string]string{"op": "verify"}, 1},
 	} {
-		if got := counterValue(t, reg, c.name, c.labels); got != c.want {
+		if got := testkit.MetricValue(t, reg, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
@@ -896,40 +891,6 @@ func TestMetrics(t *testing.T) {
 	if err != nil || len(problems) > 0 {
 		t.Errorf("promlint: %v %v", problems, err)
 	}
-}
-
-// counterValue sums the samples of the family name whose labels include
-// labels.
-func counterValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue metrics
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
-}
-
-func gaugeValue(t testing.TB, g prometheus.Gatherer, name string) float64 {
-	return counterValue(t, g, name, nil)
 }
 
 // TestTwoInstancesUnderLoad runs two verifiers, each with its own store and

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/testclock"
 	"github.com/keygate/keygate/keystore"
@@ -72,17 +73,9 @@ func newEnv(t testing.TB, b backend) *env {
 	t.Helper()
 	rdb, down := b.start(t)
 	c := testclock.New()
-	store, err := keystore.New(rdb, keystore.Options{Now: c.Now, LastUsedFlush: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
 	reg := prometheus.NewRegistry()
-	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{Registerer: reg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { v.Close() })
+	store, v := keystoretest.New(t, rdb, keystore.Options{Now: c.Now, LastUsedFlush: -1},
+		keystore.VerifierOptions{Registerer: reg, Logger: slog.New(slog.DiscardHandler)})
 	e := &env{store: store, v: v, reg: reg, clock: c, secrets: map[string]string{}, down: down}
 
 	ctx := context.Background()

@@ -2,12 +2,12 @@ package middleware
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/labstack/echo/v4"
 )
@@ -62,8 +62,8 @@ func TestRateLimitsAndCredits(t *testing.T) {
 					if rec.Code != 429 || rec.Header().Get("Retry-After") != "30" || rec.Header().Get("RateLimit") != `"default";r=0;t=60` {
 						t.Fatalf("over the limit: %d, Retry-After %q, RateLimit %q", rec.Code, rec.Header().Get("Retry-After"), rec.Header().Get("RateLimit"))
 					}
-					if name == "net/http" && errorCode(t, rec) != "api_key_rate_limited" {
-						t.Fatalf("code %q", errorCode(t, rec))
+					if name == "net/http" && testkit.ErrorCode(t, rec.Body.Bytes()) != "api_key_rate_limited" {
+						t.Fatalf("code %q", testkit.ErrorCode(t, rec.Body.Bytes()))
 					}
 					e.clock.Advance(time.Minute) // the limit is whole again
 
@@ -74,8 +74,8 @@ func TestRateLimitsAndCredits(t *testing.T) {
 					if rec.Code != 429 || rec.Header().Get("Retry-After") != "" {
 						t.Fatalf("cost 3 of 2: %d, Retry-After %q (no refill: none)", rec.Code, rec.Header().Get("Retry-After"))
 					}
-					if name == "net/http" && errorCode(t, rec) != "api_key_usage_exceeded" {
-						t.Fatalf("code %q", errorCode(t, rec))
+					if name == "net/http" && testkit.ErrorCode(t, rec.Body.Bytes()) != "api_key_usage_exceeded" {
+						t.Fatalf("code %q", testkit.ErrorCode(t, rec.Body.Bytes()))
 					}
 					for range 2 {
 						if rec := send(metered.Secret, "/reports"); rec.Code != 200 {
@@ -93,15 +93,4 @@ func TestRateLimitsAndCredits(t *testing.T) {
 			}
 		})
 	}
-}
-
-func errorCode(t *testing.T, rec *httptest.ResponseRecorder) string {
-	t.Helper()
-	var b struct {
-		Errors []struct{ Code string } `json:"errors"`
-	}
-	if err := json.Unmarshal(rec.Body.Bytes(), &b); err != nil || len(b.Errors) != 1 {
-		t.Fatalf("body %q is not the contract's error JSON: %v", rec.Body, err)
-	}
-	return b.Errors[0].Code
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
 )
@@ -33,16 +34,7 @@ func (cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // nothing, so the difference is the sidecar's own cost per request.
 func BenchmarkProxy(b *testing.B) {
 	_, rdb := redistest.Mini(b)
-	store, err := keystore.New(rdb, keystore.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { store.Close() })
-	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { v.Close() })
+	store, v := keystoretest.New(b, rdb, keystore.Options{}, keystore.VerifierOptions{})
 	key, err := store.Create(b.Context(), keystore.CreateParams{Name: "bench", Subject: "user_bench", Scopes: []string{"a", "b"}})
 	if err != nil {
 		b.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -66,7 +67,7 @@ func TestAllowedCIDRs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := httptest.NewRequest("GET", tc.target, nil)
 			r.RemoteAddr = tc.remote
-			r.Header = with(bearer(tc.secret))
+			r.Header = with(testkit.Bearer(tc.secret))
 			if tc.xff != "" {
 				r.Header.Set("X-Forwarded-For", tc.xff)
 			}
@@ -102,7 +103,7 @@ func TestRolledKeysSayWhichOneWasUsed(t *testing.T) {
 	fa := forwardAuthMux(t, e, ForwardAuthOptions{})
 	for _, key := range []*keystore.APIKey{old, k} {
 		r := httptest.NewRequest("GET", "/forward-auth?scopes=read", nil)
-		r.Header = bearer(key.Secret)
+		r.Header = testkit.Bearer(key.Secret)
 		rec := httptest.NewRecorder()
 		fa.ServeHTTP(rec, r)
 		if rec.Code != 200 || rec.Header().Get(HeaderKeyID) != key.ID || rec.Header().Get(HeaderKeySubject) != "org_1" {

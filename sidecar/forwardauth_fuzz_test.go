@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
 )
@@ -27,16 +28,7 @@ import (
 func FuzzForwardAuth(f *testing.F) {
 	_, rdb := redistest.Mini(f)
 	quiet := slog.New(slog.DiscardHandler)
-	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1, Logger: quiet})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { store.Close() })
-	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{Logger: quiet})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { v.Close() })
+	store, v := keystoretest.New(f, rdb, keystore.Options{LastUsedFlush: -1, Logger: quiet}, keystore.VerifierOptions{Logger: quiet})
 	ctx := context.Background()
 	valid, err := store.Create(ctx, keystore.CreateParams{Name: "n\x01", Subject: "user_fa",
 		Scopes: []string{"reports:read", "reports:write"}, Claims: json.RawMessage(`{"a":"\u007f"}`)})

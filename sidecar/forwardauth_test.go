@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -48,26 +49,26 @@ func TestForwardAuth(t *testing.T) {
 		challenge            string
 		identity             *keystore.APIKey // the key whose identity headers a 200 carries
 	}{
-		{"valid", "GET", "/forward-auth", bearer(k.full.Secret), 200, "", k.full},
-		{"any path below, any method, body unread", "POST", "/forward-auth/api/v1/things", bearer(k.full.Secret), 200, "", k.full},
-		{"HEAD", "HEAD", "/forward-auth", bearer(k.limited.Secret), 200, "", k.limited},
-		{"DELETE", "DELETE", "/forward-auth/x", bearer(k.limited.Secret), 200, "", k.limited},
+		{"valid", "GET", "/forward-auth", testkit.Bearer(k.full.Secret), 200, "", k.full},
+		{"any path below, any method, body unread", "POST", "/forward-auth/api/v1/things", testkit.Bearer(k.full.Secret), 200, "", k.full},
+		{"HEAD", "HEAD", "/forward-auth", testkit.Bearer(k.limited.Secret), 200, "", k.limited},
+		{"DELETE", "DELETE", "/forward-auth/x", testkit.Bearer(k.limited.Secret), 200, "", k.limited},
 		{"X-API-Key", "GET", "/forward-auth", http.Header{"X-Api-Key": {k.limited.Secret}}, 200, "", k.limited},
-		{"scopes held, from the query", "GET", "/forward-auth?scopes=reports:read,reports:write", bearer(k.full.Secret), 200, "", k.full},
-		{"scopes held, from the header", "GET", "/forward-auth", with(bearer(k.full.Secret), HeaderRequiredScopes, "reports:read reports:write"), 200, "", k.full},
-		{"scope lacking, from the query", "GET", "/forward-auth?scopes=admin", bearer(k.full.Secret), 403,
+		{"scopes held, from the query", "GET", "/forward-auth?scopes=reports:read,reports:write", testkit.Bearer(k.full.Secret), 200, "", k.full},
+		{"scopes held, from the header", "GET", "/forward-auth", with(testkit.Bearer(k.full.Secret), HeaderRequiredScopes, "reports:read reports:write"), 200, "", k.full},
+		{"scope lacking, from the query", "GET", "/forward-auth?scopes=admin", testkit.Bearer(k.full.Secret), 403,
 			`Bearer realm="keygate", error="insufficient_scope", scope="admin"`, nil},
-		{"scopes lacking, from the header, comma and space", "GET", "/forward-auth", with(bearer(k.limited.Secret), HeaderRequiredScopes, "reports:read, reports:write"), 403,
+		{"scopes lacking, from the header, comma and space", "GET", "/forward-auth", with(testkit.Bearer(k.limited.Secret), HeaderRequiredScopes, "reports:read, reports:write"), 403,
 			`Bearer realm="keygate", error="insufficient_scope", scope="reports:read reports:write"`, nil},
-		{"query and header add up", "GET", "/forward-auth?scopes=reports:read", with(bearer(k.full.Secret), HeaderRequiredScopes, "admin"), 403,
+		{"query and header add up", "GET", "/forward-auth?scopes=reports:read", with(testkit.Bearer(k.full.Secret), HeaderRequiredScopes, "admin"), 403,
 			`Bearer realm="keygate", error="insufficient_scope", scope="reports:read admin"`, nil},
-		{"a bad escape in scopes fails closed", "GET", "/forward-auth?scopes=admin%zz", bearer(k.full.Secret), 403,
+		{"a bad escape in scopes fails closed", "GET", "/forward-auth?scopes=admin%zz", testkit.Bearer(k.full.Secret), 403,
 			`Bearer realm="keygate", error="insufficient_scope", scope="admin%zz"`, nil},
 		{"missing", "GET", "/forward-auth", nil, 401, noError, nil},
-		{"malformed", "GET", "/forward-auth", bearer("ak_nope"), 401, invalidToken, nil},
-		{"unknown", "GET", "/forward-auth", bearer(k.deleted.Secret), 401, invalidToken, nil},
-		{"revoked", "GET", "/forward-auth", bearer(k.revoked.Secret), 401, invalidToken, nil},
-		{"expired", "GET", "/forward-auth", bearer(k.expired.Secret), 401, invalidToken, nil},
+		{"malformed", "GET", "/forward-auth", testkit.Bearer("ak_nope"), 401, invalidToken, nil},
+		{"unknown", "GET", "/forward-auth", testkit.Bearer(k.deleted.Secret), 401, invalidToken, nil},
+		{"revoked", "GET", "/forward-auth", testkit.Bearer(k.revoked.Secret), 401, invalidToken, nil},
+		{"expired", "GET", "/forward-auth", testkit.Bearer(k.expired.Secret), 401, invalidToken, nil},
 		{"original URI query is not a key source by default", "GET", "/forward-auth",
 			http.Header{"X-Forwarded-Uri": {"/x?api_key=" + k.full.Secret}}, 401, noError, nil},
 	}
@@ -136,10 +137,10 @@ func TestForwardAuth(t *testing.T) {
 	t.Run("store down is 503 with Retry-After, never 200", func(t *testing.T) {
 		mr.Close()
 		req := httptest.NewRequest("GET", "/forward-auth", nil)
-		req.Header = bearer(k.full.Secret)
+		req.Header = testkit.Bearer(k.full.Secret)
 		rec := httptest.NewRecorder()
 		mux.ServeHTTP(rec, req)
-		if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || errorCode(t, rec.Body.Bytes()) != "store_unavailable" {
+		if rec.Code != 503 || rec.Header().Get("Retry-After") == "" || testkit.ErrorCode(t, rec.Body.Bytes()) != "store_unavailable" {
 			t.Fatalf("got %d (Retry-After %q) %s", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
 		}
 	})

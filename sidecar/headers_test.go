@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // spoofedHeaders are the identity and forwarding headers a client must
@@ -116,7 +117,7 @@ func throughSpoofed(t *testing.T, c *http.Client, base string, up *upstream, sec
 			if status, _, body := do(t, c, "GET", base+tc.path, hdr, nil); status != 200 {
 				t.Fatalf("got %d %s", status, body)
 			}
-			got := up.last(t).Header
+			got := up.Last(t).Header
 			checkNoSpoofed(t, got)
 			check(t, tc.verified, got)
 		})
@@ -156,14 +157,14 @@ func TestProxyForwardingFromTrustedProxies(t *testing.T) {
 			}
 			px := httptest.NewServer(h)
 			defer px.Close()
-			hdr := with(bearer(k.full.Secret), "X-Forwarded-For", tc.xff, "X-Forwarded-Proto", tc.forwardedProto)
+			hdr := with(testkit.Bearer(k.full.Secret), "X-Forwarded-For", tc.xff, "X-Forwarded-Proto", tc.forwardedProto)
 			if tc.forwardedHost != "" {
 				hdr = with(hdr, "X-Forwarded-Host", tc.forwardedHost)
 			}
 			if status, _, body := do(t, px.Client(), "GET", px.URL+"/x", hdr, nil); status != 200 {
 				t.Fatalf("got %d %s", status, body)
 			}
-			got := up.last(t).Header
+			got := up.Last(t).Header
 			wantHost := tc.wantHost
 			if wantHost == "" {
 				wantHost = strings.TrimPrefix(px.URL, "http://")

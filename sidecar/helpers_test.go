@@ -6,18 +6,17 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/testclock"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -33,33 +32,14 @@ type env struct {
 func newEnv(t *testing.T, rdb redis.UniversalClient) *env {
 	t.Helper()
 	c := testclock.New()
-	store, err := keystore.New(rdb, keystore.Options{Now: c.Now, LastUsedFlush: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
 	reg := prometheus.NewRegistry()
-	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { v.Close() })
+	store, v := keystoretest.New(t, rdb, keystore.Options{Now: c.Now, LastUsedFlush: -1}, keystore.VerifierOptions{Registerer: reg})
 	return &env{store: store, verifier: v, clock: c, reg: reg}
 }
 
 func (e *env) create(t *testing.T, p keystore.CreateParams) *keystore.APIKey {
 	t.Helper()
-	if p.Name == "" {
-		p.Name = "test key"
-	}
-	if p.Subject == "" {
-		p.Subject = "user_42"
-	}
-	k, err := e.store.Create(context.Background(), p)
-	if err != nil {
-		t.Fatalf("creating key: %v", err)
-	}
-	return k
+	return keystoretest.Create(t, e.store, p)
 }
 
 // fixtures are the keys every end-to-end test runs through.
@@ -95,22 +75,10 @@ func (e *env) fixtures(t *testing.T) fixtures {
 	return f
 }
 
-// seen is one request as the upstream received it.
-type seen struct {
-	Method   string
-	Host     string
-	Path     string
-	RawQuery string
-	Header   http.Header
-	BodySum  string // hex SHA-256 of the body
-	BodyLen  int64
-}
-
-// upstream is a test application that records what reaches it.
+// upstream is the test application behind the proxy, with handlers that
+// the streaming and cancellation tests steer.
 type upstream struct {
-	*httptest.Server
-	mu   sync.Mutex
-	reqs []seen
+	*testkit.Upstream
 
 	// sse handshake: the handler sends event 1, waits for the client to
 	// say it has read it, then sends event 2.
@@ -131,50 +99,20 @@ func newUpstream(t *testing.T) *upstream {
 		hangStarted:   make(chan struct{}, 1),
 		hangCancelled: make(chan struct{}, 1),
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/sse", u.sse)
-	mux.HandleFunc("/upload", u.upload)
-	mux.HandleFunc("/hang", u.hang)
-	mux.HandleFunc("/boom", func(w http.ResponseWriter, r *http.Request) {
-		u.record(r, "", 0)
-		http.Error(w, "the app failed", http.StatusInternalServerError)
+	u.Upstream = testkit.NewUpstream(t, map[string]http.HandlerFunc{
+		"/sse":    u.sse,
+		"/upload": u.upload,
+		"/hang":   u.hang,
+		"/boom": func(w http.ResponseWriter, r *http.Request) {
+			u.Record(r, "", 0)
+			http.Error(w, "the app failed", http.StatusInternalServerError)
+		},
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		u.record(r, "", 0)
-		io.WriteString(w, "upstream ok")
-	})
-	u.Server = httptest.NewServer(mux)
-	t.Cleanup(u.Close)
 	return u
 }
 
-func (u *upstream) record(r *http.Request, sum string, n int64) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.reqs = append(u.reqs, seen{Method: r.Method, Host: r.Host, Path: r.URL.Path, RawQuery: r.URL.RawQuery,
-		Header: r.Header.Clone(), BodySum: sum, BodyLen: n})
-}
-
-func (u *upstream) hits() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.reqs)
-}
-
-// last returns the last request the upstream saw; it fails the test when
-// there is none.
-func (u *upstream) last(t *testing.T) seen {
-	t.Helper()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if len(u.reqs) == 0 {
-		t.Fatal("the upstream saw no request")
-	}
-	return u.reqs[len(u.reqs)-1]
-}
-
 func (u *upstream) sse(w http.ResponseWriter, r *http.Request) {
-	u.record(r, "", 0)
+	u.Record(r, "", 0)
 	w.Header().Set("Content-Type", "text/event-stream")
 	io.WriteString(w, "data: one\n\n")
 	http.NewResponseController(w).Flush()
@@ -203,12 +141,12 @@ func (u *upstream) upload(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
-	u.record(r, hex.EncodeToString(h.Sum(nil)), n)
+	u.Record(r, hex.EncodeToString(h.Sum(nil)), n)
 	io.WriteString(w, hex.EncodeToString(h.Sum(nil)))
 }
 
 func (u *upstream) hang(w http.ResponseWriter, r *http.Request) {
-	u.record(r, "", 0)
+	u.Record(r, "", 0)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
 	http.NewResponseController(w).Flush()
@@ -218,61 +156,6 @@ func (u *upstream) hang(w http.ResponseWriter, r *http.Request) {
 		u.hangCancelled <- struct{}{}
 	case <-time.After(10 * time.Second):
 	}
-}
-
-// closedAddr returns a loopback address that nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
-// errorCode returns the code of the contract's JSON error body.
-func errorCode(t *testing.T, body []byte) string {
-	t.Helper()
-	var e struct {
-		Errors []struct {
-			Code string `json:"code"`
-		} `json:"errors"`
-		TraceID *string `json:"clerk_trace_id"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) != 1 || e.TraceID == nil {
-		t.Fatalf("body is not the contract's error JSON: %q", body)
-	}
-	return e.Errors[0].Code
-}
-
-// counterValue returns the value of the counter name{labels} in reg, or 0.
-func counterValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				got[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue metrics
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
 }
 
 // do sends a request and returns the status, the headers and the body.
@@ -295,10 +178,6 @@ func do(t *testing.T, c *http.Client, method, url string, header http.Header, bo
 		t.Fatalf("%s %s: reading body: %v", method, url, err)
 	}
 	return resp.StatusCode, resp.Header, b
-}
-
-func bearer(secret string) http.Header {
-	return http.Header{"Authorization": {"Bearer " + secret}}
 }
 
 func with(h http.Header, kv ...string) http.Header {

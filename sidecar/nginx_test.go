@@ -1,16 +1,13 @@
 package sidecar
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // nginxInstallHint tells how to get nginx when it is missing.
@@ -61,15 +58,7 @@ func nginxBinary(t *testing.T) string {
 func startNginx(t *testing.T, keygate, app string) string {
 	t.Helper()
 	bin := nginxBinary(t)
-	snippet, err := os.ReadFile(nginxSnippet)
-	if err != nil {
-		t.Fatalf("reading the documented nginx config: %v", err)
-	}
-	for _, s := range []string{snippetKeygate, snippetApp, snippetListen} {
-		if n := strings.Count(string(snippet), s); n != 1 {
-			t.Fatalf("%s holds %q %d times, want once: the test and the documented config have drifted", nginxSnippet, s, n)
-		}
-	}
+	snippet := readDocumented(t, nginxSnippet, []string{snippetKeygate, snippetApp, snippetListen}, nil)
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		t.Fatal(err)
@@ -77,63 +66,18 @@ func startNginx(t *testing.T, keygate, app string) string {
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), fmt.Appendf(nil, nginxMainConfFmt, dir), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		addr := closedAddr(t)
-		conf := strings.NewReplacer(snippetKeygate, keygate, snippetApp, app, snippetListen, "listen "+addr+";").Replace(string(snippet))
+	errorLog := filepath.Join(dir, "error.log")
+	return startOnFreePort(t, "nginx", func(addr string) error {
+		conf := strings.NewReplacer(snippetKeygate, keygate, snippetApp, app, snippetListen, "listen "+addr+";").Replace(snippet)
 		if err := os.WriteFile(filepath.Join(dir, "keygate.conf"), []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if lastErr = runNginx(t, bin, dir, addr); lastErr == nil {
-			return "http://" + addr
-		}
-	}
-	t.Fatalf("starting nginx: %v", lastErr)
-	return ""
-}
-
-func runNginx(t *testing.T, bin, dir, addr string) error {
-	cmd := exec.Command(bin, "-p", dir+"/", "-c", filepath.Join(dir, "nginx.conf"), "-e", filepath.Join(dir, "error.log"))
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	for i := 0; ; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			t.Cleanup(func() {
-				cmd.Process.Kill()
-				<-exited
-				if t.Failed() {
-					log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-					t.Logf("nginx error.log:\n%s", lastLines(string(log), 30))
-				}
-			})
-			return nil
-		}
-		select {
-		case err := <-exited:
-			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			return fmt.Errorf("nginx exited (%v): %s %s", err, out.String(), lastLines(string(log), 5))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if i == 500 {
-			cmd.Process.Kill()
-			<-exited
-			return errors.New("nginx did not accept connections within 10s")
-		}
-	}
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+		cmd := exec.Command(bin, "-p", dir+"/", "-c", filepath.Join(dir, "nginx.conf"), "-e", errorLog)
+		return runProxy(t, "nginx", cmd, addr, func() string {
+			log, _ := os.ReadFile(errorLog)
+			return string(log)
+		})
+	})
 }
 
 // TestNginxAuthRequest runs the documented nginx configuration

@@ -67,8 +67,8 @@ func TestNginxThrottle(t *testing.T) {
 	if resp := get(b, k.revoked.Secret); resp.StatusCode != 401 {
 		t.Fatalf("client B: %d, want 401 (a budget of its own)", resp.StatusCode)
 	}
-	before := app.hits()
-	if resp := get(a, k.full.Secret); resp.StatusCode != 200 || app.hits() != before+1 {
+	before := app.Hits()
+	if resp := get(a, k.full.Secret); resp.StatusCode != 200 || app.Hits() != before+1 {
 		t.Fatalf("client A with a valid key: %d, want 200 from the app", resp.StatusCode)
 	}
 }

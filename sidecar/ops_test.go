@@ -9,12 +9,13 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 func TestOps(t *testing.T) {
 	mr, rdb := redistest.Mini(t)
 	e := newEnv(t, rdb)
-	up, _ := url.Parse("http://" + closedAddr(t))
+	up, _ := url.Parse("http://" + testkit.FreeAddr(t))
 	proxy, err := NewProxy(e.verifier, ProxyOptions{Upstream: up, Registerer: e.reg})
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -12,9 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -187,12 +186,8 @@ func (u *routingUpstream) bypasses(t *testing.T) int {
 // the status.
 func rawGet(t *testing.T, addr, target string, header http.Header) int {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := testkit.Dial(t, addr)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second)) // a bound for a hung test, not a measurement
 	var b strings.Builder
 	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n", target)
 	header.Write(&b)

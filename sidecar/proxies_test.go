@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -63,11 +64,11 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 		claims     string // "" when the app must get no claims header
 	}{
 		{"valid key with claims, spoofed identity replaced", "/orders/1",
-			with(bearer(k.full.Secret), "X-Api-Key-Subject", "user_admin", "X-Api-Key-Claims", `{"role":"admin"}`), k.full, `{"plan":"pro","seats":3}`},
+			with(testkit.Bearer(k.full.Secret), "X-Api-Key-Subject", "user_admin", "X-Api-Key-Claims", `{"role":"admin"}`), k.full, `{"plan":"pro","seats":3}`},
 		{"key without claims, spoofed claims dropped", "/orders/1",
 			with(http.Header{"X-Api-Key": {k.limited.Secret}}, "X-Api-Key-Claims", `{"role":"admin"}`), k.limited, ""},
-		{"key without claims, none sent", "/orders/1", bearer(k.limited.Secret), k.limited, ""},
-		{"scoped route, scope held", "/reports/q1", bearer(k.full.Secret), k.full, `{"plan":"pro","seats":3}`},
+		{"key without claims, none sent", "/orders/1", testkit.Bearer(k.limited.Secret), k.limited, ""},
+		{"scoped route, scope held", "/reports/q1", testkit.Bearer(k.full.Secret), k.full, `{"plan":"pro","seats":3}`},
 	}
 	for _, tc := range allowed {
 		t.Run("allowed/"+tc.name, func(t *testing.T) {
@@ -75,7 +76,7 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 			if status != 200 || string(body) != "upstream ok" {
 				t.Fatalf("got %d %q, want 200 from the app", status, body)
 			}
-			got := app.last(t)
+			got := app.Last(t)
 			want := map[string]string{
 				HeaderKeyID:      tc.key.ID,
 				HeaderKeySubject: tc.key.Subject,
@@ -126,18 +127,18 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 		challenge  string
 	}{
 		{"missing", "/orders/1", http.Header{"X-Api-Key-Subject": {"user_admin"}}, 401, noError},
-		{"malformed", "/orders/1", bearer("ak_garbage"), 401, invalidToken},
-		{"unknown", "/orders/1", bearer(k.deleted.Secret), 401, invalidToken},
-		{"revoked", "/orders/1", bearer(k.revoked.Secret), 401, invalidToken},
-		{"expired", "/orders/1", bearer(k.expired.Secret), 401, invalidToken},
-		{"scoped route, scope lacking", "/reports/q1", bearer(k.limited.Secret), 403,
+		{"malformed", "/orders/1", testkit.Bearer("ak_garbage"), 401, invalidToken},
+		{"unknown", "/orders/1", testkit.Bearer(k.deleted.Secret), 401, invalidToken},
+		{"revoked", "/orders/1", testkit.Bearer(k.revoked.Secret), 401, invalidToken},
+		{"expired", "/orders/1", testkit.Bearer(k.expired.Secret), 401, invalidToken},
+		{"scoped route, scope lacking", "/reports/q1", testkit.Bearer(k.limited.Secret), 403,
 			`Bearer realm="keygate", error="insufficient_scope", scope="reports:read"`},
-		{"scoped route, other case", "/REPORTS/q1", bearer(k.limited.Secret), 403,
+		{"scoped route, other case", "/REPORTS/q1", testkit.Bearer(k.limited.Secret), 403,
 			`Bearer realm="keygate", error="insufficient_scope", scope="reports:read"`},
 	}
 	for _, tc := range denied {
 		t.Run("denied/"+tc.name, func(t *testing.T) {
-			before := app.hits()
+			before := app.Hits()
 			status, h, body := do(t, c, "GET", base+tc.path, tc.header, nil)
 			if status != tc.status {
 				t.Fatalf("got %d %s, want %d", status, body, tc.status)
@@ -145,14 +146,14 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 			if got := h.Get("WWW-Authenticate"); got != tc.challenge {
 				t.Errorf("WWW-Authenticate = %q, want %q", got, tc.challenge)
 			}
-			if app.hits() != before {
+			if app.Hits() != before {
 				t.Error("a denied request reached the app")
 			}
 		})
 	}
 
 	t.Run("the app's own 500 passes through untouched", func(t *testing.T) {
-		status, _, body := do(t, c, "GET", base+"/boom", bearer(k.full.Secret), nil)
+		status, _, body := do(t, c, "GET", base+"/boom", testkit.Bearer(k.full.Secret), nil)
 		if status != 500 || string(body) != "the app failed\n" {
 			t.Fatalf("got %d %q, want the app's 500", status, body)
 		}
@@ -163,7 +164,7 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 		if status != 200 {
 			t.Fatalf("got %d %s", status, body)
 		}
-		for name := range app.last(t).Header {
+		for name := range app.Last(t).Header {
 			if hasPrefixFold(name, "X-Api-Key-") {
 				t.Errorf("app got %s on the public route", name)
 			}
@@ -173,24 +174,24 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 	t.Run("redis down is 503 with Retry-After, never the app", func(t *testing.T) {
 		fresh := e.create(t, keystore.CreateParams{Subject: "user_fresh"}) // never verified, so never cached
 		proc.Stop()
-		before := app.hits()
-		status, h, body := do(t, c, "GET", base+"/orders/1", bearer(fresh.Secret), nil)
+		before := app.Hits()
+		status, h, body := do(t, c, "GET", base+"/orders/1", testkit.Bearer(fresh.Secret), nil)
 		if status != 503 || h.Get("Retry-After") != "1" {
 			t.Fatalf("got %d (Retry-After %q) %s, want 503 with Retry-After 1", status, h.Get("Retry-After"), body)
 		}
-		if app.hits() != before {
+		if app.Hits() != before {
 			t.Error("the request reached the app while Redis was down")
 		}
 	})
 
 	t.Run("keygate down is refused, never the app", func(t *testing.T) {
 		keygate.Close()
-		before := app.hits()
-		status, _, body := do(t, c, "GET", base+"/orders/1", bearer(k.full.Secret), nil)
+		before := app.Hits()
+		status, _, body := do(t, c, "GET", base+"/orders/1", testkit.Bearer(k.full.Secret), nil)
 		if status != keygateDown {
 			t.Fatalf("got %d %s, want %d", status, body, keygateDown)
 		}
-		if app.hits() != before {
+		if app.Hits() != before {
 			t.Error("the request reached the app while keygate was down")
 		}
 	})

@@ -90,10 +90,11 @@ type proxy struct {
 
 // NewProxy returns the sidecar's reverse proxy (README.md, "The sidecar"). Every request
 // outside a public prefix is verified through v (source sidecar) with the
-// scopes its route requires; a refused one is answered as §3 says with the
-// contract's JSON error, and a verified one is forwarded with its
-// credentials removed, the identity headers set, and X-Forwarded-For,
-// -Host and -Proto set from what the sidecar knows (the client and the
+// scopes its route requires; a refused one is answered as
+// docs/verification.md says, with keygate's JSON error (docs/api.md), and
+// a verified one is forwarded with its credentials removed, the identity
+// headers set, and X-Forwarded-For, -Host and -Proto set from what the
+// sidecar knows (the client and the
 // trusted proxies before it, see [ProxyOptions.TrustedProxies]). Every
 // client header the upstream could take for an identity or forwarding
 // header (X-Api-Key-*, X-Forwarded-*, Forwarded,

@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -54,7 +55,7 @@ func newProxyRig(t *testing.T, opts ProxyOptions) *proxyRig {
 }
 
 func (r *proxyRig) requests(t *testing.T, code string) float64 {
-	return counterValue(t, r.env.reg, "keygate_proxy_requests_total", map[string]string{"code": code})
+	return testkit.MetricValue(t, r.env.reg, "keygate_proxy_requests_total", map[string]string{"code": code})
 }
 
 var rigRoutes = ProxyOptions{
@@ -67,7 +68,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 	k := r.keys
 
 	t.Run("identity set, credential and spoofed identity removed", func(t *testing.T) {
-		h := with(bearer(k.full.Secret),
+		h := with(testkit.Bearer(k.full.Secret),
 			"X-Api-Key-Subject", "user_admin", // spoofed, canonical case
 			"x-api-key-claims", `{"role":"admin"}`, // spoofed, lower case
 			"X-API-KEY-ROLE", "admin", // an X-Api-Key-* the contract does not name
@@ -77,7 +78,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		if status != 200 || string(body) != "upstream ok" {
 			t.Fatalf("got %d %q, want 200 from the upstream", status, body)
 		}
-		got := r.up.last(t)
+		got := r.up.Last(t)
 		want := map[string]string{
 			HeaderKeyID:        k.full.ID,
 			HeaderKeySubject:   "user_full",
@@ -108,7 +109,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		if status, _, body := do(t, r.c, "GET", r.px.URL+"/anything", h, nil); status != 200 {
 			t.Fatalf("got %d %s", status, body)
 		}
-		got := r.up.last(t)
+		got := r.up.Last(t)
 		if v, ok := got.Header["X-Api-Key"]; ok {
 			t.Errorf("upstream got X-Api-Key %q", v)
 		}
@@ -134,11 +135,11 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 	}
 	for _, tc := range allowed {
 		t.Run("allowed/"+tc.name, func(t *testing.T) {
-			before := r.up.hits()
-			if status, _, body := do(t, r.c, tc.method, r.px.URL+tc.path, bearer(tc.key.Secret), nil); status != 200 {
+			before := r.up.Hits()
+			if status, _, body := do(t, r.c, tc.method, r.px.URL+tc.path, testkit.Bearer(tc.key.Secret), nil); status != 200 {
 				t.Fatalf("got %d %s, want 200", status, body)
 			}
-			if r.up.hits() != before+1 {
+			if r.up.Hits() != before+1 {
 				t.Fatal("the upstream did not get the request")
 			}
 		})
@@ -156,24 +157,24 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 	}{
 		{"missing", "GET", "/", nil, 401, "authentication_invalid", noError},
 		{"other scheme", "GET", "/", http.Header{"Authorization": {"Basic dXNlcjpwYXNz"}}, 401, "authentication_invalid", noError},
-		{"malformed", "GET", "/", bearer("ak_not_a_key"), 401, "api_key_invalid", invalidToken},
-		{"unknown", "GET", "/", bearer(k.deleted.Secret), 401, "api_key_not_found", invalidToken},
-		{"revoked", "GET", "/", bearer(k.revoked.Secret), 401, "api_key_revoked", invalidToken},
-		{"expired", "GET", "/", bearer(k.expired.Secret), 401, "api_key_expired", invalidToken},
-		{"lacks the read scope", "GET", "/reports/7", bearer(k.limited.Secret), 403, "insufficient_scope",
+		{"malformed", "GET", "/", testkit.Bearer("ak_not_a_key"), 401, "api_key_invalid", invalidToken},
+		{"unknown", "GET", "/", testkit.Bearer(k.deleted.Secret), 401, "api_key_not_found", invalidToken},
+		{"revoked", "GET", "/", testkit.Bearer(k.revoked.Secret), 401, "api_key_revoked", invalidToken},
+		{"expired", "GET", "/", testkit.Bearer(k.expired.Secret), 401, "api_key_expired", invalidToken},
+		{"lacks the read scope", "GET", "/reports/7", testkit.Bearer(k.limited.Secret), 403, "insufficient_scope",
 			`Bearer realm="keygate", error="insufficient_scope", scope="reports:read"`},
-		{"a GET rule covers HEAD", "HEAD", "/reports/7", bearer(k.limited.Secret), 403, "",
+		{"a GET rule covers HEAD", "HEAD", "/reports/7", testkit.Bearer(k.limited.Secret), 403, "",
 			`Bearer realm="keygate", error="insufficient_scope", scope="reports:read"`},
-		{"longest prefix wins", "DELETE", "/admin/users", bearer(k.full.Secret), 403, "insufficient_scope",
+		{"longest prefix wins", "DELETE", "/admin/users", testkit.Bearer(k.full.Secret), 403, "insufficient_scope",
 			`Bearer realm="keygate", error="insufficient_scope", scope="admin"`},
 		{"a public prefix does not cover a dot-dot escape", "GET", "/public/../admin/users", nil, 401, "authentication_invalid", noError},
 		{"a path that decoders read differently", "GET", "/public%2F..%2Fadmin/users", nil, 400, "request_path_invalid", ""},
-		{"a dot-dot segment with a parameter", "GET", "/x/..;/admin/users", bearer(k.full.Secret), 403, "insufficient_scope",
+		{"a dot-dot segment with a parameter", "GET", "/x/..;/admin/users", testkit.Bearer(k.full.Secret), 403, "insufficient_scope",
 			`Bearer realm="keygate", error="insufficient_scope", scope="admin"`},
 	}
 	for _, tc := range denied {
 		t.Run("denied/"+tc.name, func(t *testing.T) {
-			before, counted := r.up.hits(), r.requests(t, strconv.Itoa(tc.status))
+			before, counted := r.up.Hits(), r.requests(t, strconv.Itoa(tc.status))
 			status, h, body := do(t, r.c, tc.method, r.px.URL+tc.path, tc.header, nil)
 			if status != tc.status {
 				t.Fatalf("got %d %s, want %d", status, body, tc.status)
@@ -182,11 +183,11 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 				t.Errorf("WWW-Authenticate = %q, want %q", got, tc.challenge)
 			}
 			if tc.method != "HEAD" {
-				if code := errorCode(t, body); code != tc.code {
+				if code := testkit.ErrorCode(t, body); code != tc.code {
 					t.Errorf("error code %q, want %q", code, tc.code)
 				}
 			}
-			if r.up.hits() != before {
+			if r.up.Hits() != before {
 				t.Error("a denied request reached the upstream")
 			}
 			if got := r.requests(t, strconv.Itoa(tc.status)); got != counted+1 {
@@ -201,7 +202,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		if status, _, body := do(t, r.c, "GET", r.px.URL+"/public/docs", h, nil); status != 200 {
 			t.Fatalf("got %d %s, want 200", status, body)
 		}
-		got := r.up.last(t)
+		got := r.up.Last(t)
 		if got.Path != "/public/docs" {
 			t.Fatalf("upstream got %q", got.Path)
 		}
@@ -244,7 +245,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		}()
 		req, _ := http.NewRequest("POST", r.px.URL+"/upload", pr)
 		req.ContentLength = size
-		req.Header = bearer(k.full.Secret)
+		req.Header = testkit.Bearer(k.full.Secret)
 		resp, err := r.c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -254,7 +255,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("got %d %s", resp.StatusCode, body)
 		}
-		got := r.up.last(t)
+		got := r.up.Last(t)
 		if got.BodyLen != size || got.BodySum != hex.EncodeToString(sum.Sum(nil)) {
 			t.Fatalf("upstream got %d bytes with SHA-256 %s, want %d bytes with %x", got.BodyLen, got.BodySum, size, sum.Sum(nil))
 		}
@@ -262,7 +263,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 
 	t.Run("server-sent events flow event by event", func(t *testing.T) {
 		req, _ := http.NewRequest("GET", r.px.URL+"/sse", nil)
-		req.Header = bearer(k.full.Secret)
+		req.Header = testkit.Bearer(k.full.Secret)
 		resp, err := r.c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -288,7 +289,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		req, _ := http.NewRequestWithContext(ctx, "GET", r.px.URL+"/hang", nil)
-		req.Header = bearer(k.full.Secret)
+		req.Header = testkit.Bearer(k.full.Secret)
 		resp, err := r.c.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -310,15 +311,15 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 	t.Run("store down fails closed with 503", func(t *testing.T) {
 		fresh := r.env.create(t, keystore.CreateParams{Subject: "user_fresh"}) // never verified, so never cached
 		r.redis.Stop()
-		before := r.up.hits()
-		status, h, body := do(t, r.c, "GET", r.px.URL+"/", bearer(fresh.Secret), nil)
-		if status != 503 || errorCode(t, body) != "store_unavailable" || h.Get("Retry-After") == "" {
+		before := r.up.Hits()
+		status, h, body := do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(fresh.Secret), nil)
+		if status != 503 || testkit.ErrorCode(t, body) != "store_unavailable" || h.Get("Retry-After") == "" {
 			t.Fatalf("got %d (Retry-After %q) %s, want 503 store_unavailable with Retry-After", status, h.Get("Retry-After"), body)
 		}
 		if h.Get("WWW-Authenticate") != "" {
 			t.Errorf("a 503 carries WWW-Authenticate %q", h.Get("WWW-Authenticate"))
 		}
-		if r.up.hits() != before {
+		if r.up.Hits() != before {
 			t.Error("the request reached the upstream while the store was down")
 		}
 		// Public prefixes need no store.
@@ -350,24 +351,24 @@ func TestProxyQueryKeyRemoved(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("got %d %s", status, body)
 	}
-	if got := r.up.last(t); got.RawQuery != "a=1&b=2" || got.Header.Get(HeaderKeyID) != r.keys.full.ID {
+	if got := r.up.Last(t); got.RawQuery != "a=1&b=2" || got.Header.Get(HeaderKeyID) != r.keys.full.ID {
 		t.Fatalf("upstream got query %q and key %q, want %q and %q", got.RawQuery, got.Header.Get(HeaderKeyID), "a=1&b=2", r.keys.full.ID)
 	}
 	// A query without the key is forwarded byte for byte.
-	if status, _, _ := do(t, r.c, "GET", r.px.URL+"/q?z=1&a=%2f", bearer(r.keys.full.Secret), nil); status != 200 {
+	if status, _, _ := do(t, r.c, "GET", r.px.URL+"/q?z=1&a=%2f", testkit.Bearer(r.keys.full.Secret), nil); status != 200 {
 		t.Fatalf("got %d", status)
 	}
-	if got := r.up.last(t); got.RawQuery != "z=1&a=%2f" {
+	if got := r.up.Last(t); got.RawQuery != "z=1&a=%2f" {
 		t.Fatalf("upstream got query %q", got.RawQuery)
 	}
 }
 
 func TestProxyUpstreamFailures(t *testing.T) {
 	t.Run("unreachable upstream is 502", func(t *testing.T) {
-		down, _ := url.Parse("http://" + closedAddr(t))
+		down, _ := url.Parse("http://" + testkit.FreeAddr(t))
 		r := newProxyRig(t, ProxyOptions{Upstream: down})
-		status, h, body := do(t, r.c, "GET", r.px.URL+"/", bearer(r.keys.full.Secret), nil)
-		if status != 502 || errorCode(t, body) != "upstream_unavailable" || h.Get("Content-Type") != "application/json" {
+		status, h, body := do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(r.keys.full.Secret), nil)
+		if status != 502 || testkit.ErrorCode(t, body) != "upstream_unavailable" || h.Get("Content-Type") != "application/json" {
 			t.Fatalf("got %d %q %s, want 502 upstream_unavailable JSON", status, h.Get("Content-Type"), body)
 		}
 		if got := r.requests(t, "502"); got != 1 {
@@ -393,8 +394,8 @@ func TestProxyUpstreamFailures(t *testing.T) {
 		tr := NewTransport()
 		tr.ResponseHeaderTimeout = 50 * time.Millisecond
 		r := newProxyRig(t, ProxyOptions{Upstream: u, Transport: tr})
-		status, _, body := do(t, r.c, "GET", r.px.URL+"/", bearer(r.keys.full.Secret), nil)
-		if status != 504 || errorCode(t, body) != "upstream_timeout" {
+		status, _, body := do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(r.keys.full.Secret), nil)
+		if status != 504 || testkit.ErrorCode(t, body) != "upstream_timeout" {
 			t.Fatalf("got %d %s, want 504 upstream_timeout", status, body)
 		}
 	})

@@ -230,7 +230,7 @@ func TestRefusalDoesNotWaitForTheBody(t *testing.T) {
 			}
 		})
 	}
-	if up.hits() != 0 {
-		t.Fatalf("the upstream saw %d requests", up.hits())
+	if up.Hits() != 0 {
+		t.Fatalf("the upstream saw %d requests", up.Hits())
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // throttled sends one request from remote to h and returns the recorder.
@@ -40,47 +41,47 @@ func TestProxyThrottlesFailuresPerClient(t *testing.T) {
 	const attacker, neighbour = "192.0.2.66:4000", "192.0.2.7:4000"
 	bad := []string{k.revoked.Secret, k.deleted.Secret, "ak_garbage", k.expired.Secret}
 	for i := range 3 {
-		if rec := throttled(h, "/x", attacker, bearer(bad[i])); rec.Code != 401 {
+		if rec := throttled(h, "/x", attacker, testkit.Bearer(bad[i])); rec.Code != 401 {
 			t.Fatalf("failure %d within the burst: %d, want 401", i+1, rec.Code)
 		}
 	}
-	rec := throttled(h, "/x", attacker, bearer(bad[3]))
+	rec := throttled(h, "/x", attacker, testkit.Bearer(bad[3]))
 	if rec.Code != 429 || rec.Header().Get("Retry-After") != "1" || rec.Header().Get("Content-Type") != "application/json" {
 		t.Fatalf("failure over the budget: %d %v, want 429 with Retry-After: 1 and JSON", rec.Code, rec.Header())
 	}
-	if code := errorCode(t, rec.Body.Bytes()); code != "too_many_requests" {
+	if code := testkit.ErrorCode(t, rec.Body.Bytes()); code != "too_many_requests" {
 		t.Fatalf("code %q, want too_many_requests", code)
 	}
 	// What a throttled client cannot do: learn the outcome of its next
 	// guesses, spoof its way out, or spend another client's budget.
-	if rec := throttled(h, "/x", attacker, with(bearer(k.revoked.Secret), "X-Forwarded-For", "198.51.100.1")); rec.Code != 429 {
+	if rec := throttled(h, "/x", attacker, with(testkit.Bearer(k.revoked.Secret), "X-Forwarded-For", "198.51.100.1")); rec.Code != 429 {
 		t.Fatalf("X-Forwarded-For from an untrusted peer changed the client: %d", rec.Code)
 	}
-	if rec := throttled(h, "/x", neighbour, bearer(k.revoked.Secret)); rec.Code != 401 {
+	if rec := throttled(h, "/x", neighbour, testkit.Bearer(k.revoked.Secret)); rec.Code != 401 {
 		t.Fatalf("another address was throttled: %d", rec.Code)
 	}
 	// What it still gets: a valid key always goes through; a request
 	// without a key, a missing scope and an outage are never counted or
 	// throttled.
-	before := up.hits()
-	if rec := throttled(h, "/x", attacker, bearer(k.full.Secret)); rec.Code != 200 || up.hits() != before+1 {
+	before := up.Hits()
+	if rec := throttled(h, "/x", attacker, testkit.Bearer(k.full.Secret)); rec.Code != 200 || up.Hits() != before+1 {
 		t.Fatalf("a valid key from a throttled address: %d, want 200 from the upstream", rec.Code)
 	}
 	if rec := throttled(h, "/x", attacker, nil); rec.Code != 401 {
 		t.Fatalf("no key from a throttled address: %d, want 401", rec.Code)
 	}
 	e.clock.Advance(time.Second)
-	if rec := throttled(h, "/x", attacker, bearer(k.revoked.Secret)); rec.Code != 401 {
+	if rec := throttled(h, "/x", attacker, testkit.Bearer(k.revoked.Secret)); rec.Code != 401 {
 		t.Fatalf("after one refill: %d, want one more 401", rec.Code)
 	}
-	if rec := throttled(h, "/x", attacker, bearer(k.revoked.Secret)); rec.Code != 429 {
+	if rec := throttled(h, "/x", attacker, testkit.Bearer(k.revoked.Secret)); rec.Code != 429 {
 		t.Fatalf("after the refill was spent: %d, want 429", rec.Code)
 	}
-	if got := counterValue(t, e.reg, "keygate_proxy_requests_total", map[string]string{"code": "429"}); got != 3 {
+	if got := testkit.MetricValue(t, e.reg, "keygate_proxy_requests_total", map[string]string{"code": "429"}); got != 3 {
 		t.Fatalf("keygate_proxy_requests_total{code=429} = %v, want 3", got)
 	}
 	mr.Close()
-	if rec := throttled(h, "/x", attacker, bearer(k.revoked.Secret)); rec.Code != 503 {
+	if rec := throttled(h, "/x", attacker, testkit.Bearer(k.revoked.Secret)); rec.Code != 503 {
 		t.Fatalf("store down, throttled client: %d, want 503 (an outage is never a 429)", rec.Code)
 	}
 }
@@ -101,7 +102,7 @@ func TestProxyThrottleTrustsOnlyConfiguredProxies(t *testing.T) {
 	}
 	const lb = "10.0.0.2:5000"
 	fail := func(remote, xff string) int {
-		hd := bearer(k.revoked.Secret)
+		hd := testkit.Bearer(k.revoked.Secret)
 		if xff != "" {
 			hd = with(hd, "X-Forwarded-For", xff)
 		}
@@ -128,26 +129,26 @@ func TestForwardAuthThrottleNeedsTrustedProxies(t *testing.T) {
 	limits := ThrottleOptions{FailuresPerMinute: 1, Burst: 1, Now: e.clock.Now}
 	off := forwardAuthMux(t, e, ForwardAuthOptions{Throttle: limits})
 	for i := range 5 {
-		if rec := throttled(off, "/forward-auth", "127.0.0.1:9", bearer(k.revoked.Secret)); rec.Code != 401 {
+		if rec := throttled(off, "/forward-auth", "127.0.0.1:9", testkit.Bearer(k.revoked.Secret)); rec.Code != 401 {
 			t.Fatalf("without trusted proxies, failure %d: %d, want 401 (throttling off)", i+1, rec.Code)
 		}
 	}
 	limits.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	on := forwardAuthMux(t, e, ForwardAuthOptions{Throttle: limits})
 	fail := func(xff string) *httptest.ResponseRecorder {
-		return throttled(on, "/forward-auth", "127.0.0.1:9", with(bearer(k.revoked.Secret), "X-Forwarded-For", xff))
+		return throttled(on, "/forward-auth", "127.0.0.1:9", with(testkit.Bearer(k.revoked.Secret), "X-Forwarded-For", xff))
 	}
 	if rec := fail("198.51.100.1"); rec.Code != 401 {
 		t.Fatalf("first failure: %d", rec.Code)
 	}
 	rec := fail("198.51.100.1")
-	if rec.Code != 429 || rec.Header().Get("Retry-After") != "60" || errorCode(t, rec.Body.Bytes()) != "too_many_requests" {
+	if rec.Code != 429 || rec.Header().Get("Retry-After") != "60" || testkit.ErrorCode(t, rec.Body.Bytes()) != "too_many_requests" {
 		t.Fatalf("second failure of one client: %d %v %s, want 429 with Retry-After: 60", rec.Code, rec.Header(), rec.Body)
 	}
 	if rec := fail("198.51.100.2"); rec.Code != 401 {
 		t.Fatalf("another client behind the proxy: %d, want 401", rec.Code)
 	}
-	ok := throttled(on, "/forward-auth", "127.0.0.1:9", with(bearer(k.full.Secret), "X-Forwarded-For", "198.51.100.1"))
+	ok := throttled(on, "/forward-auth", "127.0.0.1:9", with(testkit.Bearer(k.full.Secret), "X-Forwarded-For", "198.51.100.1"))
 	if ok.Code != 200 || ok.Header().Get(HeaderKeyID) != k.full.ID {
 		t.Fatalf("a valid key from a throttled client: %d, want 200 with its identity", ok.Code)
 	}

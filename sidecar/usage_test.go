@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -40,8 +41,8 @@ func TestProxyCost(t *testing.T) {
 		{"GET", "/other", 429, 0},
 	}
 	for _, st := range steps {
-		hits := up.hits()
-		status, hdr, body := do(t, px.Client(), st.method, px.URL+st.path, bearer(k.Secret), nil)
+		hits := up.Hits()
+		status, hdr, body := do(t, px.Client(), st.method, px.URL+st.path, testkit.Bearer(k.Secret), nil)
 		if status != st.status {
 			t.Fatalf("%s %s: %d, want %d: %s", st.method, st.path, status, st.status, body)
 		}
@@ -49,10 +50,10 @@ func TestProxyCost(t *testing.T) {
 			t.Fatalf("%s %s: RateLimit-Policy %q", st.method, st.path, hdr.Get("RateLimit-Policy"))
 		}
 		if status == 429 {
-			if code := errorCode(t, body); code != "api_key_usage_exceeded" {
+			if code := testkit.ErrorCode(t, body); code != "api_key_usage_exceeded" {
 				t.Fatalf("code %q", code)
 			}
-			if up.hits() != hits {
+			if up.Hits() != hits {
 				t.Fatal("a refused request reached the upstream")
 			}
 		}
@@ -81,12 +82,12 @@ func TestForwardAuthCost(t *testing.T) {
 		status int
 		left   int64
 	}{
-		{"/forward-auth?cost=4", bearer(k.Secret), 200, 6},
-		{"/forward-auth", with(bearer(k.Secret), "X-Keygate-Cost", "5"), 200, 1},
-		{"/forward-auth?cost=0", bearer(k.Secret), 403, 1},
-		{"/forward-auth", with(bearer(k.Secret), "X-Keygate-Cost", "x"), 403, 1},
-		{"/forward-auth?cost=2", bearer(k.Secret), 429, 1},
-		{"/forward-auth", bearer(k.Secret), 200, 0},
+		{"/forward-auth?cost=4", testkit.Bearer(k.Secret), 200, 6},
+		{"/forward-auth", with(testkit.Bearer(k.Secret), "X-Keygate-Cost", "5"), 200, 1},
+		{"/forward-auth?cost=0", testkit.Bearer(k.Secret), 403, 1},
+		{"/forward-auth", with(testkit.Bearer(k.Secret), "X-Keygate-Cost", "x"), 403, 1},
+		{"/forward-auth?cost=2", testkit.Bearer(k.Secret), 429, 1},
+		{"/forward-auth", testkit.Bearer(k.Secret), 200, 0},
 	}
 	for _, st := range steps {
 		r := httptest.NewRequest(http.MethodGet, st.target, nil)

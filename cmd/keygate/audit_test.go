@@ -17,6 +17,7 @@ import (
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore/audit"
 	"github.com/redis/go-redis/v9"
 )
@@ -67,7 +68,7 @@ func TestServeKilledDuringADelivery(t *testing.T) {
 	if err := os.WriteFile(tokens, []byte("# who may do what\nroot admin kg-root-0a6f3c9e1d7b2f4a8c5e0d3b6a9f\nauditor read kg-read-9c3f7a2e5d1b8f4c0a6e3d9b2f5a\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	base := "http://" + addr
 	env := []string{"KEYGATE_REDIS_URL=redis://" + rp.Addr, "KEYGATE_ADMIN_TOKENS_FILE=" + tokens,
 		"KEYGATE_WEBHOOK_URLS=" + receiver.URL + "/keygate", "KEYGATE_WEBHOOK_SECRET=" + webhookSecret,

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // binary is the keygate binary that TestMain builds for the end-to-end tests.
@@ -51,22 +51,12 @@ type proc struct {
 	done   chan struct{}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // start runs keygate with args and env and waits until healthURL answers.
 func start(t *testing.T, env []string, healthURL string, args ...string) *proc {
 	t.Helper()
 	p := &proc{stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)
-	p.cmd.Env = append(cleanEnv(), env...)
+	p.cmd.Env = append(testkit.CleanEnv(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -108,22 +98,11 @@ func (p *proc) stop(t *testing.T) int {
 	return p.cmd.ProcessState.ExitCode()
 }
 
-// cleanEnv is the environment without KEYGATE_ variables of the caller.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEYGATE_") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 // cli runs "keygate args…" and returns its exit status and output.
 func cli(t *testing.T, env []string, stdin string, args ...string) (int, string, string) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(cleanEnv(), env...)
+	cmd.Env = append(testkit.CleanEnv(), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -181,7 +160,7 @@ func forwardAuth(t *testing.T, base, secret string) *http.Response {
 // the restart kept every key, revocation and last-used time.
 func TestWalkthroughEmbedded(t *testing.T) {
 	dataDir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	base := "http://" + addr
 	env := []string{"KEYGATE_DATA_DIR=" + dataDir, "KEYGATE_URL=" + base, "KEYGATE_LOG_LEVEL=debug"}
 	serve := start(t, env, base+"/healthz", "serve", "--listen", addr)
@@ -257,7 +236,7 @@ func TestWalkthroughRedisWithSidecar(t *testing.T) {
 	}))
 	defer upstream.Close()
 
-	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addr, proxyAddr, opsAddr := testkit.FreeAddr(t), testkit.FreeAddr(t), testkit.FreeAddr(t)
 	base := "http://" + addr
 	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=admintok-of-thirty-two-characters-0", "KEYGATE_ADMIN_TOKEN=admintok-of-thirty-two-characters-0", "KEYGATE_URL=" + base}
 	serve := start(t, env, base+"/readyz", "serve", "--listen", addr)
@@ -289,7 +268,7 @@ func TestWalkthroughRedisWithSidecar(t *testing.T) {
 	if code := serve.stop(t); code != 0 {
 		t.Fatalf("serve exited %d after SIGTERM", code)
 	}
-	if code, _, _ := cli(t, append(env, "KEYGATE_URL=http://"+freeAddr(t)), "", "keys", "list"); code != exitUnreachable {
+	if code, _, _ := cli(t, append(env, "KEYGATE_URL=http://"+testkit.FreeAddr(t)), "", "keys", "list"); code != exitUnreachable {
 		t.Fatalf("keys list against nothing: exit %d, want %d", code, exitUnreachable)
 	}
 }
@@ -304,7 +283,7 @@ func TestKeyLifecycleCLI(t *testing.T) {
 		fmt.Fprint(w, r.Header.Get("X-Api-Key-Id"))
 	}))
 	defer upstream.Close()
-	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addr, proxyAddr, opsAddr := testkit.FreeAddr(t), testkit.FreeAddr(t), testkit.FreeAddr(t)
 	base := "http://" + addr
 	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=admintok-of-thirty-two-characters-0",
 		"KEYGATE_ADMIN_TOKEN=admintok-of-thirty-two-characters-0", "KEYGATE_URL=" + base}

@@ -10,6 +10,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // TestServeGRPC runs serve with --grpc-listen and asks it over gRPC, as
@@ -17,7 +19,7 @@ import (
 // identity, the same key is denied with 401 once revoked, and SIGTERM
 // still exits 0. serve also answers /v1/openapi.json without a token.
 func TestServeGRPC(t *testing.T) {
-	addr, grpcAddr := freeAddr(t), freeAddr(t)
+	addr, grpcAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	base := "http://" + addr
 	env := []string{"KEYGATE_DATA_DIR=" + t.TempDir(), "KEYGATE_URL=" + base}
 	serve := start(t, env, base+"/healthz", "serve", "--listen", addr, "--grpc-listen", grpcAddr)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // TestRequestIDsAgree runs serve and the sidecar as processes and checks
@@ -27,7 +28,7 @@ func TestRequestIDsAgree(t *testing.T) {
 	}))
 	defer upstream.Close()
 	const token = "kg-admin-request-ids-0123456789abcdef"
-	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addr, proxyAddr, opsAddr := testkit.FreeAddr(t), testkit.FreeAddr(t), testkit.FreeAddr(t)
 	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=" + token, "KEYGATE_ADMIN_TOKEN=" + token,
 		"KEYGATE_URL=http://" + addr, "KEYGATE_LOG_LEVEL=debug", "KEYGATE_LOG_FORMAT=json"}
 	serve := start(t, env, "http://"+addr+"/readyz", "serve", "--listen", addr)

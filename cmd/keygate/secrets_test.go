@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // exposure collects everything keygate shows the world besides the one
@@ -90,16 +91,6 @@ func secretParts(name, secret string) map[string]string {
 	return map[string]string{name + "'s secret": secret, name + "'s random part": random}
 }
 
-func merge(ms ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range ms {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
-}
-
 // TestSecretsNeverLeakEmbedded runs the walk-through on the embedded store
 // with debug logging, plus the usual mistakes (a secret where an ID goes,
 // in a body field, in the original URI's query), and checks that no
@@ -107,7 +98,7 @@ func merge(ms ...map[string]string) map[string]string {
 // body or header, or the embedded store's files.
 func TestSecretsNeverLeakEmbedded(t *testing.T) {
 	dataDir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	base := "http://" + addr
 	env := []string{"KEYGATE_DATA_DIR=" + dataDir, "KEYGATE_URL=" + base, "KEYGATE_LOG_LEVEL=debug"}
 	serve := start(t, env, base+"/healthz", "serve", "--listen", addr)
@@ -184,7 +175,7 @@ func TestSecretsNeverLeakEmbedded(t *testing.T) {
 		t.Fatalf("serve logged no debug lines: the check would prove little:\n%s", serve.stderr)
 	}
 
-	x.check(t, merge(secretParts("k1", k1.Secret), secretParts("k2", k2.Secret), map[string]string{"the admin token": token}))
+	x.check(t, testkit.Merge(secretParts("k1", k1.Secret), secretParts("k2", k2.Secret), map[string]string{"the admin token": token}))
 	// The token is printed once, on stdout, when it is generated.
 	if n := strings.Count(serve.stdout.String(), token); n != 1 {
 		t.Errorf("the admin token appears %d times on serve's stdout, want once", n)
@@ -207,7 +198,7 @@ func TestSecretsNeverLeakRedis(t *testing.T) {
 		tokenB  = "kg-admin-bbbbbbbbbbbbbbbbbbbbbbbb"
 		hashKey = "kg-hmac-cccccccccccccccccccccccc"
 	)
-	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addr, proxyAddr, opsAddr := testkit.FreeAddr(t), testkit.FreeAddr(t), testkit.FreeAddr(t)
 	base, proxy := "http://"+addr, "http://"+proxyAddr
 	env := []string{"KEYGATE_REDIS_URL=redis://" + rs.Addr, "KEYGATE_ADMIN_TOKENS=" + tokenA + "," + tokenB,
 		"KEYGATE_ADMIN_TOKEN=" + tokenA, "KEYGATE_URL=" + base, "KEYGATE_HASH_KEY=" + hashKey,
@@ -304,6 +295,6 @@ func TestSecretsNeverLeakRedis(t *testing.T) {
 	if !strings.Contains(side.stderr.String(), `"level":"DEBUG"`) {
 		t.Fatalf("the sidecar logged no debug lines:\n%s", side.stderr)
 	}
-	x.check(t, merge(secretParts("k1", k1.Secret), secretParts("k2", k2.Secret),
+	x.check(t, testkit.Merge(secretParts("k1", k1.Secret), secretParts("k2", k2.Secret),
 		map[string]string{"admin token A": tokenA, "admin token B": tokenB, "the HMAC key": hashKey}))
 }

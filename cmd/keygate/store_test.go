@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -23,14 +24,14 @@ import (
 // every revoked key stays revoked, with its reason and last use.
 func TestMoveEmbeddedToRedis(t *testing.T) {
 	dataDir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	base := "http://" + addr
 	const hashKey = "kg-hmac-move-test-0123456789abcdef"
 	env := []string{"KEYGATE_DATA_DIR=" + dataDir, "KEYGATE_URL=" + base, "KEYGATE_HASH_KEY=" + hashKey, "KEYGATE_LAST_USED_FLUSH=100ms"}
 	serve := start(t, env, base+"/healthz", "serve", "--listen", addr)
 
 	// One process per data directory.
-	code, out, errOut := cli(t, env, "", "serve", "--listen", freeAddr(t))
+	code, out, errOut := cli(t, env, "", "serve", "--listen", testkit.FreeAddr(t))
 	if code != exitUnreachable || strings.Count(strings.TrimSpace(errOut), "\n") != 0 ||
 		!strings.Contains(errOut, "in use by another keygate process") || !strings.Contains(errOut, fmt.Sprint(serve.cmd.Process.Pid)) {
 		t.Fatalf("second serve on the data dir: exit %d, want %d and one line naming the first\nstdout: %s\nstderr: %s", code, exitUnreachable, out, errOut)
@@ -93,7 +94,7 @@ func TestMoveEmbeddedToRedis(t *testing.T) {
 		t.Fatalf("second import: exit %d, want %d: %s", code, exitRefused, errOut)
 	}
 
-	addr = freeAddr(t)
+	addr = testkit.FreeAddr(t)
 	base = "http://" + addr
 	redisEnv = append(redisEnv, "KEYGATE_ADMIN_TOKENS="+token, "KEYGATE_ADMIN_TOKEN="+token, "KEYGATE_URL="+base)
 	serve = start(t, redisEnv, base+"/readyz", "serve", "--listen", addr)
@@ -179,7 +180,7 @@ const migrateToken = "kg-admin-migrate-test-0123456789abcdef"
 // migrate", then lets serve move them at start, and lists the keys.
 func TestStoreMigrate(t *testing.T) {
 	redis := redistest.Start(t)
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	env := []string{"KEYGATE_REDIS_URL=redis://" + redis.Addr, "KEYGATE_ADMIN_TOKENS=" + migrateToken, "KEYGATE_ADMIN_TOKEN=" + migrateToken, "KEYGATE_URL=http://" + addr}
 
 	oldLayout(t, redis.Addr, 3)

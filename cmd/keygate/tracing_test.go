@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // collector is an OTLP/HTTP trace receiver: it keeps every span it is
@@ -75,7 +76,7 @@ func spanAttr(s *tracev1.Span, key string) string {
 func TestServeTracing(t *testing.T) {
 	rs := redistest.Start(t)
 	c := newCollector(t)
-	addr, grpcAddr := freeAddr(t), freeAddr(t)
+	addr, grpcAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	base := "http://" + addr
 	const token = "admintok-of-thirty-two-characters-0"
 	env := []string{"KEYGATE_REDIS_URL=redis://" + rs.Addr, "KEYGATE_ADMIN_TOKENS=" + token, "KEYGATE_ADMIN_TOKEN=" + token, "KEYGATE_URL=" + base,
@@ -185,7 +186,7 @@ func TestSidecarTracing(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer upstream.Close()
-	addr, proxyAddr, opsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addr, proxyAddr, opsAddr := testkit.FreeAddr(t), testkit.FreeAddr(t), testkit.FreeAddr(t)
 	const token = "admintok-of-thirty-two-characters-0"
 	env := []string{"KEYGATE_REDIS_URL=redis://" + rs.Addr, "KEYGATE_ADMIN_TOKENS=" + token, "KEYGATE_ADMIN_TOKEN=" + token, "KEYGATE_URL=http://" + addr}
 	start(t, env, "http://"+addr+"/readyz", "serve", "--listen", addr)

@@ -16,7 +16,7 @@ import (
 )
 
 // Cold start: coldVerifiers verifiers start together while coldRate
-// verifications per second of coldKeys distinct keys arrive (issue 21).
+// verifications per second of coldKeys distinct keys arrive.
 const (
 	coldVerifiers = 20
 	coldRate      = 5000

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 )
 
@@ -49,7 +50,7 @@ func newEnv(c config) (*env, error) {
 // startRedis starts redis-server on a free loopback port, without
 // persistence, and waits until it answers.
 func (e *env) startRedis(bin string) error {
-	port, err := freePort()
+	port, err := testkit.FreePort()
 	if err != nil {
 		return err
 	}
@@ -110,8 +111,17 @@ type instance struct {
 	v     *keystore.Verifier
 }
 
+// instance starts an instance on a client of the run's redis-server with
+// a pool of poolSize connections (go-redis's default when 0).
 func (e *env) instance(ctx context.Context, sopts keystore.Options, vopts keystore.VerifierOptions, poolSize int) (*instance, error) {
-	in := &instance{rdb: e.client(poolSize)}
+	return instanceOn(ctx, e.client(poolSize), sopts, vopts)
+}
+
+// instanceOn starts an instance on rdb, which it closes with the instance
+// (at once on an error), and waits until a verifier with a cache serves
+// from it.
+func instanceOn(ctx context.Context, rdb *redis.Client, sopts keystore.Options, vopts keystore.VerifierOptions) (*instance, error) {
+	in := &instance{rdb: rdb}
 	var err error
 	if in.store, err = keystore.New(in.rdb, sopts); err != nil {
 		in.rdb.Close()
@@ -147,6 +157,18 @@ func (e *env) keyed(ctx context.Context, vopts keystore.VerifierOptions) (*insta
 		return nil, nil, err
 	}
 	return in, k, nil
+}
+
+// adminStore is a store on a client of its own, as the process that
+// serves the admin API has; the returned func closes both.
+func (e *env) adminStore() (*keystore.Store, func(), error) {
+	rdb := e.client(0)
+	store, err := keystore.New(rdb, keystore.Options{})
+	if err != nil {
+		rdb.Close()
+		return nil, nil, err
+	}
+	return store, func() { store.Close(); rdb.Close() }, nil
 }
 
 func (in *instance) close() {
@@ -221,15 +243,6 @@ func keyParams(i int, subject string) keystore.CreateParams {
 
 // subjectOf returns a Clerk-style user ID for the number i.
 func subjectOf(i int) string { return fmt.Sprintf("user_2xUq8ZtRk9vLbN3mWc4e%07d", i) }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
 
 // version returns the first line a tool prints about its version.
 func version(bin string, flag string) string {

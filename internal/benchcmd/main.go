@@ -1,11 +1,11 @@
 // Command benchcmd measures keygate against baselines measured in the same
-// run, on loopback only, and prints one markdown table (issue 8):
+// run, on loopback only, and prints one markdown table:
 //
 //	go run ./internal/benchcmd                        # everything, under 2 minutes on 2 cores
 //	go run ./internal/benchcmd -out BENCHMARKS.md     # also writes the table there
 //	go run ./internal/benchcmd -only 'verify|revoke'  # some measures only
 //	go run ./internal/benchcmd -only embedded -out BENCHMARKS.md  # the embedded store's rows, merged into the file
-//	go run ./internal/benchcmd -scale -out BENCHMARKS.md  # make bench-scale: a million keys (issue 21)
+//	go run ./internal/benchcmd -scale -out BENCHMARKS.md  # make bench-scale: a million keys
 //
 // With -out, each mode replaces only its own section of the file, so that
 // make bench and make bench-scale keep each other's tables.

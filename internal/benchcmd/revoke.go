@@ -35,13 +35,11 @@ func revokeLatency(ctx context.Context, e *env) ([]row, error) {
 		}
 		ins = append(ins, in)
 	}
-	admin := e.client(0)
-	defer admin.Close()
-	store, err := keystore.New(admin, keystore.Options{})
+	store, closeStore, err := e.adminStore()
 	if err != nil {
 		return nil, err
 	}
-	defer store.Close()
+	defer closeStore()
 
 	rounds := 40 * e.cfg.runs
 	lat := make([]time.Duration, 0, rounds)
@@ -51,54 +49,16 @@ func revokeLatency(ctx context.Context, e *env) ([]row, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, in := range ins {
-			if _, err := in.v.Verify(ctx, k.Secret, keystore.SourceMiddleware); err != nil {
-				return nil, fmt.Errorf("verifying a new key: %w", err)
-			}
-		}
 		// Each verifier serves the key, a few thousand times a second,
 		// while it is revoked and for 2ms after.
-		var returned atomic.Pointer[time.Time]
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		var late, n atomic.Int64
-		for _, in := range ins {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					began := time.Now()
-					_, err := in.v.Verify(ctx, k.Secret, keystore.SourceMiddleware)
-					if r := returned.Load(); r != nil && began.After(*r) {
-						n.Add(1)
-						if err == nil {
-							late.Add(1)
-						}
-					}
-					time.Sleep(50 * time.Microsecond)
-				}
-			}()
-		}
-		time.Sleep(time.Millisecond)
-		t0 := time.Now()
-		if _, err := store.Revoke(ctx, k.ID, nil); err != nil {
-			close(stop)
-			wg.Wait()
+		r, err := revokeRound(ctx, store, ins, k, 50*time.Microsecond, 2*time.Millisecond,
+			func() { time.Sleep(time.Millisecond) })
+		if err != nil {
 			return nil, err
 		}
-		t1 := time.Now()
-		returned.Store(&t1)
-		lat = append(lat, t1.Sub(t0))
-		time.Sleep(2 * time.Millisecond)
-		close(stop)
-		wg.Wait()
-		letThrough += late.Load()
-		checked += n.Load()
+		lat = append(lat, r.latency)
+		letThrough += r.letThrough
+		checked += r.checked
 	}
 	slices.Sort(lat)
 	p50, p99 := percentile(lat, 50), percentile(lat, 99)
@@ -113,4 +73,65 @@ func revokeLatency(ctx context.Context, e *env) ([]row, error) {
 			"call (script, publish, wait for the %d acknowledgements); \"let through\" counts verifications that began after "+
 			"Revoke returned (within 2 ms of it) and succeeded.", rounds, revokeVerifiers, revokeVerifiers),
 	}}, nil
+}
+
+// roundResult is what one revoke of [revokeRound] measured.
+type roundResult struct {
+	latency    time.Duration // of the whole Store.Revoke call
+	checked    int64         // verifications begun after Revoke returned
+	letThrough int64         // of those, how many admitted the key
+}
+
+// revokeRound has every instance cache k, then verifies it on each, from
+// one goroutine each, every pause; calls before (what the measure does just
+// before the call: let the load start, freeze a link), revokes k, keeps
+// verifying for after, and stops. Verifications that began after Revoke
+// returned must all refuse the key.
+func revokeRound(ctx context.Context, store *keystore.Store, ins []*instance, k *keystore.APIKey,
+	pause, after time.Duration, before func()) (roundResult, error) {
+	for _, in := range ins {
+		if _, err := in.v.Verify(ctx, k.Secret, keystore.SourceMiddleware); err != nil {
+			return roundResult{}, fmt.Errorf("verifying a new key: %w", err)
+		}
+	}
+	var returned atomic.Pointer[time.Time]
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var late, n atomic.Int64
+	for _, in := range ins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				began := time.Now()
+				_, err := in.v.Verify(ctx, k.Secret, keystore.SourceMiddleware)
+				if r := returned.Load(); r != nil && began.After(*r) {
+					n.Add(1)
+					if err == nil {
+						late.Add(1)
+					}
+				}
+				time.Sleep(pause)
+			}
+		}()
+	}
+	before()
+	t0 := time.Now()
+	_, err := store.Revoke(ctx, k.ID, nil)
+	t1 := time.Now()
+	returned.Store(&t1)
+	if err == nil {
+		time.Sleep(after)
+	}
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		return roundResult{}, err
+	}
+	return roundResult{latency: t1.Sub(t0), checked: n.Load(), letThrough: late.Load()}, nil
 }

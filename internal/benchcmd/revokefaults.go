@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
@@ -37,13 +35,11 @@ func revokeFleet(ctx context.Context, e *env) ([]row, error) {
 		}
 		ins = append(ins, in)
 	}
-	admin := e.client(0)
-	defer admin.Close()
-	store, err := keystore.New(admin, keystore.Options{})
+	store, closeStore, err := e.adminStore()
 	if err != nil {
 		return nil, err
 	}
-	defer store.Close()
+	defer closeStore()
 	rounds := 20 * e.cfg.runs
 	lat := make([]time.Duration, 0, rounds)
 	for i := range rounds + 3 { // the first 3 warm up
@@ -95,13 +91,11 @@ func revokeFrozen(ctx context.Context, e *env) ([]row, error) {
 		}
 		healthy = append(healthy, in)
 	}
-	admin := e.client(0)
-	defer admin.Close()
-	store, err := keystore.New(admin, keystore.Options{})
+	store, closeStore, err := e.adminStore()
 	if err != nil {
 		return nil, err
 	}
-	defer store.Close()
+	defer closeStore()
 
 	rounds := 2 * e.cfg.runs
 	lat := make([]time.Duration, 0, rounds)
@@ -112,72 +106,28 @@ func revokeFrozen(ctx context.Context, e *env) ([]row, error) {
 		if err != nil {
 			return nil, err
 		}
-		frozen := &instance{rdb: redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 300 * time.Millisecond, MaxRetries: -1})}
-		if frozen.store, err = keystore.New(frozen.rdb, keystore.Options{LastUsedFlush: -1}); err != nil {
+		frozen, err := instanceOn(ctx, redis.NewClient(&redis.Options{Addr: proxy.Addr, ReadTimeout: 300 * time.Millisecond, MaxRetries: -1}),
+			keystore.Options{LastUsedFlush: -1}, keystore.VerifierOptions{})
+		if err != nil {
 			proxy.Close()
 			return nil, err
 		}
-		if frozen.v, err = keystore.NewVerifier(frozen.store, keystore.VerifierOptions{}); err != nil {
-			proxy.Close()
-			return nil, err
-		}
-		all := append(slices.Clone(healthy), frozen)
-		done := func() { frozen.close(); proxy.Close() }
-		if err := waitReady(ctx, frozen.v); err != nil {
-			done()
-			return nil, err
-		}
+		// Its link freezes just before the call; the others and it verify
+		// the key every ~100µs while it is revoked and for 200ms after.
 		k, err := store.Create(ctx, keyParams(i, subjectOf(i)))
-		if err != nil {
-			done()
-			return nil, err
+		var r roundResult
+		if err == nil {
+			r, err = revokeRound(ctx, store, append(slices.Clone(healthy), frozen), k, 100*time.Microsecond, 200*time.Millisecond,
+				func() { proxy.FreezeAll() })
 		}
-		for _, in := range all {
-			if _, err := in.v.Verify(ctx, k.Secret, keystore.SourceMiddleware); err != nil {
-				done()
-				return nil, fmt.Errorf("verifying a new key: %w", err)
-			}
-		}
-		var returned atomic.Pointer[time.Time]
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		var late, n atomic.Int64
-		for _, in := range all {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(100 * time.Microsecond):
-					}
-					began := time.Now()
-					_, err := in.v.Verify(ctx, k.Secret, keystore.SourceMiddleware)
-					if r := returned.Load(); r != nil && began.After(*r) {
-						n.Add(1)
-						if err == nil {
-							late.Add(1)
-						}
-					}
-				}
-			}()
-		}
-		proxy.FreezeAll()
-		t0 := time.Now()
-		_, err = store.Revoke(ctx, k.ID, nil)
-		t1 := time.Now()
-		returned.Store(&t1)
-		time.Sleep(200 * time.Millisecond)
-		close(stop)
-		wg.Wait()
-		done()
+		frozen.close()
+		proxy.Close()
 		if err != nil {
 			return nil, err
 		}
-		lat = append(lat, t1.Sub(t0))
-		letThrough += late.Load()
-		checked += n.Load()
+		lat = append(lat, r.latency)
+		letThrough += r.letThrough
+		checked += r.checked
 	}
 	slices.Sort(lat)
 	worst := lat[len(lat)-1]

@@ -17,8 +17,8 @@ import (
 )
 
 // The measures of make bench-scale (-scale): listing, memory and creates
-// at a million keys, and a fleet of verifiers starting cold under load
-// (issue 21). They share one data set, built first.
+// at a million keys, and a fleet of verifiers starting cold under load.
+// They share one data set, built first.
 var scaleMeasures = []measure{
 	{"build", buildDataSet},
 	{"list", scaleList},

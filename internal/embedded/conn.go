@@ -166,8 +166,8 @@ func (c *conn) read(key string) (v *value, ok bool, err error) {
 
 // read is c.read, but a sorted set is copied through the engine's Go API:
 // ZRANGE sorts the whole set while it holds the engine's lock, which stalls
-// every command (100 ms with 100,000 members, where a copy of the set's
-// map takes a tenth of that).
+// every other command for as long as the sort takes, where copying the
+// set's map under it is one pass with no sort.
 func (s *Store) read(c *conn, key string) (*value, bool, error) {
 	for range 3 {
 		if s.mr.Type(key) != "zset" {

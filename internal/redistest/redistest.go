@@ -21,6 +21,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // InstallHint tells how to get redis-server when it is missing.
@@ -71,7 +73,7 @@ func Start(t testing.TB, extraArgs ...string) *Proc {
 	dir := t.TempDir()
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort()
+		port, err := testkit.FreePort()
 		if err != nil {
 			t.Fatalf("finding a free port: %v", err)
 		}
@@ -137,15 +139,6 @@ func (p *Proc) Restart(t testing.TB) {
 	if err := p.start(bin); err != nil {
 		t.Fatalf("restarting redis-server: %v", err)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func lastLines(s string, n int) string {

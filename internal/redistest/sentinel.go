@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // SentinelDownAfter is the down-after-milliseconds of the Sentinels that
@@ -66,7 +68,7 @@ func startSentinel(t testing.TB, bin, name, master string) *Proc {
 	host, mport, _ := net.SplitHostPort(master)
 	var lastErr error
 	for range 5 {
-		port, err := freePort()
+		port, err := testkit.FreePort()
 		if err != nil {
 			t.Fatalf("finding a free port: %v", err)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
 	"github.com/prometheus/client_golang/prometheus"
@@ -86,24 +87,9 @@ func TestClerkSDK(t *testing.T) {
 	}
 }
 
+// apiVerifications is keygate_verifications_total{source="api"} of reg,
+// summed over the results.
 func apiVerifications(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n float64
-	for _, mf := range mfs {
-		if mf.GetName() != "keygate_verifications_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "source" && lp.GetValue() == "api" {
-					n += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return n
+	return testkit.MetricValue(t, reg, "keygate_verifications_total", map[string]string{"source": "api"})
 }

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
 )
@@ -131,7 +133,7 @@ func TestRoutes(t *testing.T) {
 				if stored.LastUsedAt == nil || *stored.LastUsedAt != e.clock.Now().UnixMilli() {
 					t.Fatalf("last_used_at after verify: %v", stored.LastUsedAt)
 				}
-				if n := counterValue(t, e, "keygate_verifications_total", map[string]string{"result": "valid", "source": "api"}); n != 1 {
+				if n := testkit.MetricValue(t, e.registry, "keygate_verifications_total", map[string]string{"result": "valid", "source": "api"}); n != 1 {
 					t.Fatalf("keygate_verifications_total{result=valid,source=api} = %v, want 1", n)
 				}
 			},
@@ -345,16 +347,7 @@ func TestLifecycleOnRedisServer(t *testing.T) {
 // under 32 characters is refused, named by its place, never shown.
 func TestNewRefusesIncompleteOptions(t *testing.T) {
 	_, rdb := redistest.Mini(t)
-	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	verifier, err := keystore.NewVerifier(store, keystore.VerifierOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer verifier.Close()
+	store, verifier := keystoretest.New(t, rdb, keystore.Options{LastUsedFlush: -1}, keystore.VerifierOptions{})
 	tests := []struct {
 		name string
 		opts adminapi.Options
@@ -392,34 +385,4 @@ func deref(s *string) any {
 		return nil
 	}
 	return *s
-}
-
-// counterValue reads one counter from the env's registry; 0 when absent.
-func counterValue(t *testing.T, e *env, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := e.registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			matched := 0
-			for _, lp := range m.GetLabel() {
-				if want, ok := labels[lp.GetName()]; ok {
-					if want != lp.GetValue() {
-						continue metric
-					}
-					matched++
-				}
-			}
-			if matched == len(labels) {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
 }

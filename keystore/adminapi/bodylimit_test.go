@@ -5,13 +5,13 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore/adminapi"
 )
 
@@ -33,12 +33,8 @@ func TestOversizedBodies(t *testing.T) {
 	// the interim and final status lines it read.
 	raw := func(t *testing.T, head string, body []byte, chunked, expect bool) (interim, final string) {
 		t.Helper()
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := testkit.Dial(t, addr)
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(30 * time.Second)) // a bound for a hung test, not a measurement
 		if _, err := io.WriteString(c, head); err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/alicebob/miniredis/v2"
@@ -50,16 +51,7 @@ func newEnvOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client, opts ...
 	e := &env{rdb: rdb, mr: mr, clock: testclock.New(),
 		logs: &syncbuf.Buffer{}, registry: prometheus.NewRegistry()}
 	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	store, err := keystore.New(rdb, keystore.Options{Now: e.clock.Now, LastUsedFlush: -1, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	verifier, err := keystore.NewVerifier(store, keystore.VerifierOptions{Registerer: e.registry, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { verifier.Close() })
+	store, verifier := keystoretest.New(t, rdb, keystore.Options{Now: e.clock.Now, LastUsedFlush: -1, Logger: logger}, keystore.VerifierOptions{Registerer: e.registry, Logger: logger})
 	o := adminapi.Options{
 		Store:       store,
 		Verifier:    verifier,

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
@@ -34,18 +35,9 @@ func newFuzzEnv(tb testing.TB) *fuzzEnv {
 	tb.Helper()
 	mr, rdb := redistest.Mini(tb)
 	quiet := slog.New(slog.DiscardHandler)
-	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1, Logger: quiet})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { store.Close() })
 	// No cache, so no subscription: revoke and delete do not wait for
 	// acknowledgements, and inputs stay fast.
-	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{CacheTTL: -1, Logger: quiet})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { v.Close() })
+	store, v := keystoretest.New(tb, rdb, keystore.Options{LastUsedFlush: -1, Logger: quiet}, keystore.VerifierOptions{CacheTTL: -1, Logger: quiet})
 	h, err := adminapi.New(adminapi.Options{Store: store, Verifier: v, AdminTokens: []string{adminToken}, Logger: quiet})
 	if err != nil {
 		tb.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/keygate/keygate/internal/testkit"
 )
 
 // TestLogsAndMetricsCarryNoSecrets runs a key's life, with mistakes a user
@@ -125,7 +127,7 @@ func TestLogsAndMetricsCarryNoSecrets(t *testing.T) {
 		{"GET /api_keys", "401", 1},
 		{"/api_keys/{id}", "405", 1},
 	} {
-		if got := counterValue(t, e, "keygate_admin_requests_total", map[string]string{"route": c.route, "code": c.code}); got != c.want {
+		if got := testkit.MetricValue(t, e.registry, "keygate_admin_requests_total", map[string]string{"route": c.route, "code": c.code}); got != c.want {
 			t.Errorf("keygate_admin_requests_total{route=%q,code=%q} = %v, want %v", c.route, c.code, got, c.want)
 		}
 	}

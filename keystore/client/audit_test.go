@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
@@ -20,16 +21,7 @@ import (
 func TestAuditEventsAndForbidden(t *testing.T) {
 	ctx := context.Background()
 	_, rdb := redistest.Mini(t)
-	store, err := keystore.New(rdb, keystore.Options{LastUsedFlush: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	verifier, err := keystore.NewVerifier(store, keystore.VerifierOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer verifier.Close()
+	store, verifier := keystoretest.New(t, rdb, keystore.Options{LastUsedFlush: -1}, keystore.VerifierOptions{})
 	const readToken = "kg-client-read-token-5e0c2b7a9d41f836"
 	h, err := adminapi.New(adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{adminToken},
 		Tokens: []adminapi.Token{{Name: "grafana", Role: adminapi.RoleRead, Token: readToken}},

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/testclock"
 	"github.com/keygate/keygate/keystore"
@@ -48,16 +49,7 @@ func newServer(t *testing.T) *server {
 func newServerOn(t *testing.T, mr *miniredis.Miniredis, rdb *redis.Client) *server {
 	t.Helper()
 	s := &server{mr: mr, clock: testclock.New()}
-	store, err := keystore.New(rdb, keystore.Options{Now: s.clock.Now, LastUsedFlush: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	verifier, err := keystore.NewVerifier(store, keystore.VerifierOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { verifier.Close() })
+	store, verifier := keystoretest.New(t, rdb, keystore.Options{Now: s.clock.Now, LastUsedFlush: -1}, keystore.VerifierOptions{})
 	h, err := adminapi.New(adminapi.Options{Store: store, Verifier: verifier, AdminTokens: []string{adminToken},
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {

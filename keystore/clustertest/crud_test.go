@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -310,7 +311,7 @@ func testReplicaWait(t *testing.T, d deployment) {
 	if !strings.Contains(logs.String(), "no replica confirmed a change") || !strings.Contains(logs.String(), k.ID) {
 		t.Errorf("an unconfirmed change was not logged with its key ID:\n%s", logs.String())
 	}
-	if n := storeErrors(t, reg, "replica_wait"); n != 1 {
+	if n := testkit.MetricValue(t, reg, "keygate_store_errors_total", map[string]string{"op": "replica_wait"}); n != 1 {
 		t.Errorf(`keygate_store_errors_total{op="replica_wait"} = %v, want 1`, n)
 	}
 }

@@ -3,7 +3,6 @@ package clustertest
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -13,13 +12,11 @@ import (
 	"github.com/keygate/keygate/internal/syncbuf"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
-
-// logTo returns a logger that writes to l.
-func logTo(l *syncbuf.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
 // instance is one keygate process, as far as Redis can tell: a store and a
 // caching verifier on their own client.
@@ -34,7 +31,7 @@ type instance struct {
 func newStore(t testing.TB, rdb redis.UniversalClient, ns string, opts ...func(*keystore.Options)) (*keystore.Store, *syncbuf.Buffer) {
 	t.Helper()
 	logs := &syncbuf.Buffer{}
-	o := keystore.Options{Namespace: ns, Logger: logTo(logs), Registerer: prometheus.NewRegistry()}
+	o := keystore.Options{Namespace: ns, Logger: testkit.LogTo(logs), Registerer: prometheus.NewRegistry()}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -53,7 +50,7 @@ func newInstance(t testing.TB, rdb redis.UniversalClient, ns string, opts ...fun
 	in := &instance{reg: prometheus.NewRegistry()}
 	in.store, in.logs = newStore(t, rdb, ns, opts...)
 	v, err := keystore.NewVerifier(in.store, keystore.VerifierOptions{
-		CacheTTL: time.Minute, Registerer: in.reg, Logger: logTo(in.logs),
+		CacheTTL: time.Minute, Registerer: in.reg, Logger: testkit.LogTo(in.logs),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -88,61 +85,7 @@ func waitReady(t testing.TB, vs ...*keystore.Verifier) {
 // cacheHits is how many verifications the cache answered.
 func (in *instance) cacheHits(t testing.TB) uint64 {
 	t.Helper()
-	mfs, err := in.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "keygate_verification_duration_seconds" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "cache" && l.GetValue() == "hit" {
-					return m.GetHistogram().GetSampleCount()
-				}
-			}
-		}
-	}
-	return 0
-}
-
-// storeErrors is keygate_store_errors_total{op} of the store's registry.
-func storeErrors(t testing.TB, reg prometheus.Gatherer, op string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "keygate_store_errors_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "op" && l.GetValue() == op {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
-// invalidations is keygate_cache_invalidations_total of a verifier's
-// registry.
-func invalidations(t testing.TB, reg prometheus.Gatherer) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "keygate_cache_invalidations_total" && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	return 0
+	return testkit.HistogramCount(t, in.reg, "keygate_verification_duration_seconds", map[string]string{"cache": "hit"})
 }
 
 // recordKey is the Redis key of a key's record (keystore/README.md).

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/testclock"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/audit"
 	"github.com/keygate/keygate/keystore/webhook"
@@ -208,26 +209,10 @@ func (f *fixture) record(t *testing.T, n int) []string {
 	return ids
 }
 
-func counter(t *testing.T, reg *prometheus.Registry, name, result string) float64 {
+// deliveries is keygate_webhook_deliveries_total{result} of reg.
+func deliveries(t *testing.T, reg prometheus.Gatherer, result string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) == 0 {
-				return m.GetGauge().GetValue()
-			}
-			if m.GetLabel()[0].GetValue() == result {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return -1
+	return testkit.MetricValue(t, reg, "keygate_webhook_deliveries_total", map[string]string{"result": result})
 }
 
 // TestReceiverDownThenUp keeps the receiver's port closed for a while,
@@ -235,12 +220,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name, result string) float6
 // audit event as its data.
 func TestReceiverDownThenUp(t *testing.T) {
 	f := newFixture(t, time.Now)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close() // down: connections are refused
+	addr := testkit.FreeAddr(t) // down: connections are refused
 	rcv := newReceiver(t)
 	before := f.record(t, 5) // before webhooks are configured: not sent
 	d, reg := f.dispatcher(t, "http://"+addr+"/hooks")
@@ -249,9 +229,11 @@ func TestReceiverDownThenUp(t *testing.T) {
 	ids := f.record(t, 20)
 	time.Sleep(time.Second)
 	srv := httptest.NewUnstartedServer(rcv)
-	if srv.Listener, err = net.Listen("tcp", addr); err != nil {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
 		t.Fatal(err)
 	}
+	srv.Listener = ln
 	rcv.setStatus(503)
 	srv.Start()
 	defer srv.Close()
@@ -271,13 +253,13 @@ func TestReceiverDownThenUp(t *testing.T) {
 			t.Fatalf("message %s: %+v", id, m)
 		}
 	}
-	failed := counter(t, reg, "keygate_webhook_deliveries_total", "failed")
+	failed := deliveries(t, reg, "failed")
 	t.Logf("FIGURES receiver down ~1.5s: %d events delivered, %.0f failed attempts, %d duplicates", len(msgs), failed, dup)
 	if failed < 1 {
 		t.Fatal("no attempt failed while the receiver was down")
 	}
 	waitFor(t, "oldest pending back to 0", 5*time.Second, func() bool {
-		return counter(t, reg, "keygate_webhook_oldest_pending_seconds", "") == 0
+		return testkit.MetricValue(t, reg, "keygate_webhook_oldest_pending_seconds", nil) == 0
 	})
 }
 
@@ -310,8 +292,8 @@ func TestTwoWorkers(t *testing.T) {
 	// receiver has it.
 	var byA, byB float64
 	waitFor(t, "every delivery counted", 5*time.Second, func() bool {
-		byA = counter(t, regA, "keygate_webhook_deliveries_total", "delivered")
-		byB = counter(t, regB, "keygate_webhook_deliveries_total", "delivered")
+		byA = deliveries(t, regA, "delivered")
+		byB = deliveries(t, regB, "delivered")
 		return byA+byB >= float64(len(ids))
 	})
 	t.Logf("FIGURES two workers: %d events, delivered by A %.0f, by B %.0f, %d duplicates", len(ids), byA, byB, dup)
@@ -379,12 +361,12 @@ func TestGivenUp(t *testing.T) {
 	f.waitStarted(t)
 	f.record(t, 1)
 	waitFor(t, "the message given up", 10*time.Second, func() bool {
-		return counter(t, reg, "keygate_webhook_deliveries_total", "expired") == 1
+		return deliveries(t, reg, "expired") == 1
 	})
 	if n := f.rdb.ZCard(context.Background(), "keygate:{wh}:due").Val(); n != 0 {
 		t.Fatalf("%d deliveries left", n)
 	}
-	if failed := counter(t, reg, "keygate_webhook_deliveries_total", "failed"); failed < 3 {
+	if failed := deliveries(t, reg, "failed"); failed < 3 {
 		t.Fatalf("only %.0f retries in 500ms with a 50ms backoff", failed)
 	}
 }

@@ -21,9 +21,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/syncbuf"
 	"github.com/keygate/keygate/internal/testclock"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/sidecar"
 	"github.com/keygate/keygate/sidecar/extauthz"
@@ -46,16 +48,7 @@ func newEnv(t *testing.T, opts extauthz.Options) *env {
 	mr, rdb := redistest.Mini(t)
 	e := &env{mr: mr, clock: testclock.New(), logs: &syncbuf.Buffer{}}
 	logger := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	store, err := keystore.New(rdb, keystore.Options{Now: e.clock.Now, LastUsedFlush: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	v, err := keystore.NewVerifier(store, keystore.VerifierOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { v.Close() })
+	store, v := keystoretest.New(t, rdb, keystore.Options{Now: e.clock.Now, LastUsedFlush: -1}, keystore.VerifierOptions{})
 	e.store = store
 	opts.Logger = logger
 	srv, err := extauthz.New(v, opts)
@@ -84,17 +77,7 @@ func newEnv(t *testing.T, opts extauthz.Options) *env {
 
 func (e *env) create(t *testing.T, p keystore.CreateParams) *keystore.APIKey {
 	t.Helper()
-	if p.Name == "" {
-		p.Name = "test key"
-	}
-	if p.Subject == "" {
-		p.Subject = "user_42"
-	}
-	k, err := e.store.Create(context.Background(), p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return keystoretest.Create(t, e.store, p)
 }
 
 // check is one original request as Envoy describes it, from client
@@ -331,7 +314,7 @@ func TestCheckMatchesForwardAuth(t *testing.T) {
 					delete(want.headers, "x-api-key-id")
 				}
 				if tc.message {
-					got.body, want.body = errorCode(t, got.body), errorCode(t, want.body)
+					got.body, want.body = testkit.ErrorCode(t, []byte(got.body)), testkit.ErrorCode(t, []byte(want.body))
 				}
 				compare(t, got, want)
 			}
@@ -356,20 +339,6 @@ func TestCheckMatchesForwardAuth(t *testing.T) {
 	if strings.Contains(e.logs.String(), full.Secret) {
 		t.Error("a log line holds a secret")
 	}
-}
-
-// errorCode is the code of the contract's error body.
-func errorCode(t *testing.T, body string) string {
-	t.Helper()
-	var e struct {
-		Errors []struct {
-			Code string `json:"code"`
-		} `json:"errors"`
-	}
-	if err := json.Unmarshal([]byte(body), &e); err != nil || len(e.Errors) != 1 {
-		t.Fatalf("not the contract's error body: %q", body)
-	}
-	return e.Errors[0].Code
 }
 
 // same makes a case whose one step both ways in take alike.
@@ -433,7 +402,7 @@ func TestCheckHeaders(t *testing.T) {
 		{"query", nil, "/orders/1?api_key=" + k.Secret + "&page=2", []string{"api_key"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := maps(spoofed, tc.credential)
+			h := testkit.Merge(spoofed, tc.credential)
 			resp := e.check(t, check{headers: h, path: tc.path})
 			ok := resp.GetOkResponse()
 			if ok == nil {
@@ -528,16 +497,6 @@ func TestCheckThrottle(t *testing.T) {
 	if got := grpcAnswer(t, e.check(t, check{headers: map[string]string{"authorization": "Bearer " + k.Secret}})); got.status != 200 {
 		t.Errorf("a valid key from the throttled client got %d, want 200", got.status)
 	}
-}
-
-func maps(ms ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range ms {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 func mapsEqual(a, b map[string]string) bool {
