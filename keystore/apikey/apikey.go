@@ -5,6 +5,15 @@
 // use these types; keystore re-exports every name (keystore.APIKey is
 // apikey.APIKey), so either import works. This package needs neither Redis
 // nor Prometheus (docs/packages.md).
+//
+//	c, err := client.New("http://127.0.0.1:8080", token) // keystore/client
+//	if err != nil { … }
+//	key, err := c.Create(ctx, apikey.CreateParams{Name: "CI", Subject: "user_42", Scopes: []string{"reports:read"}})
+//	switch {
+//	case errors.Is(err, apikey.ErrUnavailable): // unreachable, or a 5xx
+//	case err != nil: // refused: *client.APIError
+//	default: // key.ID, key.Secret (shown this once)
+//	}
 package apikey
 
 import (

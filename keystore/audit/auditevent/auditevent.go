@@ -4,6 +4,14 @@
 // events in Redis, re-exports every name here (audit.Event is
 // auditevent.Event); this package needs no Redis (docs/packages.md).
 //
+//	page, err := c.AuditEvents(ctx, client.AuditFilter{APIKeyID: id}) // keystore/client
+//	if err != nil { … }
+//	for _, e := range page.Data {
+//		if e.Action == auditevent.Revoked {
+//			fmt.Println(e.Actor.Name, "revoked", e.APIKeyID, "at", time.UnixMilli(e.Time))
+//		}
+//	}
+//
 // An event never holds a secret or a digest: [Diff] compares the keys' wire
 // forms, which carry no digest, and leaves the secret out.
 package auditevent
