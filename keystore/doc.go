@@ -34,6 +34,11 @@
 //	case err != nil: // 401
 //	}
 //
+// The key's types, the calls' parameters and the sentinel errors are
+// defined in package keystore/apikey, which needs no Redis, and keep their
+// names here ([APIKey] is apikey.APIKey): a program that only talks to the
+// admin API (keystore/client) imports apikey (docs/packages.md).
+//
 // The Redis layout, and how revocation reaches every verifier's cache, are
 // described in README.md beside this file.
 package keystore

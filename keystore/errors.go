@@ -1,39 +1,23 @@
 package keystore
 
 import (
-	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/keygate/keygate/keystore/apikey"
 )
 
-// ErrMalformed reports a secret that cannot be a key of this store: wrong
-// prefix, length or alphabet, or a checksum that does not match. It is
-// decided without any I/O.
-var ErrMalformed = errors.New("keystore: malformed api key")
-
-// ErrNotFound reports a key ID that the store does not hold, or a secret
-// whose digest does not match the stored one.
-var ErrNotFound = errors.New("keystore: api key not found")
-
-// ErrRevoked reports a key that has been revoked.
-var ErrRevoked = errors.New("keystore: api key revoked")
-
-// ErrDisabled reports a key that is disabled (enabled: false). It is
-// refused as a revoked key is, until it is enabled again.
-var ErrDisabled = errors.New("keystore: api key disabled")
-
-// ErrIPNotAllowed reports a valid key used from a client address outside
-// its allowed CIDRs, or from an unknown one by a key that has allowed
-// CIDRs.
-var ErrIPNotAllowed = errors.New("keystore: client address not allowed for this api key")
-
-// ErrExpired reports a key whose expiration is at or before now.
-var ErrExpired = errors.New("keystore: api key expired")
-
-// ErrUnavailable reports a technical failure to reach the store. Unlike the
-// other sentinels it says nothing about the key; callers must fail closed
-// (HTTP 503), never treat it as a refusal or an acceptance.
-var ErrUnavailable = errors.New("keystore: store unavailable")
+// The sentinel errors of a verification are package apikey's (the same
+// values, so errors.Is matches either name); see there for what each means.
+var (
+	ErrMalformed    = apikey.ErrMalformed
+	ErrNotFound     = apikey.ErrNotFound
+	ErrRevoked      = apikey.ErrRevoked
+	ErrDisabled     = apikey.ErrDisabled
+	ErrIPNotAllowed = apikey.ErrIPNotAllowed
+	ErrExpired      = apikey.ErrExpired
+	ErrUnavailable  = apikey.ErrUnavailable
+)
 
 // ValidationError reports an input that breaks one of the contract's limits.
 // Param is the wire name of the offending field ("scopes", "limit", …).

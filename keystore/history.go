@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"sync"
@@ -16,13 +15,6 @@ import (
 // per key and minute, HINCRBY on the minute's, the hour's and the day's
 // bucket. Buckets are hashes <ns>:usage:<id>:<m|h|d>:<start, Unix ms>
 // (outcome → count) that expire after the retention of their granularity.
-
-// HistoryOutcomes are the outcomes the usage history counts, in the order
-// of [UsagePoint.Counts].
-var HistoryOutcomes = [...]string{
-	"valid", "rate_limited", "usage_exceeded", "insufficient_scope", "ip_not_allowed",
-	"revoked", "disabled", "expired", "invalid_secret",
-}
 
 const (
 	histValid = iota
@@ -173,46 +165,6 @@ func (s *Store) FlushUsage(ctx context.Context) error {
 	if _, err := pipe.Exec(ctx); err != nil {
 		s.history.putBack(batch)
 		return s.unavailable(opFlush, "flushing usage history", err)
-	}
-	return nil
-}
-
-// UsageHistory is one key's verifications over time, by outcome.
-type UsageHistory struct {
-	Object      string       `json:"object"` // "api_key_usage"
-	ID          string       `json:"id"`
-	Granularity string       `json:"granularity"`
-	Data        []UsagePoint `json:"data"`
-}
-
-// UsagePoint is one bucket: its start (Unix ms) and the count of each of
-// [HistoryOutcomes].
-type UsagePoint struct {
-	T      int64
-	Counts [len(HistoryOutcomes)]int64
-}
-
-// MarshalJSON writes {"t":…,"valid":…,"rate_limited":…,…}.
-func (p UsagePoint) MarshalJSON() ([]byte, error) {
-	b := append([]byte(`{"t":`), strconv.FormatInt(p.T, 10)...)
-	for i, name := range HistoryOutcomes {
-		b = append(b, `,"`...)
-		b = append(b, name...)
-		b = append(b, `":`...)
-		b = strconv.AppendInt(b, p.Counts[i], 10)
-	}
-	return append(b, '}'), nil
-}
-
-// UnmarshalJSON reads what MarshalJSON writes.
-func (p *UsagePoint) UnmarshalJSON(b []byte) error {
-	var m map[string]int64
-	if err := json.Unmarshal(b, &m); err != nil {
-		return err
-	}
-	p.T = m["t"]
-	for i, name := range HistoryOutcomes {
-		p.Counts[i] = m[name]
 	}
 	return nil
 }

@@ -28,20 +28,6 @@ import (
 // secrets up until it has read it again; a verifier without a cache, which
 // has no subscription, reads it every second.
 
-// ImportParams are the inputs of [Store.Import]: a key as [CreateParams]
-// describe it, and the digest of its existing secret.
-type ImportParams struct {
-	CreateParams
-	Hash ImportHash `json:"hash"`
-}
-
-// ImportHash is the digest of an imported key's secret, as the other
-// system stored it.
-type ImportHash struct {
-	Algorithm string `json:"algorithm"` // "sha256", the only one for now
-	Value     string `json:"value"`     // 64 hex characters
-}
-
 // maxForeignSecretLen bounds the secrets looked up among imported keys:
 // a longer one is malformed without a lookup.
 const maxForeignSecretLen = 512
@@ -54,11 +40,11 @@ const maxForeignSecretLen = 512
 // It reports a [*ValidationError] for a bad body, a hash that is not
 // SHA-256, or a secret already imported into a key that still exists.
 func (s *Store) Import(ctx context.Context, p ImportParams) (*APIKey, error) {
-	digest, err := p.Hash.digest()
+	digest, err := importDigest(p.Hash)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.CreateParams.validate(); err != nil {
+	if err := validateCreate(&p.CreateParams); err != nil {
 		return nil, err
 	}
 	k, err := s.newKey(p.CreateParams)
@@ -102,8 +88,8 @@ func (s *Store) Import(ctx context.Context, p ImportParams) (*APIKey, error) {
 	return &out, nil
 }
 
-// digest checks the hash and returns its 32 bytes.
-func (h ImportHash) digest() ([32]byte, error) {
+// importDigest checks the hash and returns its 32 bytes.
+func importDigest(h ImportHash) ([32]byte, error) {
 	var d [32]byte
 	if h.Algorithm != "sha256" {
 		return d, invalid("hash", `.algorithm must be "sha256"`)

@@ -367,7 +367,7 @@ func TestImport(t *testing.T) {
 		if _, err := e.store.Import(ctx, p); err != nil {
 			t.Errorf("importing the secret of a deleted key again = %v", err)
 		}
-		for _, h := range []ImportHash{{"md5", hex.EncodeToString(sum[:])}, {"sha256", "abc"}, {"sha256", ""}} {
+		for _, h := range []ImportHash{{Algorithm: "md5", Value: hex.EncodeToString(sum[:])}, {Algorithm: "sha256", Value: "abc"}, {Algorithm: "sha256", Value: ""}} {
 			if _, err := e.store.Import(ctx, ImportParams{CreateParams: p.CreateParams, Hash: h}); !isValidation(err) {
 				t.Errorf("hash %+v = %v, want a ValidationError", h, err)
 			}

@@ -87,7 +87,7 @@ return {na + nb, page}
 // subject (or of every subject) and the page's records; a query reads the
 // name of every key of the scope. README.md ("Costs") has the figures.
 func (s *Store) List(ctx context.Context, p ListParams) (*KeyList, error) {
-	if err := p.validate(); err != nil {
+	if err := validateList(&p); err != nil {
 		return nil, err
 	}
 	if err := s.checkLayout(ctx); err != nil {
@@ -109,7 +109,7 @@ func (s *Store) List(ctx context.Context, p ListParams) (*KeyList, error) {
 
 // GetAll is [Store.List] with page numbers instead of an offset.
 func (s *Store) GetAll(ctx context.Context, p GetAllParams) (*KeyList, error) {
-	return s.List(ctx, p.listParams())
+	return s.List(ctx, listParams(p))
 }
 
 // indexEntry is a key ID as an index holds it.

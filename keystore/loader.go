@@ -64,7 +64,7 @@ func (l *loader) meter(ctx context.Context, k *APIKey, cost int64, now time.Time
 		l.done()
 		return st, err
 	}
-	c := &loadCall{id: k.meterID(), meter: newMeterCall(k, cost, now), done: make(chan struct{})}
+	c := &loadCall{id: meterID(k), meter: newMeterCall(k, cost, now), done: make(chan struct{})}
 	if err := l.wait(ctx, c); err != nil {
 		return nil, l.store.unavailable(opMeter, "metering key "+k.ID, err)
 	}

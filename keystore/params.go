@@ -9,97 +9,8 @@ import (
 	"unicode/utf8"
 )
 
-// Limits from the contract.
-const (
-	MaxNameLen        = 256
-	MaxSubjectLen     = 256
-	MaxDescriptionLen = 1024
-	MaxCreatedByLen   = 256
-	MaxClaimsBytes    = 8 << 10
-	MaxScopes         = 100
-	MaxScopeLen       = 128
-	DefaultLimit      = 10
-	MaxLimit          = 100
-	MaxOffset         = 1<<31 - 1
-	MaxAllowedCIDRs   = 32
-
-	// MaxSecondsUntilExpiration is 100 years; a longer expiry is a typo.
-	MaxSecondsUntilExpiration = 100 * 365 * 24 * 3600
-)
-
-// CreateParams are the inputs of [Store.Create]. Their JSON names are the
-// admin API's.
-type CreateParams struct {
-	Type        string          `json:"type"` // "" or "api_key"
-	Name        string          `json:"name"`
-	Subject     string          `json:"subject"`
-	Description *string         `json:"description"`
-	Claims      json.RawMessage `json:"claims"` // a JSON object, or null
-	Scopes      []string        `json:"scopes"`
-	CreatedBy   *string         `json:"created_by"`
-	// SecondsUntilExpiration is nil for a key that never expires.
-	SecondsUntilExpiration *int64 `json:"seconds_until_expiration"`
-	// RateLimits and Credits meter the key (docs/usage.md); none by default.
-	RateLimits []RateLimit `json:"rate_limits"`
-	Credits    *Credits    `json:"credits"`
-	// AllowedCIDRs restrict the client addresses the key is admitted from
-	// (IPv4 or IPv6 CIDRs, or single addresses); none admits any.
-	AllowedCIDRs []string `json:"allowed_cidrs"`
-	// Enabled false creates the key disabled. nil means true.
-	Enabled *bool `json:"enabled"`
-}
-
-// UpdateParams are the inputs of [Store.Update]. A nil field is left as it is.
-type UpdateParams struct {
-	// Subject, when not empty, must equal the key's subject.
-	Subject string
-	// Description replaces the description; a pointer to "" clears it.
-	Description *string
-	// Claims replaces the claims; the JSON literal null clears them.
-	Claims json.RawMessage
-	// Scopes replaces the scopes; a pointer to an empty slice clears them.
-	Scopes *[]string
-	// SecondsUntilExpiration sets a new expiration, counted from now.
-	SecondsUntilExpiration *int64
-	// NeverExpires removes the expiration. It wins over SecondsUntilExpiration.
-	NeverExpires bool
-	// RateLimits replaces the rate limits (and restarts them); a pointer to
-	// an empty slice removes them.
-	RateLimits *[]RateLimit
-	// Credits replaces the credits (remaining and refill); NoCredits
-	// removes them and wins over Credits.
-	Credits   *Credits
-	NoCredits bool
-	// Name renames the key.
-	Name *string
-	// Enabled disables (false) or enables (true) the key.
-	Enabled *bool
-	// AllowedCIDRs replaces the allowed client addresses; a pointer to an
-	// empty slice admits any address again.
-	AllowedCIDRs *[]string
-}
-
-// ListParams select and page the keys [Store.List] returns, newest first.
-type ListParams struct {
-	Subject        string // "" lists every subject
-	Query          string // case-insensitive substring of the name
-	IncludeInvalid bool   // include revoked, disabled and expired keys
-	Type           string // "" or "api_key"
-	Limit          int    // 1–100; 0 means 10
-	Offset         int    // ≥ 0
-}
-
-// GetAllParams is the page-numbered form of [ListParams] that Clerk's SDKs
-// use: page InitialPage (from 1) of PageSize keys.
-type GetAllParams struct {
-	Subject        string
-	Query          string
-	IncludeInvalid bool
-	InitialPage    int // 0 means 1
-	PageSize       int // 0 means 10
-}
-
-func (p GetAllParams) listParams() ListParams {
+// listParams is the ListParams form of p.
+func listParams(p GetAllParams) ListParams {
 	lp := ListParams{Subject: p.Subject, Query: p.Query, IncludeInvalid: p.IncludeInvalid, Limit: p.PageSize}
 	if lp.Limit == 0 {
 		lp.Limit = DefaultLimit
@@ -112,7 +23,7 @@ func (p GetAllParams) listParams() ListParams {
 	return lp
 }
 
-func (p *CreateParams) validate() error {
+func validateCreate(p *CreateParams) error {
 	if err := checkType(p.Type); err != nil {
 		return err
 	}
@@ -157,7 +68,7 @@ func (p *CreateParams) validate() error {
 	return nil
 }
 
-func (p *UpdateParams) validate() error {
+func validateUpdate(p *UpdateParams) error {
 	if p.Name != nil {
 		if err := checkText("name", *p.Name, MaxNameLen, true); err != nil {
 			return err
@@ -211,7 +122,7 @@ func (p *UpdateParams) validate() error {
 	return nil
 }
 
-func (p *ListParams) validate() error {
+func validateList(p *ListParams) error {
 	if err := checkType(p.Type); err != nil {
 		return err
 	}
@@ -340,7 +251,7 @@ var errBadCIDR = invalid("allowed_cidrs", "is not a CIDR")
 
 // parseCIDRs parses CIDRs that checkCIDRs wrote. It skips what does not
 // parse, which only a hand-edited record holds: such a key then admits
-// fewer addresses, never more ([APIKey.admits] goes by AllowedCIDRs).
+// fewer addresses, never more ([admits] goes by AllowedCIDRs).
 func parseCIDRs(list []string) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(list))
 	for _, c := range list {
@@ -356,4 +267,29 @@ func checkSeconds(s int64) error {
 		return invalid("seconds_until_expiration", "must be between 1 and %d, or null for a key that never expires", MaxSecondsUntilExpiration)
 	}
 	return nil
+}
+
+// setAllowedCIDRs sets the allowed CIDRs, which checkCIDRs has checked.
+func setAllowedCIDRs(k *APIKey, cidrs []string) {
+	k.AllowedCIDRs = append([]string{}, cidrs...)
+	k.Allowed = parseCIDRs(k.AllowedCIDRs)
+}
+
+// admits reports whether a request from addr may use the key: the key
+// has no allowed CIDRs, or one holds addr. The zero Addr (an unknown
+// client) is admitted only by a key without allowed CIDRs.
+func admits(k *APIKey, addr netip.Addr) bool {
+	if len(k.AllowedCIDRs) == 0 {
+		return true
+	}
+	if !addr.IsValid() {
+		return false
+	}
+	addr = addr.Unmap().WithZone("")
+	for _, p := range k.Allowed {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
 }

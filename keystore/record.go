@@ -117,8 +117,8 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 		UpdatedAt: parseMillis(h[fUpdatedAt]),
 		Revoked:   h[fRevoked] == "1",
 		Enabled:   h[fDisabled] != "1",
-		meterVia:  h[fMeterVia],
 	}
+	k.MeterVia = h[fMeterVia]
 	if k.Type == "" {
 		k.Type = KeyType
 	}
@@ -162,7 +162,7 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 	k.AllowedCIDRs = []string{}
 	if v := h[fCIDRs]; v != "" {
 		k.AllowedCIDRs = strings.Split(v, ",")
-		k.allowed = parseCIDRs(k.AllowedCIDRs)
+		k.Allowed = parseCIDRs(k.AllowedCIDRs)
 	}
 	if v, ok := h[fRolledFrom]; ok {
 		k.RolledFrom = &v

@@ -459,7 +459,7 @@ func cachedValid(v *Verifier, id string) bool {
 // admissible reports whether k, as stored, admits the fleet's load.
 func admissible(k *APIKey) bool {
 	out, _ := refused(k, time.Now())
-	return out == nil && k.admits(loadClient)
+	return out == nil && admits(k, loadClient)
 }
 
 // newHangProxy starts a [redistest.Proxy] to upstream.

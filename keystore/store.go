@@ -245,7 +245,7 @@ func IsEphemeral(namespace, key string) bool {
 // Create stores a new key and returns it with its secret, which is shown
 // this once and never stored.
 func (s *Store) Create(ctx context.Context, p CreateParams) (*APIKey, error) {
-	if err := p.validate(); err != nil {
+	if err := validateCreate(&p); err != nil {
 		return nil, err
 	}
 	k, err := s.newKey(p)
@@ -289,7 +289,7 @@ func (s *Store) newKey(p CreateParams) (*APIKey, error) {
 		RateLimits:  append([]RateLimit{}, p.RateLimits...),
 		Enabled:     p.Enabled == nil || *p.Enabled,
 	}
-	k.setAllowedCIDRs(p.AllowedCIDRs)
+	setAllowedCIDRs(k, p.AllowedCIDRs)
 	if p.Credits != nil {
 		c := *p.Credits
 		c.LastRefillAt = nil
@@ -496,7 +496,7 @@ return redis.call('HGETALL', KEYS[1])
 // once every live [Verifier] has dropped its cached copy (or
 // [Options.InvalidationWait] has passed).
 func (s *Store) Update(ctx context.Context, id string, p UpdateParams) (*APIKey, error) {
-	if err := p.validate(); err != nil {
+	if err := validateUpdate(&p); err != nil {
 		return nil, err
 	}
 	if !ValidID(id) {

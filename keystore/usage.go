@@ -46,29 +46,6 @@ func (e *LimitError) Error() string { return e.Err.Error() }
 // Unwrap makes errors.Is(err, ErrRateLimited) (or ErrUsageExceeded) hold.
 func (e *LimitError) Unwrap() error { return e.Err }
 
-// RateLimit is one named limit of a key: at most Limit per DurationMs.
-type RateLimit struct {
-	Name       string `json:"name"`
-	Limit      int64  `json:"limit"`
-	DurationMs int64  `json:"duration_ms"`
-}
-
-// Credits is a key's balance: every admitted request spends its cost.
-type Credits struct {
-	Remaining    int64   `json:"remaining"`
-	Refill       *Refill `json:"refill"`
-	LastRefillAt *int64  `json:"last_refill_at"` // read-only: when the last refill happened
-}
-
-// Refill sets a key's credits back to Amount at every interval boundary
-// (UTC): each midnight for "day", each DayOfMonth at midnight for "month"
-// (the month's last day when it has fewer days).
-type Refill struct {
-	Interval   string `json:"interval"` // "day" or "month"
-	Amount     int64  `json:"amount"`
-	DayOfMonth int    `json:"day_of_month,omitempty"` // 1–31, months only; default 1
-}
-
 // LimitState is what one verification learned of a key's limits: each
 // limit's remaining quota and reset, and the credits left.
 type LimitState struct {
@@ -205,7 +182,7 @@ func decodeRefill(s string) *Refill {
 
 // boundaries returns the latest refill boundary at or before now and the
 // next one after it, in UTC.
-func (r *Refill) boundaries(now time.Time) (last, next time.Time) {
+func refillBoundaries(r *Refill, now time.Time) (last, next time.Time) {
 	now = now.UTC()
 	if r.Interval == refillDay {
 		last = time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
@@ -224,16 +201,16 @@ func (r *Refill) boundaries(now time.Time) (last, next time.Time) {
 }
 
 // limited reports whether verifying k costs a meter call.
-func (k *APIKey) limited() bool {
-	return len(k.RateLimits) > 0 || k.Credits != nil || k.meterVia != ""
+func limited(k *APIKey) bool {
+	return len(k.RateLimits) > 0 || k.Credits != nil || k.MeterVia != ""
 }
 
 // meterID is the key whose record meters k: k itself, or during a rolled
 // key's grace its successor, which holds the moved balance (see
 // [Store.Roll]).
-func (k *APIKey) meterID() string {
-	if k.meterVia != "" {
-		return k.meterVia
+func meterID(k *APIKey) string {
+	if k.MeterVia != "" {
+		return k.MeterVia
 	}
 	return k.ID
 }
@@ -320,7 +297,7 @@ func newMeterCall(k *APIKey, cost int64, now time.Time) *meterCall {
 	var next time.Time
 	if k.Credits != nil && k.Credits.Refill != nil {
 		var last time.Time
-		last, next = k.Credits.Refill.boundaries(now)
+		last, next = refillBoundaries(k.Credits.Refill, now)
 		boundary = last.UnixMilli()
 	}
 	return &meterCall{key: k, cost: cost, args: []any{now.UnixMilli(), cost, boundary}, next: next, now: now}
@@ -333,7 +310,7 @@ func newMeterCall(k *APIKey, cost int64, now time.Time) *meterCall {
 // through its loader instead.
 func (s *Store) meter(ctx context.Context, k *APIKey, cost int64, now time.Time) (*LimitState, error) {
 	c := newMeterCall(k, cost, now)
-	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(k.meterID())}, c.args...).Slice()
+	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(meterID(k))}, c.args...).Slice()
 	return s.metered(c, raw, err)
 }
 

@@ -16,10 +16,15 @@ import (
 )
 
 // Source names the entry point a verification came through, as the
-// keygate_verifications_total metric labels it.
+// keygate_verifications_total metric labels it. It is a free label chosen
+// by the caller: keystore decides nothing by it. A program with an entry
+// point of its own passes its own value (Source("console")); keep to a
+// fixed, small set, since each value is a metric series. The constants are
+// the labels of keygate's own entry points, which are counted without a
+// lock; any other value is counted too, under one.
 type Source string
 
-// The entry points of the contract.
+// The labels of keygate's own entry points.
 const (
 	SourceMiddleware  Source = "middleware"
 	SourceSidecar     Source = "sidecar"
@@ -375,7 +380,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 	if out, err := refused(k, now); err != nil {
 		return Result{Key: out, id: k.ID}, hit, err
 	}
-	if len(k.AllowedCIDRs) > 0 && !k.admits(client) {
+	if len(k.AllowedCIDRs) > 0 && !admits(k, client) {
 		return Result{Key: k, id: k.ID}, hit, ErrIPNotAllowed
 	}
 	if !k.HasScopes(scopes...) {
@@ -383,7 +388,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 		// arguments stay on their stacks.
 		return Result{Key: k, id: k.ID}, hit, &ScopeError{Required: append([]string(nil), scopes...)}
 	}
-	if k.limited() {
+	if limited(k) {
 		res.Limits, err = v.loads.meter(ctx, k, max(cost, 1), now)
 		if err != nil {
 			return Result{Key: k, Limits: res.Limits, id: k.ID}, hit, err

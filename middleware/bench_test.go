@@ -1,9 +1,11 @@
-package middleware
+package middleware_test
 
 import (
 	"net/http"
 	"testing"
 
+	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/echomw"
 	"github.com/labstack/echo/v4"
 )
 
@@ -23,7 +25,7 @@ func BenchmarkHTTP(b *testing.B) {
 	e := newEnv(b, realRedis)
 	var seen int
 	bare := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := FromContext(r.Context()); ok {
+		if _, ok := middleware.FromContext(r.Context()); ok {
 			seen++
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -38,13 +40,13 @@ func BenchmarkHTTP(b *testing.B) {
 	}
 	valid := request{header: bearer("reader")}.build(e)
 	b.Run("bare", func(b *testing.B) { run(b, bare, valid) })
-	b.Run("valid", func(b *testing.B) { run(b, New(e.v, Options{})(bare), valid) })
+	b.Run("valid", func(b *testing.B) { run(b, middleware.New(e.v, middleware.Options{})(bare), valid) })
 	b.Run("valid+RequireScopes", func(b *testing.B) {
-		run(b, New(e.v, Options{})(RequireScopes("reports:read")(bare)), valid)
+		run(b, middleware.New(e.v, middleware.Options{})(middleware.RequireScopes("reports:read")(bare)), valid)
 	})
-	b.Run("missing", func(b *testing.B) { run(b, New(e.v, Options{})(bare), request{}.build(e)) })
+	b.Run("missing", func(b *testing.B) { run(b, middleware.New(e.v, middleware.Options{})(bare), request{}.build(e)) })
 	b.Run("optional anonymous", func(b *testing.B) {
-		run(b, New(e.v, Options{Optional: true})(bare), request{}.build(e))
+		run(b, middleware.New(e.v, middleware.Options{Optional: true})(bare), request{}.build(e))
 	})
 	if seen == 0 {
 		b.Fatal("the handler never saw a key")
@@ -57,7 +59,7 @@ func BenchmarkEcho(b *testing.B) {
 	e := newEnv(b, realRedis)
 	var seen int
 	handler := func(c echo.Context) error {
-		if _, ok := EchoKey(c); ok {
+		if _, ok := echomw.Key(c); ok {
 			seen++
 		}
 		return c.NoContent(http.StatusNoContent)
@@ -78,7 +80,7 @@ func BenchmarkEcho(b *testing.B) {
 	}
 	valid := request{header: bearer("reader")}.build(e)
 	b.Run("bare", func(b *testing.B) { run(b, server(), valid) })
-	b.Run("valid", func(b *testing.B) { run(b, server(Echo(e.v, EchoConfig{})), valid) })
+	b.Run("valid", func(b *testing.B) { run(b, server(echomw.New(e.v, echomw.Config{})), valid) })
 	if seen == 0 {
 		b.Fatal("the handler never saw a key")
 	}

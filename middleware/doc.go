@@ -1,7 +1,8 @@
-// Package middleware verifies API keys in front of Go handlers, for net/http
-// ([New], [RequireScopes]) and Echo v4 ([Echo], [EchoRequireScopes]), with
-// one [keystore.Verifier] behind both, so that a key gets the same answer
-// here as from the sidecar, forward-auth and POST /api_keys/verify.
+// Package middleware verifies API keys in front of net/http handlers ([New],
+// [RequireScopes]) with a [keystore.Verifier], so that a key gets the same
+// answer here as from the sidecar, forward-auth and POST /api_keys/verify.
+// Its Echo v4 form is package middleware/echomw, apart so that a net/http
+// user does not build Echo (docs/packages.md).
 //
 // With net/http:
 //
@@ -15,13 +16,13 @@
 //	key, _ := middleware.FromContext(r.Context())
 //	fmt.Fprintln(w, "hello", key.Subject)
 //
-// With Echo:
+// With Echo, import github.com/keygate/keygate/middleware/echomw:
 //
 //	e := echo.New()
-//	e.Use(middleware.Echo(verifier, middleware.EchoConfig{}))
-//	e.GET("/reports", reports, middleware.EchoRequireScopes("reports:read"))
+//	e.Use(echomw.New(verifier, echomw.Config{}))
+//	e.GET("/reports", reports, echomw.RequireScopes("reports:read"))
 //
-// and in the handler, key, _ := middleware.EchoKey(c).
+// and in the handler, key, _ := echomw.Key(c).
 //
 // The key is read from "Authorization: Bearer <key>" (the scheme in any case)
 // or X-API-Key, from a query parameter only when [KeyLookup] lists one, and
@@ -37,6 +38,6 @@
 //     the request never goes through.
 //
 // The net/http middleware writes refusals with [WriteError] (the contract's
-// JSON error body) unless Options.ErrorHandler says otherwise; the Echo
-// middleware returns them as *echo.HTTPError for Echo's HTTPErrorHandler.
+// JSON error body) unless Options.ErrorHandler says otherwise; echomw
+// returns them as *echo.HTTPError for Echo's HTTPErrorHandler.
 package middleware

@@ -1,4 +1,4 @@
-package middleware
+package middleware_test
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/testclock"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/echomw"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -167,13 +169,13 @@ var stacks = []stack{{"net/http", buildHTTP}, {"echo", buildEcho}}
 func buildHTTP(v *keystore.Verifier, c config) http.Handler {
 	h := http.Handler(http.HandlerFunc(whoami))
 	if c.route != nil {
-		h = RequireScopes(c.route...)(h)
+		h = middleware.RequireScopes(c.route...)(h)
 	}
-	return New(v, Options{KeyLookup: MustParseKeyLookup(c.lookup), Scopes: c.scopes, Optional: c.optional, TrustedProxies: c.proxies})(h)
+	return middleware.New(v, middleware.Options{KeyLookup: middleware.MustParseKeyLookup(c.lookup), Scopes: c.scopes, Optional: c.optional, TrustedProxies: c.proxies})(h)
 }
 
 func whoami(w http.ResponseWriter, r *http.Request) {
-	key, ok := FromContext(r.Context())
+	key, ok := middleware.FromContext(r.Context())
 	if !ok {
 		io.WriteString(w, "anonymous")
 		return
@@ -183,22 +185,22 @@ func whoami(w http.ResponseWriter, r *http.Request) {
 
 func buildEcho(v *keystore.Verifier, c config) http.Handler {
 	e := echo.New()
-	e.Use(Echo(v, EchoConfig{KeyLookup: c.lookup, Scopes: c.scopes, Optional: c.optional, TrustedProxies: c.proxies}))
+	e.Use(echomw.New(v, echomw.Config{KeyLookup: c.lookup, Scopes: c.scopes, Optional: c.optional, TrustedProxies: c.proxies}))
 	var route []echo.MiddlewareFunc
 	if c.route != nil {
-		route = append(route, EchoRequireScopes(c.route...))
+		route = append(route, echomw.RequireScopes(c.route...))
 	}
 	e.Any("/*", echoWhoami, route...)
 	return e
 }
 
-// echoWhoami answers like whoami, and 500 if EchoKey and FromContext
+// echoWhoami answers like whoami, and 500 if echomw.Key and middleware.FromContext
 // disagree.
 func echoWhoami(c echo.Context) error {
-	key, ok := EchoKey(c)
-	ctxKey, ctxOK := FromContext(c.Request().Context())
+	key, ok := echomw.Key(c)
+	ctxKey, ctxOK := middleware.FromContext(c.Request().Context())
 	if key != ctxKey || ok != ctxOK {
-		return c.String(http.StatusInternalServerError, "EchoKey and FromContext disagree")
+		return c.String(http.StatusInternalServerError, "echomw.Key and middleware.FromContext disagree")
 	}
 	if !ok {
 		return c.String(http.StatusOK, "anonymous")

@@ -9,6 +9,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/echomw"
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
 )
@@ -35,18 +36,19 @@ func ExampleNew() {
 	// GET 401 Bearer realm="keygate"
 }
 
-func ExampleEcho() {
+// The Echo form of the middleware is package middleware/echomw.
+func Example_echo() {
 	verifier, secret, stop := demo()
 	defer stop()
 	reports := func(c echo.Context) error {
-		key, _ := middleware.EchoKey(c)
+		key, _ := echomw.Key(c)
 		return c.String(http.StatusOK, "reports of "+key.Subject)
 	}
 
 	e := echo.New()
-	e.Use(middleware.Echo(verifier, middleware.EchoConfig{}))
-	e.GET("/reports", reports, middleware.EchoRequireScopes("reports:read"))
-	e.DELETE("/reports", reports, middleware.EchoRequireScopes("reports:write"))
+	e.Use(echomw.New(verifier, echomw.Config{}))
+	e.GET("/reports", reports, echomw.RequireScopes("reports:read"))
+	e.DELETE("/reports", reports, echomw.RequireScopes("reports:write"))
 
 	try(e, "GET", "Bearer "+secret)
 	try(e, "DELETE", "Bearer "+secret)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware/internal/keyctx"
 )
 
 // Options configure the middleware of [New]. The zero value works: every
@@ -96,7 +97,7 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 	}
 	opts = opts.withDefaults()
 	proxies := throttle.Proxies(slices.Clone(opts.TrustedProxies))
-	anonymous := &state{onError: opts.ErrorHandler, verifier: v} // shared: it never changes
+	anonymous := &keyctx.State{OnError: opts.ErrorHandler, Verifier: v} // shared: it never changes
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if opts.Skipper(r) {
@@ -106,7 +107,7 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 			ctx := r.Context()
 			secret := opts.KeyLookup.Key(r)
 			if secret == "" && opts.Optional {
-				next.ServeHTTP(w, r.WithContext(withState(ctx, anonymous)))
+				next.ServeHTTP(w, r.WithContext(keyctx.With(ctx, anonymous)))
 				return
 			}
 			req := keystore.Request{Secret: secret, Source: keystore.SourceMiddleware, Scopes: opts.Scopes, ClientIP: proxies.ClientIP(r)}
@@ -119,7 +120,7 @@ func New(v *keystore.Verifier, opts Options) func(http.Handler) http.Handler {
 				opts.ErrorHandler(w, r, err)
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(withState(ctx, &state{key: res.Key, onError: opts.ErrorHandler, verifier: v})))
+			next.ServeHTTP(w, r.WithContext(keyctx.With(ctx, &keyctx.State{Key: res.Key, OnError: opts.ErrorHandler, Verifier: v})))
 		})
 	}
 }
@@ -138,32 +139,17 @@ func RequireScopes(scopes ...string) func(http.Handler) http.Handler {
 	scopes = slices.Clone(scopes)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			st := stateFrom(r.Context())
-			err := checkScopes(st, scopes)
+			st := keyctx.From(r.Context())
+			err := keyctx.CheckScopes(st, scopes)
 			if err == nil {
 				next.ServeHTTP(w, r)
 				return
 			}
 			onError := WriteError
-			if st != nil && st.onError != nil {
-				onError = st.onError
+			if st != nil && st.OnError != nil {
+				onError = st.OnError
 			}
 			onError(w, r, err)
 		})
 	}
-}
-
-// checkScopes decides a route's scopes on the request's state: nil, a
-// [*keystore.ScopeError], or keystore.ErrMissing.
-func checkScopes(st *state, scopes []string) error {
-	if st == nil || st.key == nil {
-		return keystore.ErrMissing
-	}
-	if st.verifier != nil {
-		return st.verifier.Authorize(st.key, keystore.SourceMiddleware, scopes...)
-	}
-	if !st.key.HasScopes(scopes...) {
-		return &keystore.ScopeError{Required: scopes}
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package middleware
+package middleware_test
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/echomw"
 )
 
 func TestParseKeyLookup(t *testing.T) {
@@ -20,7 +22,7 @@ func TestParseKeyLookup(t *testing.T) {
 		wantErr bool
 	}{
 		{in: "", headers: []string{"Authorization", "X-Api-Key"}},
-		{in: DefaultKeyLookup + ", query:api_key", headers: []string{"Authorization", "X-Api-Key"}, query: []string{"api_key"}},
+		{in: middleware.DefaultKeyLookup + ", query:api_key", headers: []string{"Authorization", "X-Api-Key"}, query: []string{"api_key"}},
 		{in: "header:x-api-key", headers: []string{"X-Api-Key"}},
 		{in: "form:api_key", wantErr: true},
 		{in: "cookie:api_key", wantErr: true},
@@ -32,7 +34,7 @@ func TestParseKeyLookup(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
-			kl, err := ParseKeyLookup(tc.in)
+			kl, err := middleware.ParseKeyLookup(tc.in)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, want error: %v", err, tc.wantErr)
 			}
@@ -50,15 +52,15 @@ func TestKeyLookupKey(t *testing.T) {
 		target string
 		want   string
 	}{
-		{DefaultKeyLookup, []string{"Authorization", "Bearer k1"}, "/", "k1"},
-		{DefaultKeyLookup, []string{"Authorization", "bEaReR k1"}, "/", "k1"},
-		{DefaultKeyLookup, []string{"Authorization", "Bearer"}, "/", ""},
-		{DefaultKeyLookup, []string{"Authorization", "Bearerk1"}, "/", ""},
-		{DefaultKeyLookup, []string{"Authorization", "Basic k1", "X-Api-Key", "k2"}, "/", "k2"},
-		{DefaultKeyLookup, []string{"Authorization", "Bearer  ", "X-Api-Key", " k2 "}, "/", "k2"},
-		{DefaultKeyLookup, []string{"Authorization", "Bearer k1", "X-Api-Key", "k2"}, "/", "k1"},
-		{DefaultKeyLookup, nil, "/?api_key=k3", ""},
-		{"query:api_key," + DefaultKeyLookup, []string{"Authorization", "Bearer k1"}, "/?api_key=k3", "k3"},
+		{middleware.DefaultKeyLookup, []string{"Authorization", "Bearer k1"}, "/", "k1"},
+		{middleware.DefaultKeyLookup, []string{"Authorization", "bEaReR k1"}, "/", "k1"},
+		{middleware.DefaultKeyLookup, []string{"Authorization", "Bearer"}, "/", ""},
+		{middleware.DefaultKeyLookup, []string{"Authorization", "Bearerk1"}, "/", ""},
+		{middleware.DefaultKeyLookup, []string{"Authorization", "Basic k1", "X-Api-Key", "k2"}, "/", "k2"},
+		{middleware.DefaultKeyLookup, []string{"Authorization", "Bearer  ", "X-Api-Key", " k2 "}, "/", "k2"},
+		{middleware.DefaultKeyLookup, []string{"Authorization", "Bearer k1", "X-Api-Key", "k2"}, "/", "k1"},
+		{middleware.DefaultKeyLookup, nil, "/?api_key=k3", ""},
+		{"query:api_key," + middleware.DefaultKeyLookup, []string{"Authorization", "Bearer k1"}, "/?api_key=k3", "k3"},
 		{"header:Authorization", []string{"Authorization", "Bearer k1"}, "/", "k1"},
 		{"header:Authorization:", []string{"Authorization", "k1"}, "/", "k1"},
 		{"header:Authorization:Token ", []string{"Authorization", "token k1"}, "/", "k1"},
@@ -70,7 +72,7 @@ func TestKeyLookupKey(t *testing.T) {
 			for i := 0; i+1 < len(tc.header); i += 2 {
 				r.Header.Add(tc.header[i], tc.header[i+1])
 			}
-			if got := MustParseKeyLookup(tc.lookup).Key(r); got != tc.want {
+			if got := middleware.MustParseKeyLookup(tc.lookup).Key(r); got != tc.want {
 				t.Errorf("Key = %q, want %q", got, tc.want)
 			}
 		})
@@ -84,7 +86,7 @@ func TestEchoPanicsOnBadConfig(t *testing.T) {
 		}
 	}()
 	e := newEnv(t, mini)
-	Echo(e.v, EchoConfig{KeyLookup: "form:api_key"})
+	echomw.New(e.v, echomw.Config{KeyLookup: "form:api_key"})
 }
 
 func TestStatusAndChallenge(t *testing.T) {
@@ -102,10 +104,10 @@ func TestStatusAndChallenge(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.err.Error(), func(t *testing.T) {
-			if got := Status(tc.err); got != tc.status {
+			if got := middleware.Status(tc.err); got != tc.status {
 				t.Errorf("Status = %d, want %d", got, tc.status)
 			}
-			if got := Challenge(tc.err); got != tc.challenge {
+			if got := middleware.Challenge(tc.err); got != tc.challenge {
 				t.Errorf("Challenge = %q, want %q", got, tc.challenge)
 			}
 		})
@@ -120,12 +122,12 @@ func TestFromContext(t *testing.T) {
 		want *keystore.APIKey
 	}{
 		{"empty", context.Background(), nil},
-		{"nil key", NewContext(context.Background(), nil), nil},
-		{"key", NewContext(context.Background(), key), key},
+		{"nil key", middleware.NewContext(context.Background(), nil), nil},
+		{"key", middleware.NewContext(context.Background(), key), key},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := FromContext(tc.ctx)
+			got, ok := middleware.FromContext(tc.ctx)
 			if got != tc.want || ok != (tc.want != nil) {
 				t.Errorf("FromContext = %v, %v; want %v", got, ok, tc.want)
 			}

@@ -1,4 +1,4 @@
-package middleware
+package middleware_test
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/echomw"
 	"github.com/labstack/echo/v4"
 )
 
@@ -101,7 +103,7 @@ func TestOutcomes(t *testing.T) {
 			response{status: 401, challenge: missingChallenge, code: "authentication_invalid"}},
 		{"query key not configured", config{}, request{target: "/reports?api_key={reader}"},
 			response{status: 401, challenge: missingChallenge, code: "authentication_invalid"}},
-		{"query key configured", config{lookup: DefaultKeyLookup + ",query:api_key"}, request{target: "/reports?api_key={reader}"},
+		{"query key configured", config{lookup: middleware.DefaultKeyLookup + ",query:api_key"}, request{target: "/reports?api_key={reader}"},
 			response{status: 200, subject: "user_reader"}},
 		{"query key configured, revoked", config{lookup: "query:api_key"}, request{target: "/reports?api_key={revoked}"},
 			response{status: 401, challenge: invalidChallenge, code: "api_key_revoked"}},
@@ -174,10 +176,10 @@ func TestSkipper(t *testing.T) {
 	e := newEnv(t, mini)
 	skip := func(path string) bool { return path == "/healthz" }
 	handlers := map[string]http.Handler{
-		"net/http": New(e.v, Options{Skipper: func(r *http.Request) bool { return skip(r.URL.Path) }})(http.HandlerFunc(whoami)),
+		"net/http": middleware.New(e.v, middleware.Options{Skipper: func(r *http.Request) bool { return skip(r.URL.Path) }})(http.HandlerFunc(whoami)),
 		"echo": func() http.Handler {
 			ec := echo.New()
-			ec.Use(Echo(e.v, EchoConfig{Skipper: func(c echo.Context) bool { return skip(c.Request().URL.Path) }}))
+			ec.Use(echomw.New(e.v, echomw.Config{Skipper: func(c echo.Context) bool { return skip(c.Request().URL.Path) }}))
 			ec.Any("/*", echoWhoami)
 			return ec
 		}(),
@@ -209,9 +211,9 @@ func TestSkipper(t *testing.T) {
 func TestRequireScopesAlone(t *testing.T) {
 	e := newEnv(t, mini)
 	ec := echo.New()
-	ec.GET("/reports", echoWhoami, EchoRequireScopes("reports:read"))
+	ec.GET("/reports", echoWhoami, echomw.RequireScopes("reports:read"))
 	handlers := map[string]http.Handler{
-		"net/http": RequireScopes("reports:read")(http.HandlerFunc(whoami)),
+		"net/http": middleware.RequireScopes("reports:read")(http.HandlerFunc(whoami)),
 		"echo":     ec,
 	}
 	for _, s := range stacks {
@@ -278,10 +280,10 @@ func TestErrorHandler(t *testing.T) {
 				e.down()
 			}
 			var got error
-			h := New(e.v, Options{ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			h := middleware.New(e.v, middleware.Options{ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				got = err
 				w.WriteHeader(http.StatusTeapot)
-			}})(RequireScopes("reports:write")(http.HandlerFunc(whoami)))
+			}})(middleware.RequireScopes("reports:write")(http.HandlerFunc(whoami)))
 			rec := serve(h, tc.req.build(e))
 			if rec.Code != http.StatusTeapot || !errors.Is(got, tc.want) {
 				t.Errorf("status %d, error %v; want 418 from the custom handler with %v", rec.Code, got, tc.want)
@@ -295,17 +297,17 @@ func TestErrorHandler(t *testing.T) {
 func TestEchoHTTPError(t *testing.T) {
 	tests := []struct {
 		name      string
-		cfg       EchoConfig
+		cfg       echomw.Config
 		req       request
 		down      bool
 		status    int
 		challenge string
 		want      error
 	}{
-		{"missing is 401, not 400", EchoConfig{}, request{}, false, 401, missingChallenge, keystore.ErrMissing},
-		{"revoked", EchoConfig{}, request{header: bearer("revoked")}, false, 401, invalidChallenge, keystore.ErrRevoked},
-		{"scope", EchoConfig{Scopes: []string{"reports:write"}}, request{header: bearer("reader")}, false, 403, scopeChallenge("reports:write"), keystore.ErrInsufficientScope},
-		{"store unreachable", EchoConfig{}, request{header: bearer("fresh")}, true, 503, "", keystore.ErrUnavailable},
+		{"missing is 401, not 400", echomw.Config{}, request{}, false, 401, missingChallenge, keystore.ErrMissing},
+		{"revoked", echomw.Config{}, request{header: bearer("revoked")}, false, 401, invalidChallenge, keystore.ErrRevoked},
+		{"scope", echomw.Config{Scopes: []string{"reports:write"}}, request{header: bearer("reader")}, false, 403, scopeChallenge("reports:write"), keystore.ErrInsufficientScope},
+		{"store unreachable", echomw.Config{}, request{header: bearer("fresh")}, true, 503, "", keystore.ErrUnavailable},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -316,7 +318,7 @@ func TestEchoHTTPError(t *testing.T) {
 			ec := echo.New()
 			rec := httptest.NewRecorder()
 			c := ec.NewContext(tc.req.build(e), rec)
-			err := Echo(e.v, tc.cfg)(func(echo.Context) error {
+			err := echomw.New(e.v, tc.cfg)(func(echo.Context) error {
 				t.Error("the handler ran")
 				return nil
 			})(c)
@@ -349,26 +351,26 @@ func TestEchoErrorHandler(t *testing.T) {
 		return echo.NewHTTPError(http.StatusTeapot, keystore.Outcome(err))
 	}
 	contractBody := func(err error, c echo.Context) error {
-		WriteError(c.Response(), c.Request(), err)
+		middleware.WriteError(c.Response(), c.Request(), err)
 		return nil
 	}
 	tests := []struct {
 		name   string
-		cfg    EchoConfig
+		cfg    echomw.Config
 		req    request
 		down   bool
 		status int
 		ran    bool   // the handler ran
 		body   string // a substring of the body
 	}{
-		{"custom error", EchoConfig{ErrorHandler: teapot}, request{header: bearer("revoked")}, false, 418, false, `"revoked"`},
-		{"custom error on missing", EchoConfig{ErrorHandler: teapot}, request{}, false, 418, false, `"missing"`},
-		{"custom error on unreachable store", EchoConfig{ErrorHandler: teapot}, request{header: bearer("fresh")}, true, 418, false, `"unavailable"`},
-		{"contract body", EchoConfig{ErrorHandler: contractBody}, request{header: bearer("expired")}, false, 401, false, `"code":"api_key_expired"`},
-		{"ignored without continue", EchoConfig{ErrorHandler: ignore}, request{header: bearer("revoked")}, false, 200, false, ""},
-		{"ignored and continued, missing", EchoConfig{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{}, false, 200, true, "anonymous"},
-		{"ignored and continued, revoked", EchoConfig{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{header: bearer("revoked")}, false, 200, true, "anonymous"},
-		{"ignored unreachable store is not continued", EchoConfig{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{header: bearer("fresh")}, true, 200, false, ""},
+		{"custom error", echomw.Config{ErrorHandler: teapot}, request{header: bearer("revoked")}, false, 418, false, `"revoked"`},
+		{"custom error on missing", echomw.Config{ErrorHandler: teapot}, request{}, false, 418, false, `"missing"`},
+		{"custom error on unreachable store", echomw.Config{ErrorHandler: teapot}, request{header: bearer("fresh")}, true, 418, false, `"unavailable"`},
+		{"contract body", echomw.Config{ErrorHandler: contractBody}, request{header: bearer("expired")}, false, 401, false, `"code":"api_key_expired"`},
+		{"ignored without continue", echomw.Config{ErrorHandler: ignore}, request{header: bearer("revoked")}, false, 200, false, ""},
+		{"ignored and continued, missing", echomw.Config{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{}, false, 200, true, "anonymous"},
+		{"ignored and continued, revoked", echomw.Config{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{header: bearer("revoked")}, false, 200, true, "anonymous"},
+		{"ignored unreachable store is not continued", echomw.Config{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{header: bearer("fresh")}, true, 200, false, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -378,7 +380,7 @@ func TestEchoErrorHandler(t *testing.T) {
 			}
 			ran := false
 			ec := echo.New()
-			ec.Use(Echo(e.v, tc.cfg))
+			ec.Use(echomw.New(e.v, tc.cfg))
 			ec.Any("/*", func(c echo.Context) error {
 				ran = true
 				return echoWhoami(c)

@@ -1,4 +1,4 @@
-package middleware
+package middleware_test
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/echomw"
 	"github.com/labstack/echo/v4"
 )
 
@@ -38,10 +40,10 @@ func TestRateLimitsAndCredits(t *testing.T) {
 				return 1
 			}
 			handlers := map[string]http.Handler{
-				"net/http": New(e.v, Options{Cost: func(r *http.Request) int64 { return cost(r.URL.Path) }})(http.HandlerFunc(whoami)),
+				"net/http": middleware.New(e.v, middleware.Options{Cost: func(r *http.Request) int64 { return cost(r.URL.Path) }})(http.HandlerFunc(whoami)),
 			}
 			ec := echo.New()
-			ec.Use(Echo(e.v, EchoConfig{Cost: func(c echo.Context) int64 { return cost(c.Request().URL.Path) }}))
+			ec.Use(echomw.New(e.v, echomw.Config{Cost: func(c echo.Context) int64 { return cost(c.Request().URL.Path) }}))
 			ec.Any("/*", echoWhoami)
 			handlers["echo"] = ec
 			for name, h := range handlers {

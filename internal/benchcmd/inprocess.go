@@ -15,6 +15,7 @@ import (
 
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/echomw"
 )
 
 // benchPair runs the benchmarks base and kg, taking turns, runs times each,
@@ -162,7 +163,7 @@ func echoMiddleware(ctx context.Context, e *env) ([]row, error) {
 	defer in.close()
 	seen := 0
 	handler := func(c echo.Context) error {
-		if _, ok := middleware.EchoKey(c); ok {
+		if _, ok := echomw.Key(c); ok {
 			seen++
 		}
 		return c.NoContent(http.StatusNoContent)
@@ -173,12 +174,12 @@ func echoMiddleware(ctx context.Context, e *env) ([]row, error) {
 		ec.GET("/reports/:id", handler)
 		return ec
 	}
-	baseNs, kgNs, _, kgAllocs := benchPair(e.cfg.runs, serveLoop(server(), r), serveLoop(server(middleware.Echo(in.v, middleware.EchoConfig{})), r))
+	baseNs, kgNs, _, kgAllocs := benchPair(e.cfg.runs, serveLoop(server(), r), serveLoop(server(echomw.New(in.v, echomw.Config{})), r))
 	if seen == 0 {
 		return nil, errors.New("the handler never saw a verified key")
 	}
 	return []row{middlewareRow("Echo middleware, per request", baseNs, kgNs, kgAllocs,
-		"`middleware.Echo` (default config, cached key) on an Echo server whose route reads `EchoKey` and answers 204, "+
+		"`echomw.New` (default config, cached key) on an Echo server whose route reads `echomw.Key` and answers 204, "+
 			"against the same server without it; otherwise as the net/http row.")}, nil
 }
 

@@ -143,12 +143,6 @@ const (
 	MaxLimit     = 100
 )
 
-// Page is one page of events, newest first.
-type Page struct {
-	Data    []*Event `json:"data"`
-	HasMore bool     `json:"has_more"`
-}
-
 // ErrBadFilter reports a filter that cannot select anything: a limit out
 // of range, an unknown action, or a StartingAfter that is no event ID.
 var ErrBadFilter = errors.New("audit: bad filter")

@@ -6,7 +6,7 @@ import (
 	"net/url"
 	"strconv"
 
-	"github.com/keygate/keygate/keystore/audit"
+	"github.com/keygate/keygate/keystore/audit/auditevent"
 )
 
 // AuditFilter selects audit events; an empty field selects all. A zero
@@ -22,7 +22,7 @@ type AuditFilter struct {
 
 // AuditEvents returns one page of audit events, newest first. A token of
 // the verify role gets an [*APIError] matching [ErrForbidden].
-func (c *Client) AuditEvents(ctx context.Context, f AuditFilter) (*audit.Page, error) {
+func (c *Client) AuditEvents(ctx context.Context, f AuditFilter) (*auditevent.Page, error) {
 	q := url.Values{}
 	for name, v := range map[string]string{"api_key_id": f.APIKeyID, "subject": f.Subject, "action": f.Action,
 		"actor": f.Actor, "starting_after": f.StartingAfter} {
@@ -33,12 +33,12 @@ func (c *Client) AuditEvents(ctx context.Context, f AuditFilter) (*audit.Page, e
 	if f.Limit != 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}
-	var p audit.Page
+	var p auditevent.Page
 	if err := c.do(ctx, http.MethodGet, "/v1/audit_events", q, nil, &p); err != nil {
 		return nil, err
 	}
 	if p.Data == nil {
-		p.Data = []*audit.Event{}
+		p.Data = []*auditevent.Event{}
 	}
 	return &p, nil
 }

@@ -5,32 +5,37 @@
 //
 //	c, err := client.New("http://127.0.0.1:8080", os.Getenv("KEYGATE_ADMIN_TOKEN"))
 //	if err != nil { … }
-//	key, err := c.Create(ctx, keystore.CreateParams{Name: "CI", Subject: "user_42"})
+//	key, err := c.Create(ctx, apikey.CreateParams{Name: "CI", Subject: "user_42"})
 //	fmt.Println(key.Secret) // shown this once
 //
 //	got, err := c.Verify(ctx, secret)
 //	switch {
-//	case errors.Is(err, keystore.ErrUnavailable): // unreachable, or a 5xx: the answer is unknown
-//	case errors.Is(err, keystore.ErrRevoked): // …and the other refusals
+//	case errors.Is(err, apikey.ErrUnavailable): // unreachable, or a 5xx: the answer is unknown
+//	case errors.Is(err, apikey.ErrRevoked): // …and the other refusals
 //	case err != nil:
 //	default: // got.Subject, got.Scopes …
 //	}
 //
+// The types and sentinel errors are package apikey's, which keystore
+// re-exports under the same names (keystore.APIKey is apikey.APIKey):
+// importing apikey rather than keystore keeps Redis and Prometheus out of
+// a client's build (docs/packages.md).
+//
 // Every error the server answers is an [*APIError]. Those that map cleanly
-// onto an outcome of package keystore match its sentinel with [errors.Is]:
-// 404 api_key_revoked is [keystore.ErrRevoked], api_key_disabled
-// [keystore.ErrDisabled], api_key_expired [keystore.ErrExpired],
-// api_key_not_found and resource_not_found [keystore.ErrNotFound],
-// api_key_invalid [keystore.ErrMalformed], 403 api_key_ip_not_allowed
-// [keystore.ErrIPNotAllowed], and any 5xx [keystore.ErrUnavailable]. A server that cannot be reached, or that
-// answers something other than the API's JSON, is an error wrapping
-// [keystore.ErrUnavailable] too. So a command line tool decides its exit
+// onto an outcome of a verification match its sentinel with [errors.Is]:
+// 404 api_key_revoked is [apikey.ErrRevoked], api_key_disabled
+// [apikey.ErrDisabled], api_key_expired [apikey.ErrExpired],
+// api_key_not_found and resource_not_found [apikey.ErrNotFound],
+// api_key_invalid [apikey.ErrMalformed], 403 api_key_ip_not_allowed
+// [apikey.ErrIPNotAllowed], and any 5xx [apikey.ErrUnavailable]. A server
+// that cannot be reached, or that answers something other than the API's
+// JSON, is an error wrapping [apikey.ErrUnavailable] too. So a command line tool decides its exit
 // status in two checks:
 //
 //	var apiErr *client.APIError
 //	switch {
 //	case err == nil: // 0
-//	case errors.Is(err, keystore.ErrUnavailable): // 3: unreachable or 5xx
+//	case errors.Is(err, apikey.ErrUnavailable): // 3: unreachable or 5xx
 //	case errors.As(err, &apiErr): // 1: the server refused
 //	}
 package client
@@ -48,7 +53,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/apikey"
 )
 
 // maxResponseBytes bounds what the client reads of a response: a page of
@@ -102,13 +107,13 @@ func New(baseURL, adminToken string, opts ...Option) (*Client, error) {
 
 // Create creates a key and returns it with its secret, which the server
 // shows this once.
-func (c *Client) Create(ctx context.Context, p keystore.CreateParams) (*keystore.APIKey, error) {
+func (c *Client) Create(ctx context.Context, p apikey.CreateParams) (*apikey.APIKey, error) {
 	return c.key(ctx, http.MethodPost, "/api_keys", p)
 }
 
 // List returns one page of keys, newest first, and the number of every
 // match. A zero Limit is the server's default, 10.
-func (c *Client) List(ctx context.Context, p keystore.ListParams) (*keystore.KeyList, error) {
+func (c *Client) List(ctx context.Context, p apikey.ListParams) (*apikey.KeyList, error) {
 	q := url.Values{}
 	if p.Subject != "" {
 		q.Set("subject", p.Subject)
@@ -128,7 +133,7 @@ func (c *Client) List(ctx context.Context, p keystore.ListParams) (*keystore.Key
 	if p.Offset != 0 {
 		q.Set("offset", strconv.Itoa(p.Offset))
 	}
-	var l keystore.KeyList
+	var l apikey.KeyList
 	if err := c.do(ctx, http.MethodGet, "/api_keys", q, nil, &l); err != nil {
 		return nil, err
 	}
@@ -140,10 +145,10 @@ func (c *Client) List(ctx context.Context, p keystore.ListParams) (*keystore.Key
 
 // GetAll is [Client.List] with page numbers, as Clerk's SDKs page: page
 // InitialPage (from 1; 0 means 1) of PageSize keys (0 means 10).
-func (c *Client) GetAll(ctx context.Context, p keystore.GetAllParams) (*keystore.KeyList, error) {
+func (c *Client) GetAll(ctx context.Context, p apikey.GetAllParams) (*apikey.KeyList, error) {
 	size := p.PageSize
 	if size == 0 {
-		size = keystore.DefaultLimit
+		size = apikey.DefaultLimit
 	}
 	page := p.InitialPage
 	if page == 0 {
@@ -152,7 +157,7 @@ func (c *Client) GetAll(ctx context.Context, p keystore.GetAllParams) (*keystore
 	if page < 1 {
 		return nil, fmt.Errorf("client: InitialPage %d must be 1 or more", p.InitialPage)
 	}
-	return c.List(ctx, keystore.ListParams{
+	return c.List(ctx, apikey.ListParams{
 		Subject:        p.Subject,
 		Query:          p.Query,
 		IncludeInvalid: p.IncludeInvalid,
@@ -161,20 +166,20 @@ func (c *Client) GetAll(ctx context.Context, p keystore.GetAllParams) (*keystore
 	})
 }
 
-// Get returns the key with the given ID; [keystore.ErrNotFound] when
+// Get returns the key with the given ID; [apikey.ErrNotFound] when
 // there is none.
-func (c *Client) Get(ctx context.Context, id string) (*keystore.APIKey, error) {
+func (c *Client) Get(ctx context.Context, id string) (*apikey.APIKey, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
 	return c.key(ctx, http.MethodGet, "/api_keys/"+url.PathEscape(id), nil)
 }
 
-// Update changes the given fields of a key. As in [keystore.UpdateParams],
+// Update changes the given fields of a key. As in [apikey.UpdateParams],
 // a nil field is left as it is; a pointer to "" clears the description, the
 // JSON literal null clears the claims, a pointer to an empty slice clears
 // the scopes, and NeverExpires removes the expiration.
-func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams) (*keystore.APIKey, error) {
+func (c *Client) Update(ctx context.Context, id string, p apikey.UpdateParams) (*apikey.APIKey, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -217,7 +222,7 @@ func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams)
 	if p.RateLimits != nil {
 		limits := *p.RateLimits
 		if limits == nil {
-			limits = []keystore.RateLimit{}
+			limits = []apikey.RateLimit{}
 		}
 		body["rate_limits"] = limits
 	}
@@ -233,7 +238,7 @@ func (c *Client) Update(ctx context.Context, id string, p keystore.UpdateParams)
 // Roll replaces a key with a new one, which it returns with its secret
 // (shown this once): the old key keeps verifying for grace (0 revokes it
 // now; the API's default is a day), and its credits move to the new one.
-func (c *Client) Roll(ctx context.Context, id string, grace time.Duration) (*keystore.APIKey, error) {
+func (c *Client) Roll(ctx context.Context, id string, grace time.Duration) (*apikey.APIKey, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -248,13 +253,13 @@ func (c *Client) Roll(ctx context.Context, id string, grace time.Duration) (*key
 
 // Disable disables a key: it is refused as a revoked key is until
 // [Client.Enable].
-func (c *Client) Disable(ctx context.Context, id string) (*keystore.APIKey, error) {
-	return c.Update(ctx, id, keystore.UpdateParams{Enabled: new(false)})
+func (c *Client) Disable(ctx context.Context, id string) (*apikey.APIKey, error) {
+	return c.Update(ctx, id, apikey.UpdateParams{Enabled: new(false)})
 }
 
 // Enable enables a disabled key.
-func (c *Client) Enable(ctx context.Context, id string) (*keystore.APIKey, error) {
-	return c.Update(ctx, id, keystore.UpdateParams{Enabled: new(true)})
+func (c *Client) Enable(ctx context.Context, id string) (*apikey.APIKey, error) {
+	return c.Update(ctx, id, apikey.UpdateParams{Enabled: new(true)})
 }
 
 // RevokeAll revokes every key of subject, with an optional reason, and
@@ -279,19 +284,19 @@ func (c *Client) RevokeAll(ctx context.Context, subject string, reason *string) 
 // Import stores a key whose secret another system issued, from the SHA-256
 // of that secret, and returns it (without a secret: its holder keeps the
 // one they have).
-func (c *Client) Import(ctx context.Context, p keystore.ImportParams) (*keystore.APIKey, error) {
+func (c *Client) Import(ctx context.Context, p apikey.ImportParams) (*apikey.APIKey, error) {
 	return c.key(ctx, http.MethodPost, "/v1/api_keys/import", p)
 }
 
 // Usage returns a key's verifications by outcome at granularity ("minute",
 // "hour" or "day") for the buckets in [start, end).
-func (c *Client) Usage(ctx context.Context, id, granularity string, start, end time.Time) (*keystore.UsageHistory, error) {
+func (c *Client) Usage(ctx context.Context, id, granularity string, start, end time.Time) (*apikey.UsageHistory, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
 	q := url.Values{"granularity": {granularity},
 		"start": {strconv.FormatInt(start.UnixMilli(), 10)}, "end": {strconv.FormatInt(end.UnixMilli(), 10)}}
-	var u keystore.UsageHistory
+	var u apikey.UsageHistory
 	if err := c.do(ctx, http.MethodGet, "/v1/api_keys/"+url.PathEscape(id)+"/usage", q, nil, &u); err != nil {
 		return nil, err
 	}
@@ -300,7 +305,7 @@ func (c *Client) Usage(ctx context.Context, id, granularity string, start, end t
 
 // Revoke revokes a key, with an optional reason, and returns it. Revoking
 // a revoked key changes nothing and keeps the first reason.
-func (c *Client) Revoke(ctx context.Context, id string, reason *string) (*keystore.APIKey, error) {
+func (c *Client) Revoke(ctx context.Context, id string, reason *string) (*apikey.APIKey, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -322,15 +327,15 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	if !d.Deleted {
-		return fmt.Errorf("deleting key %s: %w: the answer does not say deleted", id, keystore.ErrUnavailable)
+		return fmt.Errorf("deleting key %s: %w: the answer does not say deleted", id, apikey.ErrUnavailable)
 	}
 	return nil
 }
 
 // Verify checks a secret and returns its key, counting the use. A refused
-// secret is an [*APIError] matching [keystore.ErrMalformed],
-// [keystore.ErrNotFound], [keystore.ErrRevoked] or [keystore.ErrExpired].
-func (c *Client) Verify(ctx context.Context, secret string) (*keystore.APIKey, error) {
+// secret is an [*APIError] matching [apikey.ErrMalformed],
+// [apikey.ErrNotFound], [apikey.ErrRevoked] or [apikey.ErrExpired].
+func (c *Client) Verify(ctx context.Context, secret string) (*apikey.APIKey, error) {
 	body := struct {
 		Secret string `json:"secret"`
 	}{secret}
@@ -338,8 +343,8 @@ func (c *Client) Verify(ctx context.Context, secret string) (*keystore.APIKey, e
 }
 
 // key sends a request whose answer is a key.
-func (c *Client) key(ctx context.Context, method, path string, in any) (*keystore.APIKey, error) {
-	var k keystore.APIKey
+func (c *Client) key(ctx context.Context, method, path string, in any) (*apikey.APIKey, error) {
+	var k apikey.APIKey
 	if err := c.do(ctx, method, path, nil, in, &k); err != nil {
 		return nil, err
 	}
@@ -349,7 +354,7 @@ func (c *Client) key(ctx context.Context, method, path string, in any) (*keystor
 
 // normalize makes a decoded key read as the store returns it: null claims
 // are nil, no scopes an empty slice.
-func normalize(k *keystore.APIKey) {
+func normalize(k *apikey.APIKey) {
 	if string(k.Claims) == "null" {
 		k.Claims = nil
 	}
@@ -391,18 +396,18 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("calling %s %s: %w: %w", method, path, keystore.ErrUnavailable, stripURL(err))
+		return fmt.Errorf("calling %s %s: %w: %w", method, path, apikey.ErrUnavailable, stripURL(err))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	if err != nil {
-		return fmt.Errorf("reading the answer to %s %s: %w: %w", method, path, keystore.ErrUnavailable, err)
+		return fmt.Errorf("reading the answer to %s %s: %w: %w", method, path, apikey.ErrUnavailable, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return newAPIError(resp, raw)
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
-		return fmt.Errorf("decoding the answer to %s %s: %w: not the admin API's JSON (%v)", method, path, keystore.ErrUnavailable, err)
+		return fmt.Errorf("decoding the answer to %s %s: %w: not the admin API's JSON (%v)", method, path, apikey.ErrUnavailable, err)
 	}
 	return nil
 }

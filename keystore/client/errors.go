@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/apikey"
 )
 
 // APIError is an error answer of the admin API: its status and the first
@@ -57,9 +57,9 @@ func (e *APIError) Error() string {
 func (e *APIError) Is(target error) bool {
 	switch {
 	case e.Status >= 500:
-		return target == keystore.ErrUnavailable
+		return target == apikey.ErrUnavailable
 	case e.Status == http.StatusForbidden && e.Code == "api_key_ip_not_allowed":
-		return target == keystore.ErrIPNotAllowed
+		return target == apikey.ErrIPNotAllowed
 	case e.Status == http.StatusForbidden:
 		return target == ErrForbidden && e.Code == "authorization_invalid"
 	case e.Status != http.StatusNotFound:
@@ -67,15 +67,15 @@ func (e *APIError) Is(target error) bool {
 	}
 	switch e.Code {
 	case "api_key_revoked":
-		return target == keystore.ErrRevoked
+		return target == apikey.ErrRevoked
 	case "api_key_disabled":
-		return target == keystore.ErrDisabled
+		return target == apikey.ErrDisabled
 	case "api_key_expired":
-		return target == keystore.ErrExpired
+		return target == apikey.ErrExpired
 	case "api_key_not_found", "resource_not_found":
-		return target == keystore.ErrNotFound
+		return target == apikey.ErrNotFound
 	case "api_key_invalid":
-		return target == keystore.ErrMalformed
+		return target == apikey.ErrMalformed
 	}
 	return false
 }

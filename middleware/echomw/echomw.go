@@ -1,4 +1,17 @@
-package middleware
+// Package echomw verifies API keys in front of Echo v4 handlers: it is the
+// Echo form of package middleware, with the same [keystore.Verifier] behind
+// it and the same answers (docs/verification.md). It lives in a package of
+// its own so that a net/http user of middleware does not build Echo.
+//
+//	e := echo.New()
+//	e.Use(echomw.New(verifier, echomw.Config{}))
+//	e.GET("/reports", reports, echomw.RequireScopes("reports:read"))
+//
+// and in the handler, key, _ := echomw.Key(c) (or middleware.FromContext on
+// c.Request().Context()). Refusals are returned as *echo.HTTPError for
+// Echo's HTTPErrorHandler to write; middleware.WriteError writes the JSON
+// error body of the net/http middleware instead, from an ErrorHandler.
+package echomw
 
 import (
 	"errors"
@@ -8,24 +21,27 @@ import (
 
 	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/middleware"
+	"github.com/keygate/keygate/middleware/internal/keyctx"
 	"github.com/labstack/echo/v4"
 )
 
-// EchoConfig configures the middleware of [Echo], after Echo's
+// Config configures the middleware of [New], after Echo's
 // middleware.KeyAuthConfig. The zero value works: every request needs a
-// valid key, found by [DefaultKeyLookup], and no scope.
-type EchoConfig struct {
+// valid key, found by [middleware.DefaultKeyLookup], and no scope.
+type Config struct {
 	// Skipper lets the requests for which it returns true through untouched:
 	// no key is read and no identity is set. Echo's middleware.DefaultSkipper
 	// and friends fit. Default: none is skipped.
 	Skipper func(c echo.Context) bool
 
 	// KeyLookup says where requests carry their key, in the syntax of
-	// [KeyLookup] (Echo's keyauth syntax, header and query sources only).
-	// Default [DefaultKeyLookup]: a Bearer token, then X-API-Key.
+	// [middleware.KeyLookup] (Echo's keyauth syntax, header and query
+	// sources only). Default [middleware.DefaultKeyLookup]: a Bearer token,
+	// then X-API-Key.
 	KeyLookup string
 
-	// Scopes are required of every key; [EchoRequireScopes] adds more per
+	// Scopes are required of every key; [RequireScopes] adds more per
 	// route. Default none.
 	Scopes []string
 
@@ -48,8 +64,9 @@ type EchoConfig struct {
 	Cost func(c echo.Context) int64
 
 	// TrustedProxies are the direct peers whose X-Forwarded-For names the
-	// client, for keys with allowed CIDRs, as in [Options.TrustedProxies].
-	// Echo's own IPExtractor is not consulted. Default none.
+	// client, for keys with allowed CIDRs, as in
+	// [middleware.Options.TrustedProxies]. Echo's own IPExtractor is not
+	// consulted. Default none.
 	TrustedProxies []netip.Prefix
 
 	// ContinueOnIgnoredError calls the next handler, without an identity,
@@ -59,23 +76,24 @@ type EchoConfig struct {
 	ContinueOnIgnoredError bool
 }
 
-// Echo returns Echo middleware that verifies every request's key with v,
+// New returns Echo middleware that verifies every request's key with v,
 // under the source label [keystore.SourceMiddleware]. On success the next
-// handler runs and [EchoKey] (or [FromContext] on c.Request().Context())
-// returns the key. A refusal is returned as an *echo.HTTPError for Echo's
-// HTTPErrorHandler to write: Code is the contract's status (401 for a
-// missing, malformed, unknown, revoked or expired key — also 401, not
-// keyauth's 400, when the key is missing; 403 for a missing scope; 503 for
-// an unreachable store), Internal the verifier's error, and the
-// WWW-Authenticate and Retry-After headers are already set on c.Response().
+// handler runs and [Key] (or [middleware.FromContext] on
+// c.Request().Context()) returns the key. A refusal is returned as an
+// *echo.HTTPError for Echo's HTTPErrorHandler to write: Code is the
+// contract's status (401 for a missing, malformed, unknown, revoked or
+// expired key — also 401, not keyauth's 400, when the key is missing; 403
+// for a missing scope; 503 for an unreachable store), Internal the
+// verifier's error, and the WWW-Authenticate and Retry-After headers are
+// already set on c.Response().
 //
-// Echo panics if v is nil or cfg.KeyLookup does not parse, as Echo's
+// New panics if v is nil or cfg.KeyLookup does not parse, as Echo's
 // KeyAuthWithConfig does.
-func Echo(v *keystore.Verifier, cfg EchoConfig) echo.MiddlewareFunc {
+func New(v *keystore.Verifier, cfg Config) echo.MiddlewareFunc {
 	if v == nil {
-		panic("middleware: Echo needs a verifier")
+		panic("echomw: New needs a verifier")
 	}
-	lookup := MustParseKeyLookup(cfg.KeyLookup)
+	lookup := middleware.MustParseKeyLookup(cfg.KeyLookup)
 	scopes := slices.Clone(cfg.Scopes)
 	proxies := throttle.Proxies(slices.Clone(cfg.TrustedProxies))
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
@@ -93,9 +111,9 @@ func Echo(v *keystore.Verifier, cfg EchoConfig) echo.MiddlewareFunc {
 				req.Cost = cfg.Cost(c)
 			}
 			res, err := v.Check(r.Context(), req)
-			SetLimitHeaders(c.Response().Header(), res.Limits)
+			middleware.SetLimitHeaders(c.Response().Header(), res.Limits)
 			if err == nil {
-				c.SetRequest(r.WithContext(withState(r.Context(), &state{key: res.Key, verifier: v})))
+				c.SetRequest(r.WithContext(keyctx.With(r.Context(), &keyctx.State{Key: res.Key, Verifier: v})))
 				return next(c)
 			}
 			if cfg.ErrorHandler == nil {
@@ -110,15 +128,15 @@ func Echo(v *keystore.Verifier, cfg EchoConfig) echo.MiddlewareFunc {
 	}
 }
 
-// EchoRequireScopes is [RequireScopes] for Echo: behind [Echo], it lets a
+// RequireScopes is [middleware.RequireScopes] for Echo: behind [New], it lets a
 // request through only if its key holds every one of scopes, and otherwise
-// returns an *echo.HTTPError as [Echo] does (403, or 401 when the request
+// returns an *echo.HTTPError as [New] does (403, or 401 when the request
 // has no key).
-func EchoRequireScopes(scopes ...string) echo.MiddlewareFunc {
+func RequireScopes(scopes ...string) echo.MiddlewareFunc {
 	scopes = slices.Clone(scopes)
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			if err := checkScopes(stateFrom(c.Request().Context()), scopes); err != nil {
+			if err := keyctx.CheckScopes(keyctx.From(c.Request().Context()), scopes); err != nil {
 				return echoError(c, err)
 			}
 			return next(c)
@@ -126,18 +144,18 @@ func EchoRequireScopes(scopes ...string) echo.MiddlewareFunc {
 	}
 }
 
-// EchoKey returns the verified key of the request that [Echo] let through,
+// Key returns the verified key of the request that [New] let through,
 // and whether there is one.
-func EchoKey(c echo.Context) (*keystore.APIKey, bool) {
-	return FromContext(c.Request().Context())
+func Key(c echo.Context) (*keystore.APIKey, bool) {
+	return middleware.FromContext(c.Request().Context())
 }
 
 // echoError sets the refusal's headers on the response and returns the
 // *echo.HTTPError for Echo's error handler to write.
 func echoError(c echo.Context, err error) *echo.HTTPError {
-	e := Error(err)
+	e := middleware.Error(err)
 	h := c.Response().Header()
-	if ch := Challenge(err); ch != "" {
+	if ch := middleware.Challenge(err); ch != "" {
 		h.Set(echo.HeaderWWWAuthenticate, ch)
 	}
 	if e.RetryAfter > 0 {

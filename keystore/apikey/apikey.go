@@ -1,9 +1,26 @@
-package keystore
+// Package apikey holds what a user of keygate's keys handles without the
+// store: the key as the admin API returns it ([APIKey]), the parameters of
+// the calls that create, change and list keys, and the sentinel errors of
+// a verification. Package keystore and its Go client (keystore/client) both
+// use these types; keystore re-exports every name (keystore.APIKey is
+// apikey.APIKey), so either import works. This package needs neither Redis
+// nor Prometheus (docs/packages.md).
+//
+//	c, err := client.New("http://127.0.0.1:8080", token) // keystore/client
+//	if err != nil { … }
+//	key, err := c.Create(ctx, apikey.CreateParams{Name: "CI", Subject: "user_42", Scopes: []string{"reports:read"}})
+//	switch {
+//	case errors.Is(err, apikey.ErrUnavailable): // unreachable, or a 5xx
+//	case err != nil: // refused: *client.APIError
+//	default: // key.ID, key.Secret (shown this once)
+//	}
+package apikey
 
 import (
 	"encoding/json"
-	"net/netip"
 	"time"
+
+	"github.com/keygate/keygate/keystore/internal/keystate"
 )
 
 // APIKey is one key as the admin API and the verifiers see it. Its JSON form
@@ -33,17 +50,20 @@ type APIKey struct {
 	// AllowedCIDRs are the client addresses the key is admitted from; none
 	// (never nil on keys the store returns) admits any.
 	AllowedCIDRs []string `json:"allowed_cidrs"`
-	// RolledFrom and RolledTo link a key rolled with [Store.Roll] and the
-	// key that replaced it.
+	// RolledFrom and RolledTo link a key rolled (keystore's Store.Roll)
+	// and the key that replaced it.
 	RolledFrom *string `json:"rolled_from"`
 	RolledTo   *string `json:"rolled_to"`
 
 	// Secret is set only on the key that Create and Roll return.
 	Secret string `json:"secret,omitempty"`
 
-	allowed  []netip.Prefix // AllowedCIDRs, parsed
-	meterVia string         // the key whose record meters this one: a rolled key's successor
+	storeState // what keystore keeps beside the wire form
 }
+
+// storeState names keystate.Key as an unexported embedded field: keystore
+// reaches its fields, users of this package see none of it.
+type storeState = keystate.Key
 
 // UnmarshalJSON decodes the wire form. "claims": null decodes to nil
 // Claims, as a key read from the store has, not to the JSON literal null.
@@ -65,31 +85,6 @@ const KeyType = "api_key"
 // ExpiredAt reports whether the key's expiration is at or before t.
 func (k *APIKey) ExpiredAt(t time.Time) bool {
 	return k.Expiration != nil && *k.Expiration <= t.UnixMilli()
-}
-
-// setAllowedCIDRs sets the allowed CIDRs, which checkCIDRs has checked.
-func (k *APIKey) setAllowedCIDRs(cidrs []string) {
-	k.AllowedCIDRs = append([]string{}, cidrs...)
-	k.allowed = parseCIDRs(k.AllowedCIDRs)
-}
-
-// admits reports whether a request from addr may use the key: the key
-// has no allowed CIDRs, or one holds addr. The zero Addr (an unknown
-// client) is admitted only by a key without allowed CIDRs.
-func (k *APIKey) admits(addr netip.Addr) bool {
-	if len(k.AllowedCIDRs) == 0 {
-		return true
-	}
-	if !addr.IsValid() {
-		return false
-	}
-	addr = addr.Unmap().WithZone("")
-	for _, p := range k.allowed {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	return false
 }
 
 // HasScopes reports whether the key carries every one of the given scopes.

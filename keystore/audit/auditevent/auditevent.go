@@ -1,37 +1,35 @@
-// Package audit records who changed which API key, and how: one [Event]
-// per change (create, update, enable, disable, roll, revoke, bulk revoke,
-// delete, import), kept in Redis for a retention period and listed newest
-// first.
+// Package auditevent holds the wire form of keygate's audit events: what
+// the admin API's GET /v1/audit_events returns and its Go client
+// (keystore/client) decodes. Package audit, which records and lists the
+// events in Redis, re-exports every name here (audit.Event is
+// auditevent.Event); this package needs no Redis (docs/packages.md).
 //
-//	log := audit.New(rdb, audit.Options{Namespace: "keygate"})
-//	e := &audit.Event{
-//		Actor:    audit.Actor{Type: audit.ActorAdminToken, Name: "ci"},
-//		Action:   audit.Revoked,
-//		APIKeyID: after.ID,
-//		Subject:  after.Subject,
-//		Changes:  audit.Diff(before, after),
+//	page, err := c.AuditEvents(ctx, client.AuditFilter{APIKeyID: id}) // keystore/client
+//	if err != nil { … }
+//	for _, e := range page.Data {
+//		if e.Action == auditevent.Revoked {
+//			fmt.Println(e.Actor.Name, "revoked", e.APIKeyID, "at", time.UnixMilli(e.Time))
+//		}
 //	}
-//	if err := log.Record(ctx, e); err != nil { … } // e.ID and e.Time are set
-//	page, err := log.List(ctx, audit.Filter{APIKeyID: after.ID})
 //
 // An event never holds a secret or a digest: [Diff] compares the keys' wire
 // forms, which carry no digest, and leaves the secret out.
-package audit
+package auditevent
 
 import (
 	"bytes"
 	"encoding/json"
 	"slices"
 
-	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/apikey"
 )
 
 // Action names a kind of change, as the event's "action" and the
 // webhook's "type".
 type Action string
 
-// The actions. Adding one is one line here (and one call where the change
-// is made).
+// The actions. Adding one is one line here, one in package audit's names,
+// and one call where the change is made.
 const (
 	Created     Action = "api_key.created"
 	Updated     Action = "api_key.updated"
@@ -71,8 +69,8 @@ const Object = "audit_event"
 // Event is one change, in its wire form.
 type Event struct {
 	Object     string            `json:"object"` // always "audit_event"
-	ID         string            `json:"id"`     // "ae_…", set by [Log.Record]; IDs sort as the events were recorded
-	Time       int64             `json:"time"`   // Unix ms, set by [Log.Record]
+	ID         string            `json:"id"`     // "ae_…", set by audit.Log.Record; IDs sort as the events were recorded
+	Time       int64             `json:"time"`   // Unix ms, set by audit.Log.Record
 	Actor      Actor             `json:"actor"`
 	Action     Action            `json:"action"`
 	APIKeyID   string            `json:"api_key_id"`
@@ -93,9 +91,9 @@ var unaudited = map[string]bool{
 // Diff returns the fields that differ between two states of a key, each
 // with its value before and after: nil before for a key that was just
 // created (or imported), nil after for one that was deleted. Fields are
-// compared in their wire form, so a field added to [keystore.APIKey] is
+// compared in their wire form, so a field added to [apikey.APIKey] is
 // audited without a change here. The secret is never part of it.
-func Diff(before, after *keystore.APIKey) map[string]Change {
+func Diff(before, after *apikey.APIKey) map[string]Change {
 	from, to := wireFields(before), wireFields(after)
 	out := map[string]Change{}
 	for name := range from {
@@ -127,7 +125,7 @@ func normal(v json.RawMessage) json.RawMessage {
 }
 
 // wireFields is k's wire form by field; empty for nil.
-func wireFields(k *keystore.APIKey) map[string]json.RawMessage {
+func wireFields(k *apikey.APIKey) map[string]json.RawMessage {
 	out := map[string]json.RawMessage{}
 	if k == nil {
 		return out
@@ -146,4 +144,10 @@ func wireFields(k *keystore.APIKey) map[string]json.RawMessage {
 		}
 	}
 	return out
+}
+
+// Page is one page of events, newest first.
+type Page struct {
+	Data    []*Event `json:"data"`
+	HasMore bool     `json:"has_more"`
 }
