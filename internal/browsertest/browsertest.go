@@ -11,6 +11,30 @@
 //	browsertest.Submit(t, ctx, "Sign in")
 //	browsertest.CheckAccessible(t, ctx, "keys list")
 //	browsertest.CheckNoSidewaysScroll(t, ctx)
+//	browsertest.Screenshot(t, ctx, "../../docs/screenshots/keys.png")
+//
+// The helpers fail the test themselves (t.Fatalf), with what the page had
+// instead, so a test reads as the steps a person takes:
+//
+//   - [Navigate] opens a URL and waits for the page; [Submit] presses a button
+//     or follows a link and waits for the page it loads, returning its HTTP
+//     response (a 403 is a page too); [Click] presses without waiting.
+//   - [Fill] types into the field whose label is given (or picks a <select>'s
+//     option, or sets a date); [SetChecked] sets a checkbox or radio button.
+//     Controls are found by their accessible name, as Chromium computes it
+//     for screen readers (label text, button text, aria-label), never by CSS
+//     selectors or ids; a hidden control is not found.
+//   - [PageText] is the page's visible text; [Buttons] lists the buttons'
+//     names (to check what a user is not offered).
+//   - [AcceptDialogs] answers confirm() and the like with OK.
+//   - [CheckAccessible] runs axe-core and fails on serious or critical
+//     violations; [CheckNoSidewaysScroll] lays the page out at 390×844;
+//     [SetColorScheme] switches prefers-color-scheme (check both);
+//     [Screenshot] writes a full-page PNG.
+//
+// For anything else, ctx is an ordinary chromedp context
+// (github.com/chromedp/chromedp v0.23, whose actions return their values:
+// chromedp.Run(ctx, chromedp.Evaluate[string](...))).
 //
 // What it needs, both installed by `make setup` (.ci/setup), which `make test`
 // runs first:
