@@ -184,12 +184,15 @@ func TestCheckNoSidewaysScroll(t *testing.T) {
 	})
 	b := New(t)
 	ctx := b.Tab(t)
-	viewport := func() string {
+	// The check leaves the tab as it found it.
+	restored := func(t *testing.T) {
 		l, err := readLayout(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return fmt.Sprintf("%dx%d", l.InnerWidth, l.InnerHeight)
+		if l.InnerWidth != ViewportWidth || l.InnerHeight != ViewportHeight {
+			t.Errorf("viewport after the check = %dx%d, want it restored to %dx%d", l.InnerWidth, l.InnerHeight, ViewportWidth, ViewportHeight)
+		}
 	}
 
 	t.Run("responsive page passes", func(t *testing.T) {
@@ -197,9 +200,7 @@ func TestCheckNoSidewaysScroll(t *testing.T) {
 		if got := record(t, func(tb testing.TB) { CheckNoSidewaysScroll(tb, ctx) }); got != "" {
 			t.Errorf("CheckNoSidewaysScroll failed a responsive page:\n%s", got)
 		}
-		if got, want := viewport(), fmt.Sprintf("%dx%d", ViewportWidth, ViewportHeight); got != want {
-			t.Errorf("viewport after the check = %s, want it restored to %s", got, want)
-		}
+		restored(t)
 	})
 	t.Run("fixed-width page fails", func(t *testing.T) {
 		Navigate(t, ctx, srv.URL+"/fixed")
@@ -208,9 +209,7 @@ func TestCheckNoSidewaysScroll(t *testing.T) {
 			t.Fatalf("CheckNoSidewaysScroll did not report the wide element:\n%s", got)
 		}
 		t.Logf("reported: %s", got)
-		if got, want := viewport(), fmt.Sprintf("%dx%d", ViewportWidth, ViewportHeight); got != want {
-			t.Errorf("viewport after the check = %s, want it restored to %s", got, want)
-		}
+		restored(t)
 	})
 	t.Run("page without a viewport meta fails", func(t *testing.T) {
 		Navigate(t, ctx, srv.URL+"/nometa")
@@ -218,6 +217,7 @@ func TestCheckNoSidewaysScroll(t *testing.T) {
 		if !strings.Contains(got, `<meta name="viewport"`) {
 			t.Fatalf("CheckNoSidewaysScroll did not report the missing viewport meta:\n%s", got)
 		}
+		restored(t)
 	})
 }
 
@@ -445,5 +445,31 @@ func TestTabsHaveTheirOwnCookies(t *testing.T) {
 	Navigate(t, admin, srv.URL+"/")
 	if got := PageText(t, admin); !strings.Contains(got, "signed in as admin") {
 		t.Errorf("the first tab's session = %q, want admin's", got)
+	}
+}
+
+// BenchmarkAxe is what CheckAccessible costs a console test per page: one
+// axe-core run (injection included, as after each navigation) on a small
+// form page.
+func BenchmarkAxe(b *testing.B) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Security-Policy", csp)
+		fmt.Fprint(w, document("Keys", `<form method="post"><label for="q">Search keys</label>
+			<input id="q" name="q"><button type="submit">Search</button></form>`))
+	})
+	srv := httptest.NewServer(mux)
+	b.Cleanup(srv.Close)
+	browser := New(b)
+	ctx := browser.Tab(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		Navigate(b, ctx, srv.URL) // a fresh page, without axe-core
+		b.StartTimer()
+		v, err := Axe(ctx)
+		if err != nil || len(v) != 0 {
+			b.Fatalf("axe: %v %v", v, err)
+		}
 	}
 }
