@@ -90,7 +90,11 @@ func newChart(h *keystore.UsageHistory, rg usageRange) *chart {
 			c.Ticks = append(c.Ticks, tick{X: f1(x + step/2), Y: strconv.Itoa(chartTop + chartH + 15), Label: at.Format(layout)})
 		}
 	}
-	for _, v := range []int64{0, scale / 2, scale} {
+	yticks := []int64{0, scale}
+	if scale%2 == 0 {
+		yticks = []int64{0, scale / 2, scale}
+	}
+	for _, v := range yticks {
 		y := float64(chartTop+chartH) - float64(chartH)*float64(v)/float64(scale)
 		c.YTicks = append(c.YTicks, tick{X: strconv.Itoa(chartLeft - 4), Y: f1(y + 4), Label: strconv.FormatInt(v, 10)})
 	}
@@ -109,8 +113,7 @@ func split(p keystore.UsagePoint) (valid, refused int64) {
 	return valid, refused
 }
 
-// niceCeil rounds v up to 1, 2 or 5 times a power of ten (at least 2, so
-// that the middle tick is a whole number).
+// niceCeil rounds v up to 1, 2 or 5 times a power of ten, at least 2.
 func niceCeil(v int64) int64 {
 	if v <= 2 {
 		return 2

@@ -194,7 +194,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Content-Security-Policy", ContentSecurityPolicy)
 	hd.Set("X-Frame-Options", "DENY")
 	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Referrer-Policy", "no-referrer")
+	hd.Set("Referrer-Policy", "same-origin") // "no-referrer" would make browsers send Origin: null
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
 	if r.URL.Path == Path {
 		http.Redirect(w, r, Path+"/", http.StatusSeeOther)

@@ -283,7 +283,7 @@ func TestReadRole(t *testing.T) {
 	k := e.createKey(t, "watched", "user_r")
 	b := e.browser(t)
 	b.mustSignIn(readTok)
-	for _, path := range []string{"/console/keys", "/console/keys/" + k.ID, "/console/audit", "/console/revoke-subject"} {
+	for _, path := range []string{"/console/keys", "/console/keys/" + k.ID, "/console/audit", "/console/revoke-subject", "/console/keys/new"} {
 		p := b.get(path)
 		if p.status != 200 {
 			t.Fatalf("%s as read: %d", path, p.status)
@@ -485,7 +485,7 @@ func TestMutations(t *testing.T) {
 		t.Errorf("forward-auth with a disabled key: %d", code)
 	}
 	p = b.post("/console/keys/"+k.ID+"/enable", nil)
-	if !e.key(t, k.ID).Enabled || e.forwardAuth(t, k.Secret) != 200 {
+	if !strings.Contains(p.body, "The key is enabled") || !e.key(t, k.ID).Enabled || e.forwardAuth(t, k.Secret) != 200 {
 		t.Fatal("enable did not enable the key")
 	}
 

@@ -191,7 +191,7 @@ type newKey struct {
 
 // GET /console/keys/new
 func (h *handler) newKeyPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
-	v := newView(s, "Create a key", &newKey{Subject: r.URL.Query().Get("subject")})
+	v := newView(s, "Create an API key", &newKey{Subject: r.URL.Query().Get("subject")})
 	v.Current = "keys"
 	h.render(w, r, http.StatusOK, "new", v)
 }
@@ -203,7 +203,7 @@ func (h *handler) createKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 	form := &newKey{Name: f.Get("name"), Subject: f.Get("subject"), Description: f.Get("description"),
 		Scopes: f.Get("scopes"), ExpiresDays: f.Get("expires_days"), Credits: f.Get("credits"), RateLimit: f.Get("rate_limit")}
 	again := func(status int, msg string) {
-		v := newView(s, "Create a key", form)
+		v := newView(s, "Create an API key", form)
 		v.Current, v.Error = "keys", msg
 		h.render(w, r, status, "new", v)
 	}
