@@ -47,15 +47,7 @@ func (h *handler) renderSignIn(w http.ResponseWriter, r *http.Request, status in
 // POST /console/sign-in: a right admin token opens a session; a wrong one
 // counts against the client's budget of failures, as at the admin API.
 func (h *handler) signIn(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
-	if !h.sameOrigin(r) {
-		h.fail(w, r, nil, http.StatusForbidden, "Refused: another site sent this form",
-			"The form came from another site, so you were not signed in.")
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-	if err := r.ParseForm(); err != nil {
-		h.fail(w, r, nil, http.StatusBadRequest, "Bad form", "The form could not be read.")
+	if !h.readForm(w, r, "you were not signed in") {
 		return
 	}
 	if !equal(r.PostForm.Get("csrf"), cookie(r, signInCookie)) {

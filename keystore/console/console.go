@@ -268,15 +268,7 @@ func (h *handler) page(fn func(http.ResponseWriter, *http.Request, *signedIn)) h
 // token in the form: without either nothing is changed.
 func (h *handler) action(fn func(http.ResponseWriter, *http.Request, *signedIn)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "no-store")
-		if !h.sameOrigin(r) {
-			h.fail(w, r, nil, http.StatusForbidden, "Refused: another site sent this form",
-				"The form came from another site, so nothing was changed.")
-			return
-		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
-		if err := r.ParseForm(); err != nil {
-			h.fail(w, r, nil, http.StatusBadRequest, "Bad form", "The form could not be read, so nothing was changed.")
+		if !h.readForm(w, r, "nothing was changed") {
 			return
 		}
 		s, err := h.resolve(r)
@@ -296,6 +288,24 @@ func (h *handler) action(fn func(http.ResponseWriter, *http.Request, *signedIn))
 		}
 		fn(w, r, s)
 	}
+}
+
+// readForm reads a POST's form, after checking that the console's own page
+// sent it; when it answers false it has written the refusal, whose
+// sentence ends with outcome ("nothing was changed").
+func (h *handler) readForm(w http.ResponseWriter, r *http.Request, outcome string) bool {
+	w.Header().Set("Cache-Control", "no-store")
+	if !h.sameOrigin(r) {
+		h.fail(w, r, nil, http.StatusForbidden, "Refused: another site sent this form",
+			"The form came from another site, so "+outcome+".")
+		return false
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		h.fail(w, r, nil, http.StatusBadRequest, "Bad form", "The form could not be read, so "+outcome+".")
+		return false
+	}
+	return true
 }
 
 // sameOrigin reports whether a POST's Origin, when the browser sent one,

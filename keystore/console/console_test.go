@@ -667,3 +667,25 @@ func TestAuditFilters(t *testing.T) {
 		t.Fatalf("a bad action: %d", p.status)
 	}
 }
+
+// TestStoreDown: with Redis gone, pages answer 503 with a page that says
+// so, never a 500 or a panic.
+func TestStoreDown(t *testing.T) {
+	mr, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	b := e.browser(t)
+	b.mustSignIn(adminTok)
+	mr.Close()
+	for _, path := range []string{"/console/keys", "/console/sign-in"} {
+		if p := b.get(path); p.status != http.StatusServiceUnavailable || !strings.Contains(p.body, "The key store is unavailable") {
+			t.Errorf("%s with Redis down: %d\n%s", path, p.status, p.body)
+		}
+	}
+	anon := e.browser(t)
+	if p := anon.get("/console/sign-in"); p.status != 200 {
+		t.Errorf("the sign-in page without a session, Redis down: %d", p.status)
+	}
+	if p := anon.post("/console/sign-in", url.Values{"token": {adminTok.Token}}); p.status != http.StatusServiceUnavailable {
+		t.Errorf("a sign-in with Redis down: %d", p.status)
+	}
+}

@@ -40,13 +40,13 @@ type env struct {
 
 type envOpt func(*console.Options)
 
-func newEnv(t *testing.T, rdb redis.UniversalClient, opts ...envOpt) *env {
+func newEnv(t testing.TB, rdb redis.UniversalClient, opts ...envOpt) *env {
 	t.Helper()
 	return newEnvServer(t, rdb, false, opts...)
 }
 
 // newEnvServer is newEnv, serving HTTPS when tls is set.
-func newEnvServer(t *testing.T, rdb redis.UniversalClient, tls bool, opts ...envOpt) *env {
+func newEnvServer(t testing.TB, rdb redis.UniversalClient, tls bool, opts ...envOpt) *env {
 	t.Helper()
 	e := &env{rdb: rdb, logs: &syncbuf.Buffer{}}
 	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -99,13 +99,13 @@ func newEnvServer(t *testing.T, rdb redis.UniversalClient, tls bool, opts ...env
 // browser is a cookie-keeping HTTP client that follows redirects, as a
 // browser without JavaScript does.
 type browser struct {
-	t    *testing.T
+	t    testing.TB
 	e    *env
 	http *http.Client
 	csrf string // the last page's CSRF token
 }
 
-func (e *env) browser(t *testing.T) *browser {
+func (e *env) browser(t testing.TB) *browser {
 	jar, _ := cookiejar.New(nil)
 	return &browser{t: t, e: e, http: &http.Client{Transport: e.srv.Client().Transport, Jar: jar}}
 }
@@ -177,7 +177,7 @@ func (b *browser) mustSignIn(tok adminapi.Token) {
 
 // createKey makes a key through the store, as another client of the
 // admin API would.
-func (e *env) createKey(t *testing.T, name, subject string) *keystore.APIKey {
+func (e *env) createKey(t testing.TB, name, subject string) *keystore.APIKey {
 	t.Helper()
 	k, err := e.store.Create(context.Background(), keystore.CreateParams{Name: name, Subject: subject, Scopes: []string{"reports:read"}})
 	if err != nil {
@@ -186,7 +186,7 @@ func (e *env) createKey(t *testing.T, name, subject string) *keystore.APIKey {
 	return k
 }
 
-func (e *env) key(t *testing.T, id string) *keystore.APIKey {
+func (e *env) key(t testing.TB, id string) *keystore.APIKey {
 	t.Helper()
 	k, err := e.store.Get(context.Background(), id)
 	if err != nil {
@@ -196,7 +196,7 @@ func (e *env) key(t *testing.T, id string) *keystore.APIKey {
 }
 
 // forwardAuth asks /forward-auth about secret and returns the status.
-func (e *env) forwardAuth(t *testing.T, secret string) int {
+func (e *env) forwardAuth(t testing.TB, secret string) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+sidecar.ForwardAuthPath, nil)
 	req.Header.Set("Authorization", "Bearer "+secret)
@@ -210,7 +210,7 @@ func (e *env) forwardAuth(t *testing.T, secret string) int {
 
 // redisDump returns every key and string or hash value in Redis, to look
 // for what must never be stored.
-func (e *env) redisDump(t *testing.T) string {
+func (e *env) redisDump(t testing.TB) string {
 	t.Helper()
 	ctx := context.Background()
 	keys, err := e.rdb.Keys(ctx, "*").Result()
@@ -258,7 +258,7 @@ func toString(v any) string {
 }
 
 // sessionKeys returns the Redis keys of the console's sessions.
-func (e *env) sessionKeys(t *testing.T) []string {
+func (e *env) sessionKeys(t testing.TB) []string {
 	t.Helper()
 	keys, err := e.rdb.Keys(context.Background(), "keygate:console:session:*").Result()
 	if err != nil {

@@ -324,15 +324,20 @@ func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 		h.unavailable(w, r, s, err)
 		return
 	}
-	var reason *string
-	if t := strings.TrimSpace(r.PostForm.Get("reason")); t != "" {
-		reason = &t
-	}
-	if _, err := c.Revoke(r.Context(), id, reason); err != nil {
+	if _, err := c.Revoke(r.Context(), id, reasonOf(r)); err != nil {
 		h.apiFailed(w, r, s, err, back)
 		return
 	}
 	http.Redirect(w, r, back+"?done=revoked", http.StatusSeeOther)
+}
+
+// reasonOf returns the revocation reason of a form; nil when none was
+// given.
+func reasonOf(r *http.Request) *string {
+	if t := strings.TrimSpace(r.PostForm.Get("reason")); t != "" {
+		return &t
+	}
+	return nil
 }
 
 // POST /console/keys/{id}/roll: a new key replaces this one, which works
@@ -411,11 +416,7 @@ func (h *handler) revokeSubject(w http.ResponseWriter, r *http.Request, s *signe
 		h.unavailable(w, r, s, err)
 		return
 	}
-	var reason *string
-	if t := strings.TrimSpace(r.PostForm.Get("reason")); t != "" {
-		reason = &t
-	}
-	n, err := c.RevokeAll(r.Context(), subject, reason)
+	n, err := c.RevokeAll(r.Context(), subject, reasonOf(r))
 	if err != nil {
 		h.apiFailed(w, r, s, err, back)
 		return
