@@ -137,7 +137,7 @@ func (h *handler) apiFailed(w http.ResponseWriter, r *http.Request, s *signedIn,
 	case ae.Status == http.StatusUnauthorized:
 		h.toSignIn(w, r)
 	default:
-		h.failBack(w, r, s, ae.Status, "The change was refused", sentence(ae), back)
+		h.failBack(w, r, s, ae.Status, "Refused by the admin API", sentence(ae), back)
 	}
 }
 
