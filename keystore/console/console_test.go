@@ -689,3 +689,32 @@ func TestStoreDown(t *testing.T) {
 		t.Errorf("a sign-in with Redis down: %d", p.status)
 	}
 }
+
+func TestAuditPages(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	log := audit.New(rdb, audit.Options{})
+	for i := range 60 {
+		ev := &audit.Event{Actor: audit.Actor{Type: audit.ActorAdminToken, Name: "seed"}, Action: audit.Updated,
+			APIKeyID: fmt.Sprintf("ak_%032x", i), Subject: "org_p", Changes: map[string]audit.Change{}}
+		if err := log.Record(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := e.browser(t)
+	b.mustSignIn(readTok)
+	rows := func(p *page) int { return strings.Count(p.body, `<td data-label="Action">`) }
+	p := b.get("/console/audit?actor=seed")
+	if rows(p) != 50 || !strings.Contains(p.body, fmt.Sprintf("ak_%032x", 59)) || strings.Contains(p.body, ">Newest events<") {
+		t.Fatalf("first page: %d rows", rows(p))
+	}
+	older := regexp.MustCompile(`href="([^"]+)" rel="next">Older events`).FindStringSubmatch(p.body)
+	if older == nil {
+		t.Fatal("no Older events link")
+	}
+	p = b.get(strings.ReplaceAll(older[1], "&amp;", "&"))
+	if rows(p) != 10 || !strings.Contains(p.body, fmt.Sprintf("ak_%032x", 0)) || strings.Contains(p.body, fmt.Sprintf("ak_%032x", 59)) ||
+		!strings.Contains(p.body, ">Newest events<") || strings.Contains(p.body, "Older events") {
+		t.Fatalf("second page: %d rows\n%s", rows(p), p.body)
+	}
+}
