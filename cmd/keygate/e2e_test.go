@@ -168,6 +168,9 @@ func TestWalkthroughEmbedded(t *testing.T) {
 	if !strings.Contains(serve.stdout.String(), "Generated an admin token") {
 		t.Fatalf("serve did not print the generated admin token:\n%s", serve.stdout)
 	}
+	if !strings.Contains(serve.stdout.String(), "Web console: "+base+"/console (sign in with the admin token above)") {
+		t.Fatalf("serve did not print the console's address:\n%s", serve.stdout)
+	}
 	fi, err := os.Stat(filepath.Join(dataDir, adminTokenFile))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin token file: %v, mode %v; want 0600", err, fi.Mode().Perm())
@@ -209,6 +212,9 @@ func TestWalkthroughEmbedded(t *testing.T) {
 	serve = start(t, env, base+"/healthz", "serve", "--listen", addr)
 	if strings.Contains(serve.stdout.String(), "Generated") {
 		t.Fatal("a restart generated a new admin token")
+	}
+	if !strings.Contains(serve.stdout.String(), "Web console: "+base+"/console (sign in with the admin token in "+filepath.Join(dataDir, adminTokenFile)+")") {
+		t.Fatalf("after a restart serve did not say where the console and its token are:\n%s", serve.stdout)
 	}
 	got := decode[createdKey](t, mustCLI(t, env, "keys", "get", key.ID, "--json"))
 	if !got.Revoked || got.LastUsedAt == nil {

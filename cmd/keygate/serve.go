@@ -14,11 +14,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/keygate/keygate/keystore/adminapi"
+	"github.com/keygate/keygate/keystore/console"
 	"github.com/keygate/keygate/sidecar"
 	"github.com/keygate/keygate/sidecar/extauthz"
 )
@@ -26,7 +28,7 @@ import (
 const serveSynopsis = `keygate serve [flags]
 
 Serves the admin API (/api_keys and /v1/api_keys, Clerk-compatible; its
-OpenAPI 3.1 document at /v1/openapi.json),
+OpenAPI 3.1 document at /v1/openapi.json), the web console at /console,
 POST /api_keys/verify, /forward-auth for nginx, Traefik, Caddy and Envoy,
 /metrics, /healthz and /readyz on one listener, and with --grpc-listen
 Envoy's gRPC ext_authz on another. With no Redis configured it
@@ -48,12 +50,18 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	thr.register(fs, true)
 	var ac auditConfig
 	ac.register(fs)
+	sessionTTL := fs.Duration("console-session-ttl", console.DefaultSessionTTL, "how long a sign-in to the web console lasts")
+	secureCookies := fs.Bool("console-secure-cookies", false, "mark the console's cookies Secure even on plain HTTP (behind a TLS-terminating proxy)")
 	if code, ok := parseFlags(fs, args, getenv, &cfg, stderr); !ok {
 		return code
 	}
 	named, err := ac.check()
 	if err != nil {
 		return startError(stderr, "keygate serve", err)
+	}
+	if *sessionTTL < time.Minute {
+		fmt.Fprintln(stderr, "keygate serve: --console-session-ttl must be at least 1m")
+		return exitUsage
 	}
 	throttleOpts, err := thr.options()
 	if err != nil {
@@ -77,7 +85,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintln(stderr, "keygate serve: --admin-tokens (KEYGATE_ADMIN_TOKENS) or --admin-tokens-file is required with Redis")
 		return exitUsage
 	}
-	tokenLoaded := false
+	tokenLoaded, generated := false, ""
 	if len(tokens) == 0 && len(named) == 0 {
 		tok, created, err := loadOrCreateAdminToken(cfg.dataDir)
 		if err != nil {
@@ -85,8 +93,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 			return exitUsage
 		}
 		if created {
-			fmt.Fprintf(stdout, "Generated an admin token, saved in %s (shown this once):\n\n    %s\n\n",
-				filepath.Join(cfg.dataDir, adminTokenFile), tok)
+			generated = tok
 		}
 		tokenLoaded = !created
 		tokens = []string{tok}
@@ -135,12 +142,35 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	ops := sidecar.NewOps(b.verifier, b.registry)
 
 	admin = traced(tp, adminapi.Route, admin)
+	con, err := console.New(console.Options{
+		AdminAPI:      admin,
+		Tokens:        append(adminapi.BareTokens(tokens), named...),
+		Redis:         b.rdb,
+		Namespace:     cfg.namespace,
+		SessionTTL:    *sessionTTL,
+		SecureCookies: *secureCookies,
+		Throttle: adminapi.ThrottleOptions{
+			FailuresPerMinute: throttleOpts.FailuresPerMinute,
+			Burst:             throttleOpts.Burst,
+			TrustedProxies:    throttleOpts.TrustedProxies,
+		},
+		Logger: logger,
+	})
+	consoleOn := err == nil
+	if err != nil {
+		// Only verify tokens are configured: nobody could sign in.
+		logger.Warn("web console off", "reason", err.Error())
+	}
 	forwardAuth = traced(tp, spanName(sidecar.ForwardAuthPath), forwardAuth)
 	mux := http.NewServeMux()
 	for _, p := range []string{"/api_keys", "/api_keys/", "/v1/api_keys", "/v1/api_keys/", "/audit_events", "/v1/audit_events"} {
 		mux.Handle(p, admin)
 	}
 	mux.Handle(adminapi.OpenAPIPath, adminapi.OpenAPI())
+	if consoleOn {
+		mux.Handle(console.Path, con)
+		mux.Handle(console.Path+"/", con)
+	}
 	forwardAuth = accessLog(forwardAuth, logger, "forward-auth")
 	mux.Handle("/forward-auth", forwardAuth)
 	mux.Handle("/forward-auth/", forwardAuth)
@@ -171,6 +201,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		logger.Info("keygate serve: gRPC ext_authz listening", "addr", gln.Addr().String())
 	}
 	logger.Info("keygate serve listening", "addr", ln.Addr().String(), "version", version)
+	if consoleOn {
+		printConsole(stdout, ln.Addr(), generated, cfg.dataDir, tokenLoaded)
+	}
 	return runServers(logger, b, servers...)
 }
 
@@ -276,4 +309,30 @@ func loadOrCreateAdminToken(dir string) (token string, created bool, err error) 
 		return "", false, err
 	}
 	return token, true, nil
+}
+
+// printConsole tells the operator where the console is and what to sign
+// in with: the admin token generated just now (shown this once, as
+// before), or the file that holds the one generated on an earlier start.
+func printConsole(stdout io.Writer, addr net.Addr, generated, dataDir string, loaded bool) {
+	host := "localhost"
+	port := ""
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		port = strconv.Itoa(ta.Port)
+		if !ta.IP.IsUnspecified() {
+			host = ta.IP.String()
+		}
+	}
+	url := "http://" + net.JoinHostPort(host, port) + console.Path
+	switch {
+	case generated != "":
+		fmt.Fprintf(stdout, "Generated an admin token, saved in %s (shown this once):\n\n    %s\n\n"+
+			"Web console: %s (sign in with the admin token above)\n\n",
+			filepath.Join(dataDir, adminTokenFile), generated, url)
+	case loaded:
+		fmt.Fprintf(stdout, "Web console: %s (sign in with the admin token in %s)\n\n",
+			url, filepath.Join(dataDir, adminTokenFile))
+	default:
+		fmt.Fprintf(stdout, "Web console: %s (sign in with one of the admin tokens)\n\n", url)
+	}
 }

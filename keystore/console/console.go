@@ -1,0 +1,320 @@
+// Package console is keygate's web console for operators (docs/console.md):
+// server-rendered pages at /console to sign in with an admin token, list,
+// search and filter keys, create one (its secret shown once), see a key's
+// fields, last use, usage chart, limits, credits and audit trail, revoke,
+// roll, disable and enable it, revoke every key of a subject, and browse the
+// audit log.
+//
+// Every operation goes through the admin API's own handler, in process,
+// with the signed-in admin token: roles, validation, audit events, errors
+// and logs are the admin API's, with no second implementation.
+//
+//	admin, _ := adminapi.New(adminapi.Options{…, AdminTokens: bare, Tokens: named})
+//	con, _ := console.New(console.Options{
+//		AdminAPI: admin,
+//		Tokens:   append(adminapi.BareTokens(bare), named...),
+//		Redis:    rdb,
+//	})
+//	mux.Handle(console.Path, con)
+//	mux.Handle(console.Path+"/", con)
+//
+// Sessions live in Redis with an expiry, behind HttpOnly, SameSite=Strict
+// cookies; every state-changing form carries a CSRF token; every response
+// has a strict Content-Security-Policy and X-Frame-Options: DENY. The pages
+// work without JavaScript; one small script adds a copy button.
+package console
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/keygate/keygate/internal/apierror"
+	"github.com/keygate/keygate/internal/throttle"
+	"github.com/keygate/keygate/keystore/adminapi"
+	"github.com/redis/go-redis/v9"
+)
+
+// Path is where the console is served; mount the handler at Path and
+// Path+"/".
+const Path = "/console"
+
+// DefaultSessionTTL is how long a sign-in lasts unless
+// [Options.SessionTTL] says otherwise.
+const DefaultSessionTTL = 8 * time.Hour
+
+// maxFormBytes bounds the body of a console form.
+const maxFormBytes = 64 << 10
+
+// ContentSecurityPolicy is the policy of every console response: scripts,
+// styles and images from the console itself only (no inline script or
+// style), forms posted to it only, and no framing.
+const ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; " +
+	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+// Options configure the handler [New] returns. AdminAPI, Tokens and Redis
+// are required.
+type Options struct {
+	// AdminAPI is the admin API's handler ([adminapi.New]), which the
+	// console calls in process for everything it shows and changes.
+	// Required.
+	AdminAPI http.Handler
+	// Tokens are the admin tokens that may sign in: the same the admin
+	// API accepts (bare tokens through [adminapi.BareTokens]). A token of
+	// the verify role is refused, since it may call nothing the console
+	// needs. Removing a token from the set ends its sessions at their next
+	// request. Required.
+	Tokens []adminapi.Token
+	// Redis holds the sessions, under Namespace. Required.
+	Redis redis.UniversalClient
+	// Namespace prefixes the console's Redis keys, as the store's.
+	// Default "keygate".
+	Namespace string
+	// SessionTTL is how long a sign-in lasts, from the sign-in. Default
+	// [DefaultSessionTTL].
+	SessionTTL time.Duration
+	// SecureCookies marks the cookies Secure even on requests that did not
+	// come over TLS: set it when a TLS-terminating proxy is in front.
+	// Cookies of requests that came over TLS are always Secure.
+	SecureCookies bool
+	// Throttle limits failed sign-ins per client address, as the admin
+	// API limits failed authentications. The zero value throttles nothing.
+	Throttle adminapi.ThrottleOptions
+	// Logger receives sign-ins, sign-outs and errors; never a token or a
+	// secret. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed assets
+var assetFS embed.FS
+
+type handler struct {
+	opts     Options
+	tokens   tokens
+	sessions *sessions
+	onces    *onces
+	limiter  *throttle.Limiter
+	proxies  throttle.Proxies
+	pages    map[string]*template.Template
+	mux      *http.ServeMux
+}
+
+// New returns the console's handler.
+func New(opts Options) (http.Handler, error) {
+	switch {
+	case opts.AdminAPI == nil:
+		return nil, errors.New("console: Options.AdminAPI is required")
+	case opts.Redis == nil:
+		return nil, errors.New("console: Options.Redis is required")
+	}
+	if err := adminapi.CheckTokens(opts.Tokens); err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
+	var ts tokens
+	for _, t := range opts.Tokens {
+		if t.Role != adminapi.RoleVerify {
+			ts = append(ts, t)
+		}
+	}
+	if len(ts) == 0 {
+		return nil, errors.New("console: no admin token of the admin, manage or read role to sign in with")
+	}
+	if opts.Namespace == "" {
+		opts.Namespace = "keygate"
+	}
+	if opts.SessionTTL <= 0 {
+		opts.SessionTTL = DefaultSessionTTL
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	pages, err := parsePages()
+	if err != nil {
+		return nil, err
+	}
+	h := &handler{
+		opts:     opts,
+		tokens:   ts,
+		sessions: &sessions{rdb: opts.Redis, ns: opts.Namespace, ttl: opts.SessionTTL},
+		onces:    &onces{rdb: opts.Redis, ns: opts.Namespace},
+		limiter: throttle.New(throttle.Config{
+			FailuresPerMinute: opts.Throttle.FailuresPerMinute,
+			Burst:             opts.Throttle.Burst,
+			Now:               opts.Throttle.Now,
+		}),
+		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
+		pages:   pages,
+		mux:     http.NewServeMux(),
+	}
+	h.routes()
+	return h, nil
+}
+
+func (h *handler) routes() {
+	assets, _ := fs.Sub(assetFS, "assets")
+	h.mux.Handle("GET "+Path+"/assets/", http.StripPrefix(Path+"/assets/", assetServer(assets)))
+	h.mux.HandleFunc("GET "+Path+"/sign-in", h.signInPage)
+	h.mux.HandleFunc("POST "+Path+"/sign-in", h.signIn)
+	h.mux.HandleFunc("POST "+Path+"/sign-out", h.action(h.signOut))
+	h.mux.HandleFunc("GET "+Path+"/{$}", h.page(h.home))
+	h.mux.HandleFunc("GET "+Path+"/keys", h.page(h.keysPage))
+	h.mux.HandleFunc("POST "+Path+"/keys", h.action(h.createKey))
+	h.mux.HandleFunc("GET "+Path+"/keys/new", h.page(h.newKeyPage))
+	h.mux.HandleFunc("GET "+Path+"/keys/{id}", h.page(h.keyPage))
+	h.mux.HandleFunc("POST "+Path+"/keys/{id}/revoke", h.action(h.revokeKey))
+	h.mux.HandleFunc("POST "+Path+"/keys/{id}/roll", h.action(h.rollKey))
+	h.mux.HandleFunc("POST "+Path+"/keys/{id}/disable", h.action(h.setEnabled(false)))
+	h.mux.HandleFunc("POST "+Path+"/keys/{id}/enable", h.action(h.setEnabled(true)))
+	h.mux.HandleFunc("GET "+Path+"/secret", h.page(h.secretPage))
+	h.mux.HandleFunc("GET "+Path+"/revoke-subject", h.page(h.revokeSubjectPage))
+	h.mux.HandleFunc("POST "+Path+"/revoke-subject", h.action(h.revokeSubject))
+	h.mux.HandleFunc("GET "+Path+"/audit", h.page(h.auditPage))
+	h.mux.HandleFunc(Path+"/", func(w http.ResponseWriter, r *http.Request) {
+		h.fail(w, r, nil, http.StatusNotFound, "Not found", "There is no console page at this address.")
+	})
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r = apierror.WithRequestID(w, r)
+	hd := w.Header()
+	hd.Set("Content-Security-Policy", ContentSecurityPolicy)
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "same-origin") // "no-referrer" would make browsers send Origin: null
+	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+	if r.URL.Path == Path {
+		http.Redirect(w, r, Path+"/", http.StatusSeeOther)
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// assetServer serves the embedded CSS and script, which change only with
+// the binary.
+func assetServer(assets fs.FS) http.Handler {
+	files := http.FileServerFS(assets)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		files.ServeHTTP(w, r)
+	})
+}
+
+// resolve returns the request's session and the admin token behind it;
+// nil when there is none, it has expired, or its token is no longer
+// configured as it was (removed, replaced, or now of the verify role).
+func (h *handler) resolve(r *http.Request) (*signedIn, error) {
+	id := cookie(r, sessionCookie)
+	if id == "" || len(id) > 64 {
+		return nil, nil
+	}
+	sess, err := h.sessions.get(r.Context(), id)
+	if errors.Is(err, errNoSession) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	tok := h.tokens.byName(sess.Name)
+	if tok == nil || !equal(sessionMAC(tok.Token, id), sess.MAC) {
+		h.sessions.delete(r.Context(), id)
+		return nil, nil
+	}
+	return &signedIn{id: id, session: *sess, token: *tok}, nil
+}
+
+// toSignIn sends the browser to the sign-in page; expired says its session
+// cookie led nowhere.
+func (h *handler) toSignIn(w http.ResponseWriter, r *http.Request) {
+	target := Path + "/sign-in"
+	if cookie(r, sessionCookie) != "" {
+		h.setCookie(w, r, sessionCookie, "", -1)
+		target += "?expired=1"
+	}
+	http.Redirect(w, r, target, http.StatusSeeOther)
+}
+
+// page wraps a GET handler that needs a session.
+func (h *handler) page(fn func(http.ResponseWriter, *http.Request, *signedIn)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, err := h.resolve(r)
+		if err != nil {
+			h.unavailable(w, r, nil, err)
+			return
+		}
+		if s == nil {
+			h.toSignIn(w, r)
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		fn(w, r, s)
+	}
+}
+
+// action wraps a POST handler that needs a session and the session's CSRF
+// token in the form: without either nothing is changed.
+func (h *handler) action(fn func(http.ResponseWriter, *http.Request, *signedIn)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !h.readForm(w, r, "nothing was changed") {
+			return
+		}
+		s, err := h.resolve(r)
+		if err != nil {
+			h.unavailable(w, r, nil, err)
+			return
+		}
+		if s == nil {
+			h.toSignIn(w, r)
+			return
+		}
+		if !equal(r.PostForm.Get("csrf"), s.session.CSRF) {
+			h.fail(w, r, s, http.StatusForbidden, "Refused: the form's security token is missing or wrong",
+				"Nothing was changed. Forms of this console carry a security token against cross-site request forgery; "+
+					"this one did not carry the right one. Go back, reload the page and try again.")
+			return
+		}
+		fn(w, r, s)
+	}
+}
+
+// readForm reads a POST's form, after checking that the console's own page
+// sent it; when it answers false it has written the refusal, whose
+// sentence ends with outcome ("nothing was changed").
+func (h *handler) readForm(w http.ResponseWriter, r *http.Request, outcome string) bool {
+	w.Header().Set("Cache-Control", "no-store")
+	if !h.sameOrigin(r) {
+		h.fail(w, r, nil, http.StatusForbidden, "Refused: another site sent this form",
+			"The form came from another site, so "+outcome+".")
+		return false
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		h.fail(w, r, nil, http.StatusBadRequest, "Bad form", "The form could not be read, so "+outcome+".")
+		return false
+	}
+	return true
+}
+
+// sameOrigin reports whether a POST's Origin, when the browser sent one,
+// is the console's own.
+func (h *handler) sameOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == r.Host
+}
