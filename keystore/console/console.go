@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/keygate/keygate/internal/apierror"
@@ -83,6 +84,14 @@ type Options struct {
 	// come over TLS: set it when a TLS-terminating proxy is in front.
 	// Cookies of requests that came over TLS are always Secure.
 	SecureCookies bool
+	// Origin is the console's public origin, "https://keys.example.com"
+	// (scheme, host and port; no path), as browsers name it in the Origin
+	// header of a form post: set it when a proxy in front rewrites the
+	// Host header or terminates TLS. Without it the console expects the
+	// request's own scheme and Host, or the X-Forwarded-Proto and
+	// X-Forwarded-Host of a direct peer among Throttle.TrustedProxies.
+	// Check a value with [ParseOrigin].
+	Origin string
 	// Throttle limits failed sign-ins per client address, as the admin
 	// API limits failed authentications. The zero value throttles nothing.
 	Throttle adminapi.ThrottleOptions
@@ -106,9 +115,14 @@ type handler struct {
 	onces    *onces
 	limiter  *throttle.Limiter
 	proxies  throttle.Proxies
+	origin   string // Options.Origin, as ParseOrigin returns it
 	pages    map[string]*template.Template
 	mux      *http.ServeMux
 }
+
+// ErrNoSignInToken is [New]'s error when every token has the verify role:
+// nobody could sign in, and a server may run without its console.
+var ErrNoSignInToken = errors.New("console: no admin token of the admin, manage or read role to sign in with")
 
 // New returns the console's handler.
 func New(opts Options) (http.Handler, error) {
@@ -121,6 +135,14 @@ func New(opts Options) (http.Handler, error) {
 	if err := adminapi.CheckTokens(opts.Tokens); err != nil {
 		return nil, fmt.Errorf("console: %w", err)
 	}
+	origin := ""
+	if opts.Origin != "" {
+		o, err := ParseOrigin(opts.Origin)
+		if err != nil {
+			return nil, fmt.Errorf("console: Options.Origin: %w", err)
+		}
+		origin = o
+	}
 	var ts tokens
 	for _, t := range opts.Tokens {
 		if t.Role != adminapi.RoleVerify {
@@ -128,7 +150,7 @@ func New(opts Options) (http.Handler, error) {
 		}
 	}
 	if len(ts) == 0 {
-		return nil, errors.New("console: no admin token of the admin, manage or read role to sign in with")
+		return nil, ErrNoSignInToken
 	}
 	if opts.Namespace == "" {
 		opts.Namespace = "keygate"
@@ -157,6 +179,7 @@ func New(opts Options) (http.Handler, error) {
 			Now:               opts.Throttle.Now,
 		}),
 		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
+		origin:  origin,
 		pages:   pages,
 		mux:     http.NewServeMux(),
 	}
@@ -309,12 +332,67 @@ func (h *handler) readForm(w http.ResponseWriter, r *http.Request, outcome strin
 }
 
 // sameOrigin reports whether a POST's Origin, when the browser sent one,
-// is the console's own.
+// is the console's own: the same scheme, host and port.
 func (h *handler) sameOrigin(r *http.Request) bool {
 	o := r.Header.Get("Origin")
 	if o == "" {
 		return true
 	}
-	u, err := url.Parse(o)
-	return err == nil && u.Host == r.Host
+	got, err := ParseOrigin(o)
+	return err == nil && got == h.ownOrigin(r)
+}
+
+// ownOrigin is the origin the console is reached at: Options.Origin when
+// set; else the request's scheme and Host, or those a trusted proxy (the
+// direct peer) reports in X-Forwarded-Proto and X-Forwarded-Host.
+func (h *handler) ownOrigin(r *http.Request) string {
+	if h.origin != "" {
+		return h.origin
+	}
+	scheme, host := "http", r.Host
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if chain := h.proxies.Chain(r); len(chain) > 0 && h.proxies.Contains(chain[0]) {
+		if p := firstValue(r.Header.Get("X-Forwarded-Proto")); p != "" {
+			scheme = p
+		}
+		if fh := firstValue(r.Header.Get("X-Forwarded-Host")); fh != "" {
+			host = fh
+		}
+	}
+	o, err := ParseOrigin(scheme + "://" + host)
+	if err != nil {
+		return "" // matches no Origin
+	}
+	return o
+}
+
+// firstValue is the first of a header's comma-separated values: what the
+// proxy nearest the browser wrote.
+func firstValue(v string) string {
+	first, _, _ := strings.Cut(v, ",")
+	return strings.TrimSpace(first)
+}
+
+// ParseOrigin checks an origin, "https://keys.example.com" or
+// "http://10.0.0.5:8080", and returns it in the form browsers send in the
+// Origin header: lower case, without the scheme's default port.
+func ParseOrigin(s string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%q is not an origin", s)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", fmt.Errorf("%q: want http:// or https:// and a host, such as https://keys.example.com", s)
+	case u.Host == "" || u.Hostname() == "" || u.User != nil:
+		return "", fmt.Errorf("%q: want a host, such as https://keys.example.com", s)
+	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
+		return "", fmt.Errorf("%q: an origin has no path, query or fragment (the console is at %s under it)", s, Path)
+	}
+	host := strings.ToLower(u.Host)
+	if p := u.Port(); (u.Scheme == "http" && p == "80") || (u.Scheme == "https" && p == "443") {
+		host = strings.TrimSuffix(host, ":"+p)
+	}
+	return u.Scheme + "://" + host, nil
 }
