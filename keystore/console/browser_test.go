@@ -182,6 +182,7 @@ func TestBrowser(t *testing.T) {
 
 	// Roll it, the old key revoked at once.
 	browsertest.Fill(t, ctx, "The old key keeps working for", "Revoke the old key now")
+	browsertest.SetChecked(t, ctx, `Yes, revoke the old key at once (needed for "Revoke the old key now")`, true)
 	browsertest.Submit(t, ctx, "Roll")
 	mustText(t, ctx, "New key: browser-made", "It replaces")
 	rolled := fieldValue(t, ctx, "Secret")

@@ -39,6 +39,7 @@ import (
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore/adminapi"
+	"github.com/keygate/keygate/keystore/client"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -116,6 +117,7 @@ type handler struct {
 	limiter  *throttle.Limiter
 	proxies  throttle.Proxies
 	origin   string // Options.Origin, as ParseOrigin returns it
+	api      *client.Client
 	pages    map[string]*template.Template
 	mux      *http.ServeMux
 }
@@ -168,6 +170,10 @@ func New(opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	api, err := newAPIClient(opts.AdminAPI)
+	if err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
 	h := &handler{
 		opts:     opts,
 		tokens:   ts,
@@ -180,6 +186,7 @@ func New(opts Options) (http.Handler, error) {
 		}),
 		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
 		origin:  origin,
+		api:     api,
 		pages:   pages,
 		mux:     http.NewServeMux(),
 	}
@@ -283,7 +290,7 @@ func (h *handler) page(fn func(http.ResponseWriter, *http.Request, *signedIn)) h
 			return
 		}
 		w.Header().Set("Cache-Control", "no-store")
-		fn(w, r, s)
+		fn(w, withCaller(r, s), s)
 	}
 }
 
@@ -309,7 +316,7 @@ func (h *handler) action(fn func(http.ResponseWriter, *http.Request, *signedIn))
 					"this one did not carry the right one. Go back, reload the page and try again.")
 			return
 		}
-		fn(w, r, s)
+		fn(w, withCaller(r, s), s)
 	}
 }
 

@@ -244,7 +244,7 @@ func TestFormsWithoutCSRFChangeNothing(t *testing.T) {
 	forms := map[string]url.Values{
 		"/console/keys":                      {"name": {"made"}, "subject": {"user_v"}},
 		"/console/keys/" + k.ID + "/revoke":  {"confirm": {"yes"}, "reason": {"forged"}},
-		"/console/keys/" + k.ID + "/roll":    {"grace": {"0"}},
+		"/console/keys/" + k.ID + "/roll":    {"grace": {"0"}, "confirm": {"yes"}},
 		"/console/keys/" + k.ID + "/disable": {},
 		"/console/revoke-subject":            {"subject": {"user_v"}, "confirm": {"yes"}},
 		"/console/sign-out":                  {},
@@ -302,7 +302,7 @@ func TestReadRole(t *testing.T) {
 	}{
 		{"/console/keys/" + k.ID + "/revoke", url.Values{"confirm": {"yes"}}},
 		{"/console/keys/" + k.ID + "/disable", nil},
-		{"/console/keys/" + k.ID + "/roll", url.Values{"grace": {"0"}}},
+		{"/console/keys/" + k.ID + "/roll", url.Values{"grace": {"0"}, "confirm": {"yes"}}},
 		{"/console/keys", url.Values{"name": {"n"}, "subject": {"user_r"}}},
 		{"/console/revoke-subject", url.Values{"subject": {"user_r"}, "confirm": {"yes"}}},
 	} {
@@ -527,7 +527,17 @@ func TestRoll(t *testing.T) {
 	b := e.browser(t)
 	b.mustSignIn(adminTok)
 	b.get("/console/keys/" + k.ID)
+	// Revoking the old key at once needs the confirmation box, as a revoke
+	// does.
 	p := b.post("/console/keys/"+k.ID+"/roll", url.Values{"grace": {"0"}})
+	if p.status != http.StatusBadRequest || !strings.Contains(p.body, "Not rolled: please confirm") ||
+		e.key(t, k.ID).RolledTo != nil || e.forwardAuth(t, k.Secret) != 200 {
+		t.Fatalf("roll with no grace, unconfirmed: %d\n%s", p.status, p.body)
+	}
+	if !strings.Contains(b.get("/console/keys/"+k.ID).body, `<label for="roll-confirm">`) {
+		t.Fatal("the roll form has no confirmation box")
+	}
+	p = b.post("/console/keys/"+k.ID+"/roll", url.Values{"grace": {"0"}, "confirm": {"yes"}})
 	secret := regexp.MustCompile(`value="(ak_[^"]+)"`).FindStringSubmatch(p.body)
 	if p.path != "/console/secret" || secret == nil || !strings.Contains(p.body, "It replaces") {
 		t.Fatalf("roll: at %s\n%s", p.path, p.body)

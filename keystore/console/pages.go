@@ -55,11 +55,7 @@ func (h *handler) keysPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 	if p, err := strconv.Atoi(q.Get("page")); err == nil && p > 1 && p <= 10000 {
 		d.Page = p
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	list, err := c.List(r.Context(), keystore.ListParams{Query: d.Query, Subject: d.Subject,
 		IncludeInvalid: d.IncludeInvalid, Limit: pageSize, Offset: (d.Page - 1) * pageSize})
 	if err != nil {
@@ -139,11 +135,7 @@ var graces = []grace{
 // GET /console/keys/{id}?range=hour|day|month
 func (h *handler) keyPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
 	id := r.PathValue("id")
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	k, err := c.Get(r.Context(), id)
 	if err != nil {
 		h.apiFailed(w, r, s, err, Path+"/keys")
@@ -237,11 +229,7 @@ func (h *handler) createKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 	if set {
 		p.RateLimits = []keystore.RateLimit{{Name: "per-minute", Limit: perMinute, DurationMs: 60000}}
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	k, err := c.Create(r.Context(), p)
 	var ae *client.APIError
 	if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
@@ -319,11 +307,7 @@ func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 			"Tick the box that confirms the revocation; the key was not revoked.", back)
 		return
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	if _, err := c.Revoke(r.Context(), id, reasonOf(r)); err != nil {
 		h.apiFailed(w, r, s, err, back)
 		return
@@ -350,11 +334,12 @@ func (h *handler) rollKey(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		h.failBack(w, r, s, http.StatusBadRequest, "Not rolled", "Choose how long the old key keeps working.", back)
 		return
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
+	if secs == 0 && r.PostForm.Get("confirm") != "yes" {
+		h.failBack(w, r, s, http.StatusBadRequest, "Not rolled: please confirm",
+			"Rolling with \"Revoke the old key now\" stops the old key at once: tick the box that confirms it. The key was not rolled.", back)
 		return
 	}
+	c := h.api
 	k, err := c.Roll(r.Context(), id, time.Duration(secs)*time.Second)
 	if err != nil {
 		h.apiFailed(w, r, s, err, back)
@@ -368,11 +353,8 @@ func (h *handler) setEnabled(enabled bool) func(http.ResponseWriter, *http.Reque
 	return func(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		id := r.PathValue("id")
 		back := Path + "/keys/" + url.PathEscape(id)
-		c, err := h.apiClient(r, s)
-		if err != nil {
-			h.unavailable(w, r, s, err)
-			return
-		}
+		c := h.api
+		var err error
 		done := "enabled"
 		if enabled {
 			_, err = c.Enable(r.Context(), id)
@@ -411,11 +393,7 @@ func (h *handler) revokeSubject(w http.ResponseWriter, r *http.Request, s *signe
 			"Give the subject and tick the box that confirms the revocation; no key was revoked.", back)
 		return
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	n, err := c.RevokeAll(r.Context(), subject, reasonOf(r))
 	if err != nil {
 		h.apiFailed(w, r, s, err, back)
@@ -445,11 +423,7 @@ func (h *handler) auditPage(w http.ResponseWriter, r *http.Request, s *signedIn)
 	q := r.URL.Query()
 	d := &auditView{APIKeyID: strings.TrimSpace(q.Get("api_key_id")), Subject: strings.TrimSpace(q.Get("subject")),
 		Action: q.Get("action"), Actor: strings.TrimSpace(q.Get("actor")), Actions: auditActions}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	f := client.AuditFilter{APIKeyID: d.APIKeyID, Subject: d.Subject, Action: d.Action, Actor: d.Actor,
 		StartingAfter: q.Get("starting_after"), Limit: 50}
 	page, err := c.AuditEvents(r.Context(), f)
