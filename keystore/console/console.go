@@ -31,6 +31,7 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -328,6 +329,11 @@ func (h *handler) readForm(w http.ResponseWriter, r *http.Request, outcome strin
 	if !h.sameOrigin(r) {
 		h.fail(w, r, nil, http.StatusForbidden, "Refused: another site sent this form",
 			"The form came from another site, so "+outcome+".")
+		return false
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
+		h.fail(w, r, nil, http.StatusUnsupportedMediaType, "Bad form",
+			"The console's forms are sent as application/x-www-form-urlencoded; this one was not, so "+outcome+".")
 		return false
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)

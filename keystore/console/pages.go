@@ -63,11 +63,6 @@ func (h *handler) keysPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 		return
 	}
 	d.Keys, d.Total = list.Data, list.TotalCount
-	d.Pages = max(1, (d.Total+pageSize-1)/pageSize)
-	if len(d.Keys) > 0 {
-		d.First = (d.Page-1)*pageSize + 1
-		d.Last = d.First + len(d.Keys) - 1
-	}
 	link := func(page int) string {
 		v := url.Values{}
 		if d.Query != "" {
@@ -82,14 +77,23 @@ func (h *handler) keysPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 		v.Set("page", strconv.Itoa(page))
 		return Path + "/keys?" + v.Encode()
 	}
+	d.Pages = max(1, (d.Total+pageSize-1)/pageSize)
+	if d.Page > d.Pages {
+		// Past the last page (an old link, a typed number): show the last.
+		http.Redirect(w, r, link(d.Pages), http.StatusSeeOther)
+		return
+	}
+	if len(d.Keys) > 0 {
+		d.First = (d.Page-1)*pageSize + 1
+		d.Last = d.First + len(d.Keys) - 1
+	}
 	if d.Page > 1 {
 		d.Prev = link(d.Page - 1)
 	}
 	if d.Page < d.Pages {
 		d.Next = link(d.Page + 1)
 	}
-	v := newView(s, "Keys", d)
-	v.Current = "keys"
+	v := newView(s, "keys", "Keys", d)
 	h.render(w, r, http.StatusOK, "keys", v)
 }
 
@@ -169,8 +173,7 @@ func (h *handler) keyPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		h.apiFailed(w, r, s, err, Path+"/keys")
 		return
 	}
-	v := newView(s, "Key "+k.Name, d)
-	v.Current = "keys"
+	v := newView(s, "keys", "Key "+k.Name, d)
 	v.Notice = notices[r.URL.Query().Get("done")]
 	h.render(w, r, http.StatusOK, "key", v)
 }
@@ -183,8 +186,7 @@ type newKey struct {
 
 // GET /console/keys/new
 func (h *handler) newKeyPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
-	v := newView(s, "Create an API key", &newKey{Subject: r.URL.Query().Get("subject")})
-	v.Current = "keys"
+	v := newView(s, "keys", "Create an API key", &newKey{Subject: r.URL.Query().Get("subject")})
 	h.render(w, r, http.StatusOK, "new", v)
 }
 
@@ -195,8 +197,8 @@ func (h *handler) createKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 	form := &newKey{Name: f.Get("name"), Subject: f.Get("subject"), Description: f.Get("description"),
 		Scopes: f.Get("scopes"), ExpiresDays: f.Get("expires_days"), Credits: f.Get("credits"), RateLimit: f.Get("rate_limit")}
 	again := func(status int, msg string) {
-		v := newView(s, "Create an API key", form)
-		v.Current, v.Error = "keys", msg
+		v := newView(s, "keys", "Create an API key", form)
+		v.Error = msg
 		h.render(w, r, status, "new", v)
 	}
 	creator := "console:" + s.token.Name
@@ -275,6 +277,11 @@ type secretView struct {
 
 // GET /console/secret: the new secret, this once.
 func (h *handler) secretPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
+	if r.Method == http.MethodHead {
+		// A HEAD (a link checker, a prefetch) must not use up the one look.
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		return
+	}
 	c := cookie(r, onceCookie)
 	h.setCookie(w, r, onceCookie, "", -1)
 	var v revealed
@@ -293,8 +300,7 @@ func (h *handler) secretPage(w http.ResponseWriter, r *http.Request, s *signedIn
 	if d.Gone {
 		title = "Secret no longer shown"
 	}
-	view := newView(s, title, d)
-	view.Current = "keys"
+	view := newView(s, "keys", title, d)
 	h.render(w, r, http.StatusOK, "secret", view)
 }
 
@@ -379,8 +385,7 @@ type revokeSubjectView struct {
 
 // GET /console/revoke-subject?subject=
 func (h *handler) revokeSubjectPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
-	v := newView(s, "Revoke every key of a subject", &revokeSubjectView{Subject: r.URL.Query().Get("subject")})
-	v.Current = "keys"
+	v := newView(s, "keys", "Revoke every key of a subject", &revokeSubjectView{Subject: r.URL.Query().Get("subject")})
 	h.render(w, r, http.StatusOK, "revoke_subject", v)
 }
 
@@ -399,8 +404,7 @@ func (h *handler) revokeSubject(w http.ResponseWriter, r *http.Request, s *signe
 		h.apiFailed(w, r, s, err, back)
 		return
 	}
-	v := newView(s, "Revoke every key of a subject", &revokeSubjectView{Subject: subject, Done: true, Revoked: n})
-	v.Current = "keys"
+	v := newView(s, "keys", "Revoke every key of a subject", &revokeSubjectView{Subject: subject, Done: true, Revoked: n})
 	h.render(w, r, http.StatusOK, "revoke_subject", v)
 }
 
@@ -454,7 +458,6 @@ func (h *handler) auditPage(w http.ResponseWriter, r *http.Request, s *signedIn)
 	if f.StartingAfter != "" {
 		d.Newest = Path + "/audit?" + filter.Encode()
 	}
-	v := newView(s, "Audit log", d)
-	v.Current = "audit"
+	v := newView(s, "audit", "Audit log", d)
 	h.render(w, r, http.StatusOK, "audit", v)
 }

@@ -69,8 +69,10 @@ type user struct {
 	CanChange bool
 }
 
-func newView(s *signedIn, title string, data any) *view {
-	v := &view{Title: title, Path: Path, Data: data}
+// newView is a page's view; current is its nav entry ("keys", "audit" or
+// none).
+func newView(s *signedIn, current, title string, data any) *view {
+	v := &view{Title: title, Path: Path, Current: current, Data: data}
 	if s != nil {
 		role := s.token.Role
 		v.User = &user{Name: s.token.Name, Role: role, CanChange: role == adminapi.RoleAdmin || role == adminapi.RoleManage}
@@ -109,7 +111,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *signedIn, stat
 }
 
 func (h *handler) failBack(w http.ResponseWriter, r *http.Request, s *signedIn, status int, heading, msg, back string) {
-	v := newView(s, heading, &failure{Status: status, Heading: heading, Message: msg, Trace: apierror.RequestID(r), Back: back})
+	v := newView(s, "", heading, &failure{Status: status, Heading: heading, Message: msg, Trace: apierror.RequestID(r), Back: back})
 	h.render(w, r, status, "error", v)
 }
 
