@@ -191,7 +191,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintf(stderr, "keygate serve: --listen %s: %v\n", *listen, err)
 		return exitUsage
 	}
-	srv := withLog(sidecar.NewServer(*listen, withRequestID(mux)), logger)
+	// console.WithHeaders: the mux's own answers under /console (a path-
+	// cleaning redirect) carry the console's security headers too.
+	srv := withLog(sidecar.NewServer(*listen, withRequestID(console.WithHeaders(mux))), logger)
 	servers := []server{{srv, ln}}
 	if *grpcListen != "" {
 		authz, err := extauthz.New(b.verifier, extauthz.Options{Logger: logger, Throttle: throttleOpts})

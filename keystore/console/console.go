@@ -25,7 +25,10 @@
 package console
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"html/template"
@@ -34,6 +37,8 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -196,8 +201,7 @@ func New(opts Options) (http.Handler, error) {
 }
 
 func (h *handler) routes() {
-	assets, _ := fs.Sub(assetFS, "assets")
-	h.mux.Handle("GET "+Path+"/assets/", http.StripPrefix(Path+"/assets/", assetServer(assets)))
+	h.mux.HandleFunc("GET "+Path+"/assets/{name}", h.asset)
 	h.mux.HandleFunc("GET "+Path+"/sign-in", h.signInPage)
 	h.mux.HandleFunc("POST "+Path+"/sign-in", h.signIn)
 	h.mux.HandleFunc("POST "+Path+"/sign-out", h.action(h.signOut))
@@ -221,12 +225,7 @@ func (h *handler) routes() {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = apierror.WithRequestID(w, r)
-	hd := w.Header()
-	hd.Set("Content-Security-Policy", ContentSecurityPolicy)
-	hd.Set("X-Frame-Options", "DENY")
-	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Referrer-Policy", "same-origin") // "no-referrer" would make browsers send Origin: null
-	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+	setHeaders(w.Header())
 	if r.URL.Path == Path {
 		http.Redirect(w, r, Path+"/", http.StatusSeeOther)
 		return
@@ -234,14 +233,79 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// assetServer serves the embedded CSS and script, which change only with
-// the binary.
-func assetServer(assets fs.FS) http.Handler {
-	files := http.FileServerFS(assets)
+// setHeaders sets the console's security headers.
+func setHeaders(hd http.Header) {
+	hd.Set("Content-Security-Policy", ContentSecurityPolicy)
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "same-origin") // "no-referrer" would make browsers send Origin: null
+	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+}
+
+// WithHeaders wraps the [http.ServeMux] that mounts the console so that
+// every response to a path under [Path] carries the console's security
+// headers, including those the mux writes itself without calling the
+// console (the redirect of /console//keys to /console/keys, a 405).
+func WithHeaders(mux http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "public, max-age=3600")
-		files.ServeHTTP(w, r)
+		if p := path.Clean("/" + r.URL.Path); p == Path || strings.HasPrefix(p, Path+"/") {
+			setHeaders(w.Header())
+		}
+		mux.ServeHTTP(w, r)
 	})
+}
+
+// asset is an embedded file of assets/, served at Path/assets/<name>.
+type asset struct {
+	body        []byte
+	contentType string
+	version     string // a digest of body: pages link to name?v=version
+}
+
+// assets are the console's stylesheet and script, by name.
+var assets = func() map[string]asset {
+	entries, err := fs.ReadDir(assetFS, "assets")
+	if err != nil {
+		panic(err) // embedded at build time
+	}
+	m := map[string]asset{}
+	for _, e := range entries {
+		body, err := fs.ReadFile(assetFS, "assets/"+e.Name())
+		if err != nil {
+			panic(err)
+		}
+		d := sha256.Sum256(body)
+		m[e.Name()] = asset{body: body, contentType: mime.TypeByExtension(filepath.Ext(e.Name())), version: hex.EncodeToString(d[:6])}
+	}
+	return m
+}()
+
+// assetURL is the URL of the named asset, with its content's version so
+// that a browser's cache never serves an older binary's file.
+func assetURL(name string) string {
+	u := Path + "/assets/" + name
+	if a, ok := assets[name]; ok {
+		u += "?v=" + a.version
+	}
+	return u
+}
+
+// GET /console/assets/{name}: the files only, no listing. A URL with the
+// file's version is cached for good; any other is revalidated.
+func (h *handler) asset(w http.ResponseWriter, r *http.Request) {
+	a, ok := assets[r.PathValue("name")]
+	if !ok {
+		h.fail(w, r, nil, http.StatusNotFound, "Not found", "There is no console page at this address.")
+		return
+	}
+	if r.URL.Query().Get("v") == a.version {
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	} else {
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	w.Header().Set("Content-Type", a.contentType)
+	w.Header().Set("ETag", `"`+a.version+`"`)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a.body))
 }
 
 // resolve returns the request's session and the admin token behind it;

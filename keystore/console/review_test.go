@@ -2,10 +2,14 @@ package console_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -149,5 +153,53 @@ func TestPagePastTheLast(t *testing.T) {
 	}
 	if p := b.get("/console/keys?subject=nobody&page=3"); p.status != 200 || strings.Contains(p.body, "Page 3") {
 		t.Fatalf("page 3 of nothing: %d\n%s", p.status, p.body)
+	}
+}
+
+// TestAssets: the stylesheet and script only (no listing), linked with
+// their content's digest and cached for good under it.
+func TestAssets(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	b := e.browser(t)
+	for _, path := range []string{"/console/assets/", "/console/assets/nope.css", "/console/assets/x/console.css"} {
+		if p := b.get(path); p.status != http.StatusNotFound || strings.Contains(p.body, `href="console.js"`) {
+			t.Errorf("%s: %d, want 404 without a listing\n%s", path, p.status, p.body)
+		}
+	}
+	signIn := b.get("/console/sign-in")
+	for _, name := range []string{"console.css", "console.js"} {
+		m := regexp.MustCompile(`"(/console/assets/` + regexp.QuoteMeta(name) + `)\?v=([0-9a-f]{12})"`).FindStringSubmatch(signIn.body)
+		if m == nil {
+			t.Fatalf("the page links %s without a version:\n%s", name, signIn.body)
+		}
+		p := b.get(m[1] + "?v=" + m[2])
+		d := sha256.Sum256([]byte(p.body))
+		if p.status != 200 || hex.EncodeToString(d[:6]) != m[2] {
+			t.Errorf("%s: %d, version %s is not its content's", name, p.status, m[2])
+		}
+		if got := p.header.Get("Cache-Control"); !strings.Contains(got, "immutable") {
+			t.Errorf("%s?v=: Cache-Control %q", name, got)
+		}
+		if got := b.get(m[1]).header.Get("Cache-Control"); got != "no-cache" {
+			t.Errorf("%s without its version: Cache-Control %q, want no-cache", name, got)
+		}
+	}
+}
+
+// TestTemplatesUsePath: no template spells the console's path out.
+func TestTemplatesUsePath(t *testing.T) {
+	files, err := filepath.Glob("templates/*.html")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("templates: %v %v", files, err)
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(raw), `"/console`) {
+			t.Errorf("%s spells out /console: use the Path", f)
+		}
 	}
 }
