@@ -183,6 +183,40 @@ func TestCookies(t *testing.T) {
 			if !found {
 				t.Fatalf("no session cookie: %v", resp.Header["Set-Cookie"])
 			}
+
+			// The sign-in form's token and the new secret's key: the same
+			// attributes, for the browser session and two minutes.
+			attrs := func(what string, resp *http.Response, name string, maxAge int) {
+				t.Helper()
+				for _, c := range resp.Cookies() {
+					if c.Name != name {
+						continue
+					}
+					if !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/console" || c.Secure != tc.wantSecure ||
+						c.MaxAge != maxAge || len(c.Value) < 40 {
+						t.Errorf("%s: cookie %+v: want HttpOnly, SameSite=Strict, Path=/console, Secure=%v, Max-Age %d",
+							what, c, tc.wantSecure, maxAge)
+					}
+					return
+				}
+				t.Errorf("%s: no %s cookie: %v", what, name, resp.Header["Set-Cookie"])
+			}
+			fresh, err := e.srv.Client().Get(e.srv.URL + "/console/sign-in")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh.Body.Close()
+			attrs("the sign-in page", fresh, "keygate_console_signin", 0)
+			b.get("/console/keys/new")
+			req, _ = http.NewRequest(http.MethodPost, e.srv.URL+"/console/keys",
+				strings.NewReader(url.Values{"csrf": {b.csrf}, "name": {"cookie"}, "subject": {"org_c"}}.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			created, err := b.http.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			created.Body.Close()
+			attrs("a create", created, "keygate_console_once", 120)
 		})
 	}
 }
