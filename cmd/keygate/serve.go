@@ -130,6 +130,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		Burst:             throttleOpts.Burst,
 		TrustedProxies:    throttleOpts.TrustedProxies,
 	}
+	// One budget of failed admin tokens per address, at the admin API and
+	// the console's sign-in alike.
+	adminThrottle.Budget = adminapi.NewFailureBudget(adminThrottle)
 	admin, err := adminapi.New(adminapi.Options{
 		Store:       b.store,
 		Verifier:    b.verifier,

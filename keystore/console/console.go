@@ -100,7 +100,9 @@ type Options struct {
 	// Check a value with [ParseOrigin].
 	Origin string
 	// Throttle limits failed sign-ins per client address, as the admin
-	// API limits failed authentications. The zero value throttles nothing.
+	// API limits failed authentications; with the admin API's
+	// Throttle.Budget, against the same budget. The zero value throttles
+	// nothing.
 	Throttle adminapi.ThrottleOptions
 	// Logger receives sign-ins, sign-outs and errors; never a token or a
 	// secret. Default slog.Default().
@@ -120,7 +122,7 @@ type handler struct {
 	tokens   tokens
 	sessions *sessions
 	onces    *onces
-	limiter  *throttle.Limiter
+	limiter  *adminapi.FailureBudget
 	proxies  throttle.Proxies
 	origin   string // Options.Origin, as ParseOrigin returns it
 	api      *client.Client
@@ -176,6 +178,10 @@ func New(opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	budget := opts.Throttle.Budget
+	if budget == nil {
+		budget = adminapi.NewFailureBudget(opts.Throttle)
+	}
 	api, err := newAPIClient(opts.AdminAPI)
 	if err != nil {
 		return nil, fmt.Errorf("console: %w", err)
@@ -185,16 +191,12 @@ func New(opts Options) (http.Handler, error) {
 		tokens:   ts,
 		sessions: &sessions{rdb: opts.Redis, ns: opts.Namespace, ttl: opts.SessionTTL},
 		onces:    &onces{rdb: opts.Redis, ns: opts.Namespace},
-		limiter: throttle.New(throttle.Config{
-			FailuresPerMinute: opts.Throttle.FailuresPerMinute,
-			Burst:             opts.Throttle.Burst,
-			Now:               opts.Throttle.Now,
-		}),
-		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
-		origin:  origin,
-		api:     api,
-		pages:   pages,
-		mux:     http.NewServeMux(),
+		limiter:  budget,
+		proxies:  throttle.Proxies(opts.Throttle.TrustedProxies),
+		origin:   origin,
+		api:      api,
+		pages:    pages,
+		mux:      http.NewServeMux(),
 	}
 	h.routes()
 	return h, nil

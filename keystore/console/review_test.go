@@ -7,14 +7,20 @@ import (
 	"fmt"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testclock"
+	"github.com/keygate/keygate/keystore"
+	"github.com/keygate/keygate/keystore/adminapi"
+	"github.com/keygate/keygate/keystore/console"
 )
 
 // TestSignInAgainEndsTheOldSession: a second sign-in in the same browser
@@ -201,5 +207,42 @@ func TestTemplatesUsePath(t *testing.T) {
 		if strings.Contains(string(raw), `"/console`) {
 			t.Errorf("%s spells out /console: use the Path", f)
 		}
+	}
+}
+
+// TestSharedFailureBudget: with the admin API's budget, failed admin
+// tokens at the API and failed sign-ins count together per address.
+func TestSharedFailureBudget(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	clock := testclock.New()
+	throttle := adminapi.ThrottleOptions{FailuresPerMinute: 1, Burst: 2, Now: clock.Now}
+	throttle.Budget = adminapi.NewFailureBudget(throttle)
+	e := newEnv(t, rdb, func(o *console.Options) { o.Throttle = throttle })
+	verifier, err := keystore.NewVerifier(e.store, keystore.VerifierOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { verifier.Close() })
+	api, err := adminapi.New(adminapi.Options{Store: e.store, Verifier: verifier, Tokens: []adminapi.Token{adminTok}, Throttle: throttle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		req := httptest.NewRequest(http.MethodGet, "/v1/api_keys", nil)
+		req.RemoteAddr = "127.0.0.1:50000"
+		req.Header.Set("Authorization", "Bearer wrong-token-0123456789abcdef0123456789")
+		rec := httptest.NewRecorder()
+		api.ServeHTTP(rec, req)
+		if rec.Code != http.StatusUnauthorized {
+			t.Fatalf("failure %d at the admin API: %d, want 401", i+1, rec.Code)
+		}
+	}
+	b := e.browser(t)
+	if p := b.signIn("wrong-token-0123456789abcdef0123456789"); p.status != http.StatusTooManyRequests {
+		t.Fatalf("a sign-in after two failures at the admin API: %d, want 429", p.status)
+	}
+	clock.Advance(time.Minute)
+	if p := b.signIn("wrong-token-0123456789abcdef0123456789"); p.status != http.StatusUnauthorized {
+		t.Fatalf("a minute later: %d, want 401", p.status)
 	}
 }
