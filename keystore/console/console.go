@@ -17,6 +17,7 @@
 //	})
 //	mux.Handle(console.Path, con)
 //	mux.Handle(console.Path+"/", con)
+//	http.ListenAndServe(addr, console.WithHeaders(mux))
 //
 // Sessions live in Redis with an expiry, behind HttpOnly, SameSite=Strict
 // cookies; every state-changing form carries a CSRF token; every response
