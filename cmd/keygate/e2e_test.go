@@ -171,6 +171,17 @@ func TestWalkthroughEmbedded(t *testing.T) {
 	if !strings.Contains(serve.stdout.String(), "Web console: "+base+"/console (sign in with the admin token above)") {
 		t.Fatalf("serve did not print the console's address:\n%s", serve.stdout)
 	}
+	// The mux's own redirect under /console carries the console's headers.
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	redir, err := noFollow.Get(base + "/console//keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	redir.Body.Close()
+	if redir.StatusCode/100 != 3 || redir.Header.Get("X-Frame-Options") != "DENY" || redir.Header.Get("Content-Security-Policy") == "" {
+		t.Errorf("GET /console//keys: %d, X-Frame-Options %q, CSP %q", redir.StatusCode,
+			redir.Header.Get("X-Frame-Options"), redir.Header.Get("Content-Security-Policy"))
+	}
 	fi, err := os.Stat(filepath.Join(dataDir, adminTokenFile))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin token file: %v, mode %v; want 0600", err, fi.Mode().Perm())

@@ -51,6 +51,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	var ac auditConfig
 	ac.register(fs)
 	sessionTTL := fs.Duration("console-session-ttl", console.DefaultSessionTTL, "how long a sign-in to the web console lasts")
+	consoleOrigin := fs.String("console-origin", "", "the console's public origin (https://keys.example.com) when a proxy in front rewrites Host or terminates TLS; form posts from any other origin are refused")
 	secureCookies := fs.Bool("console-secure-cookies", false, "mark the console's cookies Secure even on plain HTTP (behind a TLS-terminating proxy)")
 	if code, ok := parseFlags(fs, args, getenv, &cfg, stderr); !ok {
 		return code
@@ -62,6 +63,12 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	if *sessionTTL < time.Minute {
 		fmt.Fprintln(stderr, "keygate serve: --console-session-ttl must be at least 1m")
 		return exitUsage
+	}
+	if *consoleOrigin != "" {
+		if _, err := console.ParseOrigin(*consoleOrigin); err != nil {
+			fmt.Fprintf(stderr, "keygate serve: --console-origin (KEYGATE_CONSOLE_ORIGIN): %v\n", err)
+			return exitUsage
+		}
 	}
 	throttleOpts, err := thr.options()
 	if err != nil {
@@ -118,6 +125,14 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		return startError(stderr, "keygate serve", err)
 	}
 	b.stops = append(b.stops, stopWebhooks)
+	adminThrottle := adminapi.ThrottleOptions{
+		FailuresPerMinute: throttleOpts.FailuresPerMinute,
+		Burst:             throttleOpts.Burst,
+		TrustedProxies:    throttleOpts.TrustedProxies,
+	}
+	// One budget of failed admin tokens per address, at the admin API and
+	// the console's sign-in alike.
+	adminThrottle.Budget = adminapi.NewFailureBudget(adminThrottle)
 	admin, err := adminapi.New(adminapi.Options{
 		Store:       b.store,
 		Verifier:    b.verifier,
@@ -126,11 +141,7 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		Audit:       auditLog,
 		Logger:      logger,
 		Registerer:  b.registry,
-		Throttle: adminapi.ThrottleOptions{
-			FailuresPerMinute: throttleOpts.FailuresPerMinute,
-			Burst:             throttleOpts.Burst,
-			TrustedProxies:    throttleOpts.TrustedProxies,
-		},
+		Throttle:    adminThrottle,
 	})
 	if err != nil {
 		return startError(stderr, "keygate serve", err)
@@ -149,17 +160,17 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		Namespace:     cfg.namespace,
 		SessionTTL:    *sessionTTL,
 		SecureCookies: *secureCookies,
-		Throttle: adminapi.ThrottleOptions{
-			FailuresPerMinute: throttleOpts.FailuresPerMinute,
-			Burst:             throttleOpts.Burst,
-			TrustedProxies:    throttleOpts.TrustedProxies,
-		},
-		Logger: logger,
+		Origin:        *consoleOrigin,
+		Throttle:      adminThrottle,
+		Logger:        logger,
 	})
 	consoleOn := err == nil
-	if err != nil {
+	switch {
+	case errors.Is(err, console.ErrNoSignInToken):
 		// Only verify tokens are configured: nobody could sign in.
 		logger.Warn("web console off", "reason", err.Error())
+	case err != nil:
+		return startError(stderr, "keygate serve", err)
 	}
 	forwardAuth = traced(tp, spanName(sidecar.ForwardAuthPath), forwardAuth)
 	mux := http.NewServeMux()
@@ -183,7 +194,9 @@ func serve(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintf(stderr, "keygate serve: --listen %s: %v\n", *listen, err)
 		return exitUsage
 	}
-	srv := withLog(sidecar.NewServer(*listen, withRequestID(mux)), logger)
+	// console.WithHeaders: the mux's own answers under /console (a path-
+	// cleaning redirect) carry the console's security headers too.
+	srv := withLog(sidecar.NewServer(*listen, withRequestID(console.WithHeaders(mux))), logger)
 	servers := []server{{srv, ln}}
 	if *grpcListen != "" {
 		authz, err := extauthz.New(b.verifier, extauthz.Options{Logger: logger, Throttle: throttleOpts})

@@ -79,6 +79,45 @@ type ThrottleOptions struct {
 	TrustedProxies []netip.Prefix
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Budget, when set, holds the failures instead of a budget of the
+	// handler's own, and FailuresPerMinute, Burst and Now are its
+	// ([NewFailureBudget]). Give the admin API and the web console
+	// (keystore/console) the same one so that a client address has one
+	// budget of failed admin tokens across both.
+	Budget *FailureBudget
+}
+
+// FailureBudget is a per-client-address budget of failed authentications,
+// to share between handlers ([ThrottleOptions.Budget]).
+type FailureBudget struct {
+	limiter *throttle.Limiter
+}
+
+// NewFailureBudget returns a budget with o's FailuresPerMinute, Burst and
+// Now (zero FailuresPerMinute: no limit).
+func NewFailureBudget(o ThrottleOptions) *FailureBudget {
+	return &FailureBudget{limiter: throttle.New(throttle.Config{
+		FailuresPerMinute: o.FailuresPerMinute,
+		Burst:             o.Burst,
+		Now:               o.Now,
+	})}
+}
+
+// Fail counts a failure of client; ok is false when the client is over
+// its budget, and wait says when it may try again.
+func (b *FailureBudget) Fail(client netip.Addr) (ok bool, wait time.Duration) {
+	if b == nil {
+		return true, 0
+	}
+	return b.limiter.Fail(client)
+}
+
+// budget is o.Budget, or a new one of o's own.
+func (o ThrottleOptions) budget() *FailureBudget {
+	if o.Budget != nil {
+		return o.Budget
+	}
+	return NewFailureBudget(o)
 }
 
 func (o Options) withDefaults() Options {
@@ -121,12 +160,8 @@ func New(opts Options) (http.Handler, error) {
 		audit:    opts.Audit,
 		log:      opts.Logger,
 		metrics:  m,
-		limiter: throttle.New(throttle.Config{
-			FailuresPerMinute: opts.Throttle.FailuresPerMinute,
-			Burst:             opts.Throttle.Burst,
-			Now:               opts.Throttle.Now,
-		}),
-		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
+		limiter:  opts.Throttle.budget(),
+		proxies:  throttle.Proxies(opts.Throttle.TrustedProxies),
 	}, nil
 }
 
@@ -137,7 +172,7 @@ type handler struct {
 	audit    *audit.Log // nil: no audit log
 	log      *slog.Logger
 	metrics  *metrics
-	limiter  *throttle.Limiter // failed authentications; nil: off
+	limiter  *FailureBudget // failed authentications
 	proxies  throttle.Proxies
 }
 

@@ -71,6 +71,15 @@ func (r Role) may(label string) bool {
 	if !ok {
 		need = permAdmin
 	}
+	return r.allows(need)
+}
+
+// MayChange reports whether the role may create, update, revoke, roll,
+// enable and disable keys and revoke a subject's keys (admin and manage).
+func (r Role) MayChange() bool { return r.allows(permChange) }
+
+// allows reports whether the role has the permission need.
+func (r Role) allows(need permission) bool {
 	switch r {
 	case RoleAdmin:
 		return true

@@ -30,16 +30,22 @@ func (h *handler) signInPage(w http.ResponseWriter, r *http.Request) {
 	h.renderSignIn(w, r, http.StatusOK, "")
 }
 
-// renderSignIn shows the sign-in form with a fresh CSRF token in a cookie
-// and the form (the double-submit pattern: there is no session yet).
+// renderSignIn shows the sign-in form with a CSRF token in a cookie and
+// the form (the double-submit pattern: there is no session yet): the
+// cookie's token when the browser has one, else a fresh one.
 func (h *handler) renderSignIn(w http.ResponseWriter, r *http.Request, status int, msg string) {
-	tok, err := randomToken()
-	if err != nil {
-		h.unavailable(w, r, nil, err)
-		return
+	// Another tab's sign-in page set the cookie already: keep its token,
+	// so that both tabs' forms work.
+	tok := cookie(r, signInCookie)
+	if !wellFormedToken(tok) {
+		var err error
+		if tok, err = randomToken(); err != nil {
+			h.unavailable(w, r, nil, err)
+			return
+		}
 	}
 	h.setCookie(w, r, signInCookie, tok, 0)
-	v := newView(nil, "Sign in", &signInForm{Expired: r.URL.Query().Get("expired") == "1", Token: tok})
+	v := newView(nil, "", "Sign in", &signInForm{Expired: r.URL.Query().Get("expired") == "1", Token: tok})
 	v.Error = msg
 	h.render(w, r, status, "signin", v)
 }
@@ -71,7 +77,14 @@ func (h *handler) signIn(w http.ResponseWriter, r *http.Request) {
 		h.renderSignIn(w, r, http.StatusUnauthorized, "That is not an admin token of this server (or it has the verify role, which cannot sign in).")
 		return
 	}
-	id, err := h.sessions.create(r.Context(), *tok, h.opts.Now())
+	// Signing in again ends the session the browser had.
+	if old := cookie(r, sessionCookie); old != "" && len(old) <= 64 {
+		if err := h.sessions.delete(r.Context(), old); err != nil {
+			h.unavailable(w, r, nil, err)
+			return
+		}
+	}
+	id, err := h.sessions.create(r.Context(), *tok)
 	if err != nil {
 		h.unavailable(w, r, nil, err)
 		return

@@ -17,6 +17,7 @@
 //	})
 //	mux.Handle(console.Path, con)
 //	mux.Handle(console.Path+"/", con)
+//	http.ListenAndServe(addr, console.WithHeaders(mux))
 //
 // Sessions live in Redis with an expiry, behind HttpOnly, SameSite=Strict
 // cookies; every state-changing form carries a CSRF token; every response
@@ -25,19 +26,27 @@
 package console
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
+	"path"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/throttle"
 	"github.com/keygate/keygate/keystore/adminapi"
+	"github.com/keygate/keygate/keystore/client"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -83,8 +92,18 @@ type Options struct {
 	// come over TLS: set it when a TLS-terminating proxy is in front.
 	// Cookies of requests that came over TLS are always Secure.
 	SecureCookies bool
+	// Origin is the console's public origin, "https://keys.example.com"
+	// (scheme, host and port; no path), as browsers name it in the Origin
+	// header of a form post: set it when a proxy in front rewrites the
+	// Host header or terminates TLS. Without it the console expects the
+	// request's own scheme and Host, or the X-Forwarded-Proto and
+	// X-Forwarded-Host of a direct peer among Throttle.TrustedProxies.
+	// Check a value with [ParseOrigin].
+	Origin string
 	// Throttle limits failed sign-ins per client address, as the admin
-	// API limits failed authentications. The zero value throttles nothing.
+	// API limits failed authentications; with the admin API's
+	// Throttle.Budget, against the same budget. The zero value throttles
+	// nothing.
 	Throttle adminapi.ThrottleOptions
 	// Logger receives sign-ins, sign-outs and errors; never a token or a
 	// secret. Default slog.Default().
@@ -104,11 +123,17 @@ type handler struct {
 	tokens   tokens
 	sessions *sessions
 	onces    *onces
-	limiter  *throttle.Limiter
+	limiter  *adminapi.FailureBudget
 	proxies  throttle.Proxies
+	origin   string // Options.Origin, as ParseOrigin returns it
+	api      *client.Client
 	pages    map[string]*template.Template
 	mux      *http.ServeMux
 }
+
+// ErrNoSignInToken is [New]'s error when every token has the verify role:
+// nobody could sign in, and a server may run without its console.
+var ErrNoSignInToken = errors.New("console: no admin token of the admin, manage or read role to sign in with")
 
 // New returns the console's handler.
 func New(opts Options) (http.Handler, error) {
@@ -121,6 +146,14 @@ func New(opts Options) (http.Handler, error) {
 	if err := adminapi.CheckTokens(opts.Tokens); err != nil {
 		return nil, fmt.Errorf("console: %w", err)
 	}
+	origin := ""
+	if opts.Origin != "" {
+		o, err := ParseOrigin(opts.Origin)
+		if err != nil {
+			return nil, fmt.Errorf("console: Options.Origin: %w", err)
+		}
+		origin = o
+	}
 	var ts tokens
 	for _, t := range opts.Tokens {
 		if t.Role != adminapi.RoleVerify {
@@ -128,7 +161,7 @@ func New(opts Options) (http.Handler, error) {
 		}
 	}
 	if len(ts) == 0 {
-		return nil, errors.New("console: no admin token of the admin, manage or read role to sign in with")
+		return nil, ErrNoSignInToken
 	}
 	if opts.Namespace == "" {
 		opts.Namespace = "keygate"
@@ -146,27 +179,32 @@ func New(opts Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	budget := opts.Throttle.Budget
+	if budget == nil {
+		budget = adminapi.NewFailureBudget(opts.Throttle)
+	}
+	api, err := newAPIClient(opts.AdminAPI)
+	if err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
 	h := &handler{
 		opts:     opts,
 		tokens:   ts,
 		sessions: &sessions{rdb: opts.Redis, ns: opts.Namespace, ttl: opts.SessionTTL},
 		onces:    &onces{rdb: opts.Redis, ns: opts.Namespace},
-		limiter: throttle.New(throttle.Config{
-			FailuresPerMinute: opts.Throttle.FailuresPerMinute,
-			Burst:             opts.Throttle.Burst,
-			Now:               opts.Throttle.Now,
-		}),
-		proxies: throttle.Proxies(opts.Throttle.TrustedProxies),
-		pages:   pages,
-		mux:     http.NewServeMux(),
+		limiter:  budget,
+		proxies:  throttle.Proxies(opts.Throttle.TrustedProxies),
+		origin:   origin,
+		api:      api,
+		pages:    pages,
+		mux:      http.NewServeMux(),
 	}
 	h.routes()
 	return h, nil
 }
 
 func (h *handler) routes() {
-	assets, _ := fs.Sub(assetFS, "assets")
-	h.mux.Handle("GET "+Path+"/assets/", http.StripPrefix(Path+"/assets/", assetServer(assets)))
+	h.mux.HandleFunc("GET "+Path+"/assets/{name}", h.asset)
 	h.mux.HandleFunc("GET "+Path+"/sign-in", h.signInPage)
 	h.mux.HandleFunc("POST "+Path+"/sign-in", h.signIn)
 	h.mux.HandleFunc("POST "+Path+"/sign-out", h.action(h.signOut))
@@ -190,12 +228,7 @@ func (h *handler) routes() {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = apierror.WithRequestID(w, r)
-	hd := w.Header()
-	hd.Set("Content-Security-Policy", ContentSecurityPolicy)
-	hd.Set("X-Frame-Options", "DENY")
-	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Referrer-Policy", "same-origin") // "no-referrer" would make browsers send Origin: null
-	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+	setHeaders(w.Header())
 	if r.URL.Path == Path {
 		http.Redirect(w, r, Path+"/", http.StatusSeeOther)
 		return
@@ -203,14 +236,79 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// assetServer serves the embedded CSS and script, which change only with
-// the binary.
-func assetServer(assets fs.FS) http.Handler {
-	files := http.FileServerFS(assets)
+// setHeaders sets the console's security headers.
+func setHeaders(hd http.Header) {
+	hd.Set("Content-Security-Policy", ContentSecurityPolicy)
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "same-origin") // "no-referrer" would make browsers send Origin: null
+	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+}
+
+// WithHeaders wraps the [http.ServeMux] that mounts the console so that
+// every response to a path under [Path] carries the console's security
+// headers, including those the mux writes itself without calling the
+// console (the redirect of /console//keys to /console/keys, a 405).
+func WithHeaders(mux http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "public, max-age=3600")
-		files.ServeHTTP(w, r)
+		if p := path.Clean("/" + r.URL.Path); p == Path || strings.HasPrefix(p, Path+"/") {
+			setHeaders(w.Header())
+		}
+		mux.ServeHTTP(w, r)
 	})
+}
+
+// asset is an embedded file of assets/, served at Path/assets/<name>.
+type asset struct {
+	body        []byte
+	contentType string
+	version     string // a digest of body: pages link to name?v=version
+}
+
+// assets are the console's stylesheet and script, by name.
+var assets = func() map[string]asset {
+	entries, err := fs.ReadDir(assetFS, "assets")
+	if err != nil {
+		panic(err) // embedded at build time
+	}
+	m := map[string]asset{}
+	for _, e := range entries {
+		body, err := fs.ReadFile(assetFS, "assets/"+e.Name())
+		if err != nil {
+			panic(err)
+		}
+		d := sha256.Sum256(body)
+		m[e.Name()] = asset{body: body, contentType: mime.TypeByExtension(filepath.Ext(e.Name())), version: hex.EncodeToString(d[:6])}
+	}
+	return m
+}()
+
+// assetURL is the URL of the named asset, with its content's version so
+// that a browser's cache never serves an older binary's file.
+func assetURL(name string) string {
+	u := Path + "/assets/" + name
+	if a, ok := assets[name]; ok {
+		u += "?v=" + a.version
+	}
+	return u
+}
+
+// GET /console/assets/{name}: the files only, no listing. A URL with the
+// file's version is cached for good; any other is revalidated.
+func (h *handler) asset(w http.ResponseWriter, r *http.Request) {
+	a, ok := assets[r.PathValue("name")]
+	if !ok {
+		h.fail(w, r, nil, http.StatusNotFound, "Not found", "There is no console page at this address.")
+		return
+	}
+	if r.URL.Query().Get("v") == a.version {
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	} else {
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	w.Header().Set("Content-Type", a.contentType)
+	w.Header().Set("ETag", `"`+a.version+`"`)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a.body))
 }
 
 // resolve returns the request's session and the admin token behind it;
@@ -260,7 +358,7 @@ func (h *handler) page(fn func(http.ResponseWriter, *http.Request, *signedIn)) h
 			return
 		}
 		w.Header().Set("Cache-Control", "no-store")
-		fn(w, r, s)
+		fn(w, withCaller(r, s), s)
 	}
 }
 
@@ -286,7 +384,7 @@ func (h *handler) action(fn func(http.ResponseWriter, *http.Request, *signedIn))
 					"this one did not carry the right one. Go back, reload the page and try again.")
 			return
 		}
-		fn(w, r, s)
+		fn(w, withCaller(r, s), s)
 	}
 }
 
@@ -300,6 +398,11 @@ func (h *handler) readForm(w http.ResponseWriter, r *http.Request, outcome strin
 			"The form came from another site, so "+outcome+".")
 		return false
 	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
+		h.fail(w, r, nil, http.StatusUnsupportedMediaType, "Bad form",
+			"The console's forms are sent as application/x-www-form-urlencoded; this one was not, so "+outcome+".")
+		return false
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	if err := r.ParseForm(); err != nil {
 		h.fail(w, r, nil, http.StatusBadRequest, "Bad form", "The form could not be read, so "+outcome+".")
@@ -309,12 +412,67 @@ func (h *handler) readForm(w http.ResponseWriter, r *http.Request, outcome strin
 }
 
 // sameOrigin reports whether a POST's Origin, when the browser sent one,
-// is the console's own.
+// is the console's own: the same scheme, host and port.
 func (h *handler) sameOrigin(r *http.Request) bool {
 	o := r.Header.Get("Origin")
 	if o == "" {
 		return true
 	}
-	u, err := url.Parse(o)
-	return err == nil && u.Host == r.Host
+	got, err := ParseOrigin(o)
+	return err == nil && got == h.ownOrigin(r)
+}
+
+// ownOrigin is the origin the console is reached at: Options.Origin when
+// set; else the request's scheme and Host, or those a trusted proxy (the
+// direct peer) reports in X-Forwarded-Proto and X-Forwarded-Host.
+func (h *handler) ownOrigin(r *http.Request) string {
+	if h.origin != "" {
+		return h.origin
+	}
+	scheme, host := "http", r.Host
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if chain := h.proxies.Chain(r); len(chain) > 0 && h.proxies.Contains(chain[0]) {
+		if p := firstValue(r.Header.Get("X-Forwarded-Proto")); p != "" {
+			scheme = p
+		}
+		if fh := firstValue(r.Header.Get("X-Forwarded-Host")); fh != "" {
+			host = fh
+		}
+	}
+	o, err := ParseOrigin(scheme + "://" + host)
+	if err != nil {
+		return "" // matches no Origin
+	}
+	return o
+}
+
+// firstValue is the first of a header's comma-separated values: what the
+// proxy nearest the browser wrote.
+func firstValue(v string) string {
+	first, _, _ := strings.Cut(v, ",")
+	return strings.TrimSpace(first)
+}
+
+// ParseOrigin checks an origin, "https://keys.example.com" or
+// "http://10.0.0.5:8080", and returns it in the form browsers send in the
+// Origin header: lower case, without the scheme's default port.
+func ParseOrigin(s string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%q is not an origin", s)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", fmt.Errorf("%q: want http:// or https:// and a host, such as https://keys.example.com", s)
+	case u.Host == "" || u.Hostname() == "" || u.User != nil:
+		return "", fmt.Errorf("%q: want a host, such as https://keys.example.com", s)
+	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
+		return "", fmt.Errorf("%q: an origin has no path, query or fragment (the console is at %s under it)", s, Path)
+	}
+	host := strings.ToLower(u.Host)
+	if p := u.Port(); (u.Scheme == "http" && p == "80") || (u.Scheme == "https" && p == "443") {
+		host = strings.TrimSuffix(host, ":"+p)
+	}
+	return u.Scheme + "://" + host, nil
 }

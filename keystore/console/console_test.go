@@ -183,37 +183,114 @@ func TestCookies(t *testing.T) {
 			if !found {
 				t.Fatalf("no session cookie: %v", resp.Header["Set-Cookie"])
 			}
+
+			// The sign-in form's token and the new secret's key: the same
+			// attributes, for the browser session and two minutes.
+			attrs := func(what string, resp *http.Response, name string, maxAge int) {
+				t.Helper()
+				for _, c := range resp.Cookies() {
+					if c.Name != name {
+						continue
+					}
+					if !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/console" || c.Secure != tc.wantSecure ||
+						c.MaxAge != maxAge || len(c.Value) < 40 {
+						t.Errorf("%s: cookie %+v: want HttpOnly, SameSite=Strict, Path=/console, Secure=%v, Max-Age %d",
+							what, c, tc.wantSecure, maxAge)
+					}
+					return
+				}
+				t.Errorf("%s: no %s cookie: %v", what, name, resp.Header["Set-Cookie"])
+			}
+			fresh, err := e.srv.Client().Get(e.srv.URL + "/console/sign-in")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh.Body.Close()
+			attrs("the sign-in page", fresh, "keygate_console_signin", 0)
+			b.get("/console/keys/new")
+			req, _ = http.NewRequest(http.MethodPost, e.srv.URL+"/console/keys",
+				strings.NewReader(url.Values{"csrf": {b.csrf}, "name": {"cookie"}, "subject": {"org_c"}}.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			created, err := b.http.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			created.Body.Close()
+			attrs("a create", created, "keygate_console_once", 120)
 		})
 	}
 }
 
+// scriptTag, handlerAttr and styleAttr find what the policy forbids: an
+// inline script (a script tag without src), an event handler attribute,
+// an inline style.
+var (
+	scriptTag   = regexp.MustCompile(`(?i)<script\b[^>]*>`)
+	handlerAttr = regexp.MustCompile(`(?i)\son[a-z]+\s*=`)
+	styleAttr   = regexp.MustCompile(`(?i)\sstyle\s*=|<style\b|javascript:`)
+)
+
+// checkHeaders fails t unless p has the console's security headers and no
+// inline script, handler or style.
+func checkHeaders(t *testing.T, name string, p *page) {
+	t.Helper()
+	for _, problem := range headerProblems(p) {
+		t.Errorf("%s: %s", name, problem)
+	}
+}
+
+func headerProblems(p *page) []string {
+	var out []string
+	for name, want := range map[string]string{"Content-Security-Policy": console.ContentSecurityPolicy,
+		"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"} {
+		if got := p.header.Get(name); got != want {
+			out = append(out, fmt.Sprintf("%s %q, want %q", name, got, want))
+		}
+	}
+	for _, tag := range scriptTag.FindAllString(p.body, -1) {
+		if !strings.Contains(tag, " src=") {
+			out = append(out, fmt.Sprintf("an inline script %q, which the policy forbids", tag))
+		}
+	}
+	if m := handlerAttr.FindString(p.body); m != "" {
+		out = append(out, fmt.Sprintf("an event handler attribute %q, which the policy forbids", m))
+	}
+	if m := styleAttr.FindString(p.body); m != "" {
+		out = append(out, fmt.Sprintf("%q, which the policy forbids", m))
+	}
+	return out
+}
+
+func TestHeaderProblemsFindsInlineScript(t *testing.T) {
+	h := http.Header{}
+	h.Set("Content-Security-Policy", console.ContentSecurityPolicy)
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if got := headerProblems(&page{header: h, body: `<script src="/console/assets/console.js" defer></script><button data-on="x">`}); got != nil {
+		t.Errorf("a good page: %v", got)
+	}
+	for _, body := range []string{`<script type="module">x()</script>`, `<SCRIPT>x()</SCRIPT>`, `<button onClick="x()">`,
+		`<a href="#" onmouseover = "x()">`, `<p style="color:red">`} {
+		if headerProblems(&page{header: h, body: body}) == nil {
+			t.Errorf("no problem found in %q", body)
+		}
+	}
+	if headerProblems(&page{header: http.Header{}}) == nil {
+		t.Error("no problem found without the headers")
+	}
+}
+
 // TestHeadersOnEveryPage checks the Content-Security-Policy and
-// X-Frame-Options of every page, signed in or not, errors included, and
-// that no page has an inline script or style.
+// X-Frame-Options of every page, signed in or not, errors, redirects and
+// 503s included, and that no page has an inline script or style.
 func TestHeadersOnEveryPage(t *testing.T) {
-	_, rdb := redistest.Mini(t)
+	mr, rdb := redistest.Mini(t)
 	e := newEnv(t, rdb)
 	k := e.createKey(t, "headers", "user_h")
 	anon := e.browser(t)
 	b := e.browser(t)
 	b.mustSignIn(adminTok)
-	check := func(name string, p *page) {
-		t.Helper()
-		if got := p.header.Get("Content-Security-Policy"); got != console.ContentSecurityPolicy {
-			t.Errorf("%s: Content-Security-Policy %q", name, got)
-		}
-		if got := p.header.Get("X-Frame-Options"); got != "DENY" {
-			t.Errorf("%s: X-Frame-Options %q", name, got)
-		}
-		if got := p.header.Get("X-Content-Type-Options"); got != "nosniff" {
-			t.Errorf("%s: X-Content-Type-Options %q", name, got)
-		}
-		for _, bad := range []string{"<script>", " style=", "<style", " onclick=", " onsubmit=", "javascript:"} {
-			if strings.Contains(p.body, bad) {
-				t.Errorf("%s: the page has %q, which the policy forbids", name, bad)
-			}
-		}
-	}
+	check := func(name string, p *page) { t.Helper(); checkHeaders(t, name, p) }
 	check("sign-in", anon.get("/console/sign-in"))
 	check("404 signed out", anon.get("/console/nowhere"))
 	check("CSRF refusal", b.postRaw("/console/keys/"+k.ID+"/disable", url.Values{}))
@@ -231,6 +308,29 @@ func TestHeadersOnEveryPage(t *testing.T) {
 			t.Errorf("%s: %d, want 200\n%s", path, p.status, p.body)
 		}
 	}
+	// Redirects, the mux's own included (it cleans /console//keys before
+	// the console sees the request), and a method the mux refuses.
+	b.http.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for path, want := range map[string]int{"/console//keys": http.StatusMovedPermanently, "/console/./audit": http.StatusMovedPermanently,
+		"/console": http.StatusSeeOther, "/console/": http.StatusSeeOther} {
+		p := b.get(path)
+		if p.status != want && !(p.status == http.StatusTemporaryRedirect && want == http.StatusMovedPermanently) {
+			t.Errorf("%s: %d, want a redirect", path, p.status)
+		}
+		check(path, p)
+	}
+	req, _ := http.NewRequest(http.MethodPut, e.srv.URL+"/console/keys", nil)
+	check("PUT /console/keys", b.do(req))
+	b.http.CheckRedirect = nil
+	// The store down: 503 pages.
+	mr.Close()
+	for _, path := range []string{"/console/keys", "/console/keys/" + k.ID} {
+		p := b.get(path)
+		if p.status != http.StatusServiceUnavailable {
+			t.Errorf("%s with Redis down: %d, want 503", path, p.status)
+		}
+		check(path+" (503)", p)
+	}
 }
 
 // TestFormsWithoutCSRFChangeNothing posts every state-changing form
@@ -244,7 +344,7 @@ func TestFormsWithoutCSRFChangeNothing(t *testing.T) {
 	forms := map[string]url.Values{
 		"/console/keys":                      {"name": {"made"}, "subject": {"user_v"}},
 		"/console/keys/" + k.ID + "/revoke":  {"confirm": {"yes"}, "reason": {"forged"}},
-		"/console/keys/" + k.ID + "/roll":    {"grace": {"0"}},
+		"/console/keys/" + k.ID + "/roll":    {"grace": {"0"}, "confirm": {"yes"}},
 		"/console/keys/" + k.ID + "/disable": {},
 		"/console/revoke-subject":            {"subject": {"user_v"}, "confirm": {"yes"}},
 		"/console/sign-out":                  {},
@@ -302,7 +402,7 @@ func TestReadRole(t *testing.T) {
 	}{
 		{"/console/keys/" + k.ID + "/revoke", url.Values{"confirm": {"yes"}}},
 		{"/console/keys/" + k.ID + "/disable", nil},
-		{"/console/keys/" + k.ID + "/roll", url.Values{"grace": {"0"}}},
+		{"/console/keys/" + k.ID + "/roll", url.Values{"grace": {"0"}, "confirm": {"yes"}}},
 		{"/console/keys", url.Values{"name": {"n"}, "subject": {"user_r"}}},
 		{"/console/revoke-subject", url.Values{"subject": {"user_r"}, "confirm": {"yes"}}},
 	} {
@@ -527,7 +627,17 @@ func TestRoll(t *testing.T) {
 	b := e.browser(t)
 	b.mustSignIn(adminTok)
 	b.get("/console/keys/" + k.ID)
+	// Revoking the old key at once needs the confirmation box, as a revoke
+	// does.
 	p := b.post("/console/keys/"+k.ID+"/roll", url.Values{"grace": {"0"}})
+	if p.status != http.StatusBadRequest || !strings.Contains(p.body, "Not rolled: please confirm") ||
+		e.key(t, k.ID).RolledTo != nil || e.forwardAuth(t, k.Secret) != 200 {
+		t.Fatalf("roll with no grace, unconfirmed: %d\n%s", p.status, p.body)
+	}
+	if !strings.Contains(b.get("/console/keys/"+k.ID).body, `<label for="roll-confirm">`) {
+		t.Fatal("the roll form has no confirmation box")
+	}
+	p = b.post("/console/keys/"+k.ID+"/roll", url.Values{"grace": {"0"}, "confirm": {"yes"}})
 	secret := regexp.MustCompile(`value="(ak_[^"]+)"`).FindStringSubmatch(p.body)
 	if p.path != "/console/secret" || secret == nil || !strings.Contains(p.body, "It replaces") {
 		t.Fatalf("roll: at %s\n%s", p.path, p.body)

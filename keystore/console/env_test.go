@@ -85,7 +85,7 @@ func newEnvServer(t testing.TB, rdb redis.UniversalClient, tls bool, opts ...env
 	mux.Handle(console.Path, con)
 	mux.Handle(console.Path+"/", con)
 	mux.Handle(sidecar.ForwardAuthPath, fa)
-	e.srv = httptest.NewUnstartedServer(mux)
+	e.srv = httptest.NewUnstartedServer(console.WithHeaders(mux))
 	if tls {
 		e.srv.StartTLS()
 	} else {

@@ -55,11 +55,7 @@ func (h *handler) keysPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 	if p, err := strconv.Atoi(q.Get("page")); err == nil && p > 1 && p <= 10000 {
 		d.Page = p
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	list, err := c.List(r.Context(), keystore.ListParams{Query: d.Query, Subject: d.Subject,
 		IncludeInvalid: d.IncludeInvalid, Limit: pageSize, Offset: (d.Page - 1) * pageSize})
 	if err != nil {
@@ -67,11 +63,6 @@ func (h *handler) keysPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 		return
 	}
 	d.Keys, d.Total = list.Data, list.TotalCount
-	d.Pages = max(1, (d.Total+pageSize-1)/pageSize)
-	if len(d.Keys) > 0 {
-		d.First = (d.Page-1)*pageSize + 1
-		d.Last = d.First + len(d.Keys) - 1
-	}
 	link := func(page int) string {
 		v := url.Values{}
 		if d.Query != "" {
@@ -86,14 +77,23 @@ func (h *handler) keysPage(w http.ResponseWriter, r *http.Request, s *signedIn) 
 		v.Set("page", strconv.Itoa(page))
 		return Path + "/keys?" + v.Encode()
 	}
+	d.Pages = max(1, (d.Total+pageSize-1)/pageSize)
+	if d.Page > d.Pages {
+		// Past the last page (an old link, a typed number): show the last.
+		http.Redirect(w, r, link(d.Pages), http.StatusSeeOther)
+		return
+	}
+	if len(d.Keys) > 0 {
+		d.First = (d.Page-1)*pageSize + 1
+		d.Last = d.First + len(d.Keys) - 1
+	}
 	if d.Page > 1 {
 		d.Prev = link(d.Page - 1)
 	}
 	if d.Page < d.Pages {
 		d.Next = link(d.Page + 1)
 	}
-	v := newView(s, "Keys", d)
-	v.Current = "keys"
+	v := newView(s, "keys", "Keys", d)
 	h.render(w, r, http.StatusOK, "keys", v)
 }
 
@@ -139,11 +139,7 @@ var graces = []grace{
 // GET /console/keys/{id}?range=hour|day|month
 func (h *handler) keyPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
 	id := r.PathValue("id")
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	k, err := c.Get(r.Context(), id)
 	if err != nil {
 		h.apiFailed(w, r, s, err, Path+"/keys")
@@ -177,8 +173,7 @@ func (h *handler) keyPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		h.apiFailed(w, r, s, err, Path+"/keys")
 		return
 	}
-	v := newView(s, "Key "+k.Name, d)
-	v.Current = "keys"
+	v := newView(s, "keys", "Key "+k.Name, d)
 	v.Notice = notices[r.URL.Query().Get("done")]
 	h.render(w, r, http.StatusOK, "key", v)
 }
@@ -191,8 +186,7 @@ type newKey struct {
 
 // GET /console/keys/new
 func (h *handler) newKeyPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
-	v := newView(s, "Create an API key", &newKey{Subject: r.URL.Query().Get("subject")})
-	v.Current = "keys"
+	v := newView(s, "keys", "Create an API key", &newKey{Subject: r.URL.Query().Get("subject")})
 	h.render(w, r, http.StatusOK, "new", v)
 }
 
@@ -203,8 +197,8 @@ func (h *handler) createKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 	form := &newKey{Name: f.Get("name"), Subject: f.Get("subject"), Description: f.Get("description"),
 		Scopes: f.Get("scopes"), ExpiresDays: f.Get("expires_days"), Credits: f.Get("credits"), RateLimit: f.Get("rate_limit")}
 	again := func(status int, msg string) {
-		v := newView(s, "Create an API key", form)
-		v.Current, v.Error = "keys", msg
+		v := newView(s, "keys", "Create an API key", form)
+		v.Error = msg
 		h.render(w, r, status, "new", v)
 	}
 	creator := "console:" + s.token.Name
@@ -237,11 +231,7 @@ func (h *handler) createKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 	if set {
 		p.RateLimits = []keystore.RateLimit{{Name: "per-minute", Limit: perMinute, DurationMs: 60000}}
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	k, err := c.Create(r.Context(), p)
 	var ae *client.APIError
 	if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
@@ -287,6 +277,11 @@ type secretView struct {
 
 // GET /console/secret: the new secret, this once.
 func (h *handler) secretPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
+	if r.Method == http.MethodHead {
+		// A HEAD (a link checker, a prefetch) must not use up the one look.
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		return
+	}
 	c := cookie(r, onceCookie)
 	h.setCookie(w, r, onceCookie, "", -1)
 	var v revealed
@@ -305,8 +300,7 @@ func (h *handler) secretPage(w http.ResponseWriter, r *http.Request, s *signedIn
 	if d.Gone {
 		title = "Secret no longer shown"
 	}
-	view := newView(s, title, d)
-	view.Current = "keys"
+	view := newView(s, "keys", title, d)
 	h.render(w, r, http.StatusOK, "secret", view)
 }
 
@@ -319,11 +313,7 @@ func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request, s *signedIn)
 			"Tick the box that confirms the revocation; the key was not revoked.", back)
 		return
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	if _, err := c.Revoke(r.Context(), id, reasonOf(r)); err != nil {
 		h.apiFailed(w, r, s, err, back)
 		return
@@ -350,11 +340,12 @@ func (h *handler) rollKey(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		h.failBack(w, r, s, http.StatusBadRequest, "Not rolled", "Choose how long the old key keeps working.", back)
 		return
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
+	if secs == 0 && r.PostForm.Get("confirm") != "yes" {
+		h.failBack(w, r, s, http.StatusBadRequest, "Not rolled: please confirm",
+			"Rolling with \"Revoke the old key now\" stops the old key at once: tick the box that confirms it. The key was not rolled.", back)
 		return
 	}
+	c := h.api
 	k, err := c.Roll(r.Context(), id, time.Duration(secs)*time.Second)
 	if err != nil {
 		h.apiFailed(w, r, s, err, back)
@@ -368,11 +359,8 @@ func (h *handler) setEnabled(enabled bool) func(http.ResponseWriter, *http.Reque
 	return func(w http.ResponseWriter, r *http.Request, s *signedIn) {
 		id := r.PathValue("id")
 		back := Path + "/keys/" + url.PathEscape(id)
-		c, err := h.apiClient(r, s)
-		if err != nil {
-			h.unavailable(w, r, s, err)
-			return
-		}
+		c := h.api
+		var err error
 		done := "enabled"
 		if enabled {
 			_, err = c.Enable(r.Context(), id)
@@ -397,8 +385,7 @@ type revokeSubjectView struct {
 
 // GET /console/revoke-subject?subject=
 func (h *handler) revokeSubjectPage(w http.ResponseWriter, r *http.Request, s *signedIn) {
-	v := newView(s, "Revoke every key of a subject", &revokeSubjectView{Subject: r.URL.Query().Get("subject")})
-	v.Current = "keys"
+	v := newView(s, "keys", "Revoke every key of a subject", &revokeSubjectView{Subject: r.URL.Query().Get("subject")})
 	h.render(w, r, http.StatusOK, "revoke_subject", v)
 }
 
@@ -411,18 +398,13 @@ func (h *handler) revokeSubject(w http.ResponseWriter, r *http.Request, s *signe
 			"Give the subject and tick the box that confirms the revocation; no key was revoked.", back)
 		return
 	}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	n, err := c.RevokeAll(r.Context(), subject, reasonOf(r))
 	if err != nil {
 		h.apiFailed(w, r, s, err, back)
 		return
 	}
-	v := newView(s, "Revoke every key of a subject", &revokeSubjectView{Subject: subject, Done: true, Revoked: n})
-	v.Current = "keys"
+	v := newView(s, "keys", "Revoke every key of a subject", &revokeSubjectView{Subject: subject, Done: true, Revoked: n})
 	h.render(w, r, http.StatusOK, "revoke_subject", v)
 }
 
@@ -445,11 +427,7 @@ func (h *handler) auditPage(w http.ResponseWriter, r *http.Request, s *signedIn)
 	q := r.URL.Query()
 	d := &auditView{APIKeyID: strings.TrimSpace(q.Get("api_key_id")), Subject: strings.TrimSpace(q.Get("subject")),
 		Action: q.Get("action"), Actor: strings.TrimSpace(q.Get("actor")), Actions: auditActions}
-	c, err := h.apiClient(r, s)
-	if err != nil {
-		h.unavailable(w, r, s, err)
-		return
-	}
+	c := h.api
 	f := client.AuditFilter{APIKeyID: d.APIKeyID, Subject: d.Subject, Action: d.Action, Actor: d.Actor,
 		StartingAfter: q.Get("starting_after"), Limit: 50}
 	page, err := c.AuditEvents(r.Context(), f)
@@ -480,7 +458,6 @@ func (h *handler) auditPage(w http.ResponseWriter, r *http.Request, s *signedIn)
 	if f.StartingAfter != "" {
 		d.Newest = Path + "/audit?" + filter.Encode()
 	}
-	v := newView(s, "Audit log", d)
-	v.Current = "audit"
+	v := newView(s, "audit", "Audit log", d)
 	h.render(w, r, http.StatusOK, "audit", v)
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore"
@@ -34,6 +36,8 @@ var funcs = template.FuncMap{
 	"join":     strings.Join,
 	"duration": func(ms int64) string { return (time.Duration(ms) * time.Millisecond).String() },
 	"add":      func(a, b int) int { return a + b },
+	"path":     func() string { return Path },
+	"asset":    assetURL,
 }
 
 func parsePages() (map[string]*template.Template, error) {
@@ -69,11 +73,13 @@ type user struct {
 	CanChange bool
 }
 
-func newView(s *signedIn, title string, data any) *view {
-	v := &view{Title: title, Path: Path, Data: data}
+// newView is a page's view; current is its nav entry ("keys", "audit" or
+// none).
+func newView(s *signedIn, current, title string, data any) *view {
+	v := &view{Title: title, Path: Path, Current: current, Data: data}
 	if s != nil {
 		role := s.token.Role
-		v.User = &user{Name: s.token.Name, Role: role, CanChange: role == adminapi.RoleAdmin || role == adminapi.RoleManage}
+		v.User = &user{Name: s.token.Name, Role: role, CanChange: role.MayChange()}
 		v.CSRF = s.session.CSRF
 	}
 	return v
@@ -109,7 +115,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *signedIn, stat
 }
 
 func (h *handler) failBack(w http.ResponseWriter, r *http.Request, s *signedIn, status int, heading, msg, back string) {
-	v := newView(s, heading, &failure{Status: status, Heading: heading, Message: msg, Trace: apierror.RequestID(r), Back: back})
+	v := newView(s, "", heading, &failure{Status: status, Heading: heading, Message: msg, Trace: apierror.RequestID(r), Back: back})
 	h.render(w, r, status, "error", v)
 }
 
@@ -150,7 +156,13 @@ func sentence(ae *client.APIError) string {
 	if msg == "" {
 		return "The admin API refused the call."
 	}
-	msg = strings.ToUpper(msg[:1]) + msg[1:]
+	// Capitalize the first word, unless it is a field name
+	// ("starting_after must be …"), which keeps its spelling.
+	first, _, _ := strings.Cut(msg, " ")
+	if !strings.ContainsAny(first, "_.") {
+		r, n := utf8.DecodeRuneInString(msg)
+		msg = string(unicode.ToUpper(r)) + msg[n:]
+	}
 	if !strings.HasSuffix(msg, ".") {
 		msg += "."
 	}

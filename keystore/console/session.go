@@ -33,10 +33,9 @@ const (
 // session ID, which Redis does not hold, the MAC reveals nothing of the
 // token.
 type session struct {
-	Name    string `json:"name"`    // the admin token's name
-	MAC     string `json:"mac"`     // hex HMAC-SHA256(token, session ID)
-	CSRF    string `json:"csrf"`    // the token every state-changing form carries
-	Created int64  `json:"created"` // Unix ms
+	Name string `json:"name"` // the admin token's name
+	MAC  string `json:"mac"`  // hex HMAC-SHA256(token, session ID)
+	CSRF string `json:"csrf"` // the token every state-changing form carries
 }
 
 // signedIn is a request's resolved session: the session and the admin
@@ -62,7 +61,7 @@ func (s *sessions) key(id string) string {
 }
 
 // create stores a new session for tok and returns its ID.
-func (s *sessions) create(ctx context.Context, tok adminapi.Token, now time.Time) (string, error) {
+func (s *sessions) create(ctx context.Context, tok adminapi.Token) (string, error) {
 	id, err := randomToken()
 	if err != nil {
 		return "", err
@@ -71,7 +70,7 @@ func (s *sessions) create(ctx context.Context, tok adminapi.Token, now time.Time
 	if err != nil {
 		return "", err
 	}
-	raw, err := json.Marshal(session{Name: tok.Name, MAC: sessionMAC(tok.Token, id), CSRF: csrf, Created: now.UnixMilli()})
+	raw, err := json.Marshal(session{Name: tok.Name, MAC: sessionMAC(tok.Token, id), CSRF: csrf})
 	if err != nil {
 		return "", err
 	}
@@ -150,6 +149,12 @@ func randomToken() (string, error) {
 		return "", err
 	}
 	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// wellFormedToken reports whether t looks like what randomToken returns.
+func wellFormedToken(t string) bool {
+	b, err := base64.RawURLEncoding.DecodeString(t)
+	return err == nil && len(b) == 32
 }
 
 // equal compares two tokens in constant time; an empty one never matches.

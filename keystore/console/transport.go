@@ -2,6 +2,8 @@ package console
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"strconv"
@@ -15,26 +17,52 @@ import (
 const apiBase = "http://admin-api.in-process"
 
 // inProcess is an [http.RoundTripper] that hands each request to the admin
-// API's handler in this process, as if the browser had sent it: from the
-// browser's address (and X-Forwarded-For, which the admin API trusts only
-// from its trusted proxies), under the console request's ID. So the admin
-// API authenticates, authorizes, validates, audits and logs a console
-// change exactly as it does any other call.
+// API's handler in this process, as if the browser had sent it: with the
+// signed-in admin token, from the browser's address (and X-Forwarded-For,
+// which the admin API trusts only from its trusted proxies), under the
+// console request's ID; all of which the request's context carries
+// ([withCaller]). So the admin API authenticates, authorizes, validates,
+// audits and logs a console change exactly as it does any other call.
 type inProcess struct {
-	api  http.Handler
-	from *http.Request // the browser's request
+	api http.Handler
+}
+
+// caller is what a call to the admin API takes from the browser's request.
+type caller struct {
+	token      string // the signed-in admin token
+	remoteAddr string
+	forwarded  []string // X-Forwarded-For
+	requestID  string
+	tls        *tls.ConnectionState
+}
+
+type callerKey struct{}
+
+// withCaller returns r with a context that makes the console's admin API
+// calls on behalf of r's browser and the session s.
+func withCaller(r *http.Request, s *signedIn) *http.Request {
+	c := &caller{token: s.token.Token, remoteAddr: r.RemoteAddr, forwarded: r.Header.Values("X-Forwarded-For"),
+		requestID: apierror.RequestID(r), tls: r.TLS}
+	return r.WithContext(context.WithValue(r.Context(), callerKey{}, c))
 }
 
 func (t inProcess) RoundTrip(req *http.Request) (*http.Response, error) {
+	from, _ := req.Context().Value(callerKey{}).(*caller)
+	if from == nil {
+		// Only page and action handlers call the admin API, and both set
+		// the caller; without one the call is refused as unauthenticated.
+		from = &caller{}
+	}
 	r := req.Clone(req.Context())
-	r.RemoteAddr = t.from.RemoteAddr
+	r.RemoteAddr = from.remoteAddr
 	r.Header.Del("X-Forwarded-For")
-	for _, v := range t.from.Header.Values("X-Forwarded-For") {
+	for _, v := range from.forwarded {
 		r.Header.Add("X-Forwarded-For", v)
 	}
-	r.Header.Set(apierror.HeaderRequestID, apierror.RequestID(t.from))
+	r.Header.Set("Authorization", "Bearer "+from.token)
+	r.Header.Set(apierror.HeaderRequestID, from.requestID)
 	r.RequestURI = r.URL.RequestURI()
-	r.TLS = t.from.TLS
+	r.TLS = from.tls
 	if r.Body == nil {
 		r.Body = http.NoBody
 	}
@@ -81,10 +109,11 @@ func (w *recorder) Write(b []byte) (int, error) {
 	return w.body.Write(b)
 }
 
-// apiClient returns a client of the admin API that calls it in process
-// with the signed-in admin token, on behalf of the browser's request r.
-func (h *handler) apiClient(r *http.Request, s *signedIn) (*client.Client, error) {
-	return client.New(apiBase, s.token.Token,
-		client.WithHTTPClient(&http.Client{Transport: inProcess{api: h.opts.AdminAPI, from: r}}),
+// newAPIClient returns the console's client of the admin API, which calls
+// it in process with the admin token and on behalf of the browser that
+// the call's context names ([withCaller]).
+func newAPIClient(api http.Handler) (*client.Client, error) {
+	// The client's own token is replaced by the caller's on every call.
+	return client.New(apiBase, "in-process", client.WithHTTPClient(&http.Client{Transport: inProcess{api: api}}),
 		client.WithUserAgent("keygate-console"))
 }

@@ -8,6 +8,10 @@ document.addEventListener("DOMContentLoaded", function () {
     if (!field || !navigator.clipboard) {
       return;
     }
+    // Browsers offer the clipboard on HTTPS and localhost only; elsewhere
+    // the hint to select and copy stays.
+    var hint = button.parentElement.querySelector(".copy-hint");
+    if (hint) { hint.hidden = true; }
     button.hidden = false;
     button.addEventListener("click", function () {
       navigator.clipboard.writeText(field.value).then(function () {
