@@ -109,7 +109,12 @@ const historyStripes = 16
 type historyStripe struct {
 	mu      sync.Mutex
 	pending map[historyKey]int64
-	_       [48]byte // keeps stripes' locks on separate cache lines
+	// last is the key and minute counted last, whose count, lastN, is not
+	// in pending yet: verifications of one key in a row count without
+	// hashing it.
+	last  historyKey
+	lastN int64
+	_     [64]byte // keeps stripes' locks on separate cache lines
 }
 
 // stripe returns the stripe of the calling processor; put it back in
@@ -132,11 +137,25 @@ func (h *history) record(id string, now time.Time, outcome int) {
 
 func (s *historyStripe) add(k historyKey, n int64) {
 	s.mu.Lock()
+	if s.lastN > 0 && k == s.last {
+		s.lastN += n
+	} else {
+		s.foldLocked()
+		s.last, s.lastN = k, n
+	}
+	s.mu.Unlock()
+}
+
+// foldLocked moves the count of last into pending; s.mu is held.
+func (s *historyStripe) foldLocked() {
+	if s.lastN == 0 {
+		return
+	}
 	if s.pending == nil {
 		s.pending = make(map[historyKey]int64)
 	}
-	s.pending[k] += n
-	s.mu.Unlock()
+	s.pending[s.last] += s.lastN
+	s.last, s.lastN = historyKey{}, 0
 }
 
 func (h *history) take() map[historyKey]int64 {
@@ -144,6 +163,7 @@ func (h *history) take() map[historyKey]int64 {
 	for i := range h.stripes {
 		s := &h.stripes[i]
 		s.mu.Lock()
+		s.foldLocked()
 		p := s.pending
 		s.pending = nil
 		s.mu.Unlock()
