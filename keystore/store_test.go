@@ -848,25 +848,11 @@ func TestLastUsedNewestFromEveryCore(t *testing.T) {
 	got := map[string]int64{}
 	var recording sync.WaitGroup
 	done := make(chan struct{})
-	flushed := make(chan struct{})
-	go func() {
-		defer close(flushed)
-		for round := 0; ; round++ {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			batch := l.take()
-			if round%3 == 0 {
-				l.putBack(batch)
-				continue
-			}
-			for id, ms := range batch {
-				got[id] = max(got[id], ms)
-			}
+	flushed := flushWhile(done, l.take, l.putBack, func(batch map[string]int64) {
+		for id, ms := range batch {
+			got[id] = max(got[id], ms)
 		}
-	}()
+	})
 	for g := range goroutines {
 		recording.Add(1)
 		go func() {

@@ -405,25 +405,11 @@ func TestHistoryCountsFromEveryCore(t *testing.T) {
 	got := map[historyKey]int64{}
 	var recording sync.WaitGroup
 	done := make(chan struct{})
-	flushed := make(chan struct{})
-	go func() {
-		defer close(flushed)
-		for round := 0; ; round++ {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			batch := h.take()
-			if round%3 == 0 {
-				h.putBack(batch) // a failed flush: counted again later
-				continue
-			}
-			for k, n := range batch {
-				got[k] += n
-			}
+	flushed := flushWhile(done, h.take, h.putBack, func(batch map[historyKey]int64) {
+		for k, n := range batch {
+			got[k] += n
 		}
-	}()
+	})
 	for g := range goroutines {
 		recording.Add(1)
 		go func() {
@@ -447,4 +433,29 @@ func TestHistoryCountsFromEveryCore(t *testing.T) {
 			t.Fatalf("%v: took %d, want %d", k, got[k], n)
 		}
 	}
+}
+
+// flushWhile takes what is pending over and over until done is closed,
+// as flushes do, putting every third batch back as a failed write does and
+// handing the others to keep. The channel it returns is closed once it
+// stopped.
+func flushWhile[B any](done <-chan struct{}, take func() B, putBack, keep func(B)) <-chan struct{} {
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for round := 0; ; round++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			batch := take()
+			if round%3 == 0 {
+				putBack(batch)
+				continue
+			}
+			keep(batch)
+		}
+	}()
+	return flushed
 }
