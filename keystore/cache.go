@@ -12,11 +12,15 @@ import (
 // It never holds a secret: an entry is the record as Redis stores it (the
 // key and its digest), and its key is the 16 bytes of the ID.
 //
-// It is split in shards, each a map under its own lock, so that lookups on
-// several cores do not contend. Each shard has a generation, bumped by every
-// invalidation and every flush: a fill inserts its record only if the
-// generation it read before loading the record is still current, so a load
-// that began before an invalidation cannot put back what it removed.
+// It is split in shards, each a map under its own lock for changes.
+// Lookups take no lock: each shard also keeps its entries in a [sync.Map],
+// whose loads write nothing shared, so that verifications of the same key
+// on several cores read the entry without passing a lock's cache line
+// between them (a read lock writes its reader count). Each shard has a
+// generation, bumped by every invalidation and every flush: a fill inserts
+// its record only if the generation it read before loading the record is
+// still current, so a load that began before an invalidation cannot put
+// back what it removed.
 //
 // Each shard holds at most its share of the cache's entries and of its
 // bytes (an estimate of what an entry keeps alive: the record's strings,
@@ -33,11 +37,12 @@ type cache struct {
 }
 
 type cacheShard struct {
-	mu        sync.RWMutex
-	gen       atomic.Uint64 // written under mu
-	m         map[keyID]*cacheEntry
-	limit     int   // entries
-	bytes     int64 // held, by entrySize
+	mu        sync.Mutex
+	gen       atomic.Uint64         // written under mu
+	read      sync.Map              // keyID → *cacheEntry, for get; written under mu
+	m         map[keyID]*cacheEntry // the same entries, under mu: counted, swept and evicted
+	limit     int                   // entries
+	bytes     int64                 // held, by entrySize
 	byteLimit int64
 	_         [64]byte // keeps shards' locks on separate cache lines
 }
@@ -60,8 +65,10 @@ type cacheEntry struct {
 }
 
 // entryOverhead estimates the bytes of an entry besides its variable
-// strings: the map slot, the cacheEntry, the APIKey and their headers.
-const entryOverhead = 512
+// strings: the cacheEntry (80 bytes), the APIKey and its headers (352, its
+// size class), its slot in the shard's map and its node in the lock-free
+// one (with the boxed ID and a share of the trie: about 100).
+const entryOverhead = 576
 
 // entrySize estimates the bytes e keeps alive.
 func entrySize(e *cacheEntry) int64 {
@@ -102,11 +109,12 @@ func (c *cache) shard(id *keyID) *cacheShard { return &c.shards[id[0]&c.mask] }
 
 // get returns the entry of id if it is younger than the TTL at now.
 func (c *cache) get(id *keyID, now time.Time) *cacheEntry {
-	s := c.shard(id)
-	s.mu.RLock()
-	e := s.m[*id]
-	s.mu.RUnlock()
-	if e == nil || now.Sub(e.loaded) >= c.ttl {
+	v, ok := c.shard(id).read.Load(*id)
+	if !ok {
+		return nil
+	}
+	e := v.(*cacheEntry)
+	if now.Sub(e.loaded) >= c.ttl {
 		return nil
 	}
 	return e
@@ -135,6 +143,7 @@ func (c *cache) insert(id *keyID, e *cacheEntry, gen uint64) bool {
 		c.removeLocked(s, &victim, ve)
 	}
 	s.m[*id] = e
+	s.read.Store(*id, e)
 	s.bytes += size
 	c.entries.Inc()
 	return true
@@ -143,6 +152,7 @@ func (c *cache) insert(id *keyID, e *cacheEntry, gen uint64) bool {
 // removeLocked drops the entry e of id; s.mu is held.
 func (c *cache) removeLocked(s *cacheShard, id *keyID, e *cacheEntry) {
 	delete(s.m, *id)
+	s.read.Delete(*id)
 	s.bytes -= entrySize(e)
 	c.entries.Dec()
 }
@@ -166,9 +176,9 @@ func (c *cache) size() int64 {
 	var n int64
 	for i := range c.shards {
 		s := &c.shards[i]
-		s.mu.RLock()
+		s.mu.Lock()
 		n += s.bytes
-		s.mu.RUnlock()
+		s.mu.Unlock()
 	}
 	return n
 }
@@ -207,6 +217,7 @@ func (c *cache) flush() {
 		s.mu.Lock()
 		n := len(s.m)
 		clear(s.m)
+		s.read.Clear()
 		s.bytes = 0
 		s.gen.Add(1)
 		s.mu.Unlock()
@@ -219,9 +230,9 @@ func (c *cache) len() int {
 	n := 0
 	for i := range c.shards {
 		s := &c.shards[i]
-		s.mu.RLock()
+		s.mu.Lock()
 		n += len(s.m)
-		s.mu.RUnlock()
+		s.mu.Unlock()
 	}
 	return n
 }

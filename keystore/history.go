@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -79,38 +80,82 @@ type historyKey struct {
 	outcome int
 }
 
-// history counts verifications in memory until the next flush, in shards
-// by key ID so that cores verifying different keys do not share a lock.
+// history counts verifications in memory until the next flush. Every
+// verification of a known key writes a count, on every core, and cores
+// verifying the same key must not take turns at one lock: the counts are
+// split into stripes, each a map under its own lock on cache lines of its
+// own, and a core keeps writing to the same stripe (a [sync.Pool], whose
+// items stay with the processor that put them back, holds the stripe each
+// processor last used). Its lock is then taken by one core only, but for
+// the flush, which sums the stripes. A key verified on several cores
+// within a flush has a count in each of their stripes: at most
+// historyStripes entries per key, minute and outcome.
 type history struct {
-	shards [16]historyShard
+	stripes [historyStripes]historyStripe
+	owned   sync.Pool     // *historyStripe, per processor
+	next    atomic.Uint32 // the stripe a processor without one takes
 }
 
-type historyShard struct {
+const historyStripes = 16
+
+type historyStripe struct {
 	mu      sync.Mutex
 	pending map[historyKey]int64
-	_       [40]byte // keeps shards' locks on separate cache lines
+	// last is the key and minute counted last, whose count, lastN, is not
+	// in pending yet: verifications of one key in a row count without
+	// hashing it.
+	last  historyKey
+	lastN int64
+	_     [64]byte // keeps stripes' locks on separate cache lines
 }
 
-func (h *history) shard(id string) *historyShard {
-	return &h.shards[id[len(id)-1]&15] // the ID's last hex digit
+// stripe returns the stripe of the calling processor; put it back in
+// h.owned after use. Two callers may share a stripe (the pool may drop its
+// stripes at a garbage collection; a processor without one takes the next
+// one round), hence its lock.
+func (h *history) stripe() *historyStripe {
+	if s, ok := h.owned.Get().(*historyStripe); ok {
+		return s
+	}
+	return &h.stripes[h.next.Add(1)%historyStripes]
 }
 
 func (h *history) record(id string, now time.Time, outcome int) {
 	k := historyKey{id: id, minute: now.Truncate(time.Minute).UnixMilli(), outcome: outcome}
-	s := h.shard(id)
+	s := h.stripe()
+	s.add(k, 1)
+	h.owned.Put(s)
+}
+
+func (s *historyStripe) add(k historyKey, n int64) {
 	s.mu.Lock()
+	if s.lastN > 0 && k == s.last {
+		s.lastN += n
+	} else {
+		s.foldLocked()
+		s.last, s.lastN = k, n
+	}
+	s.mu.Unlock()
+}
+
+// foldLocked moves the count of last into pending; s.mu is held.
+func (s *historyStripe) foldLocked() {
+	if s.lastN == 0 {
+		return
+	}
 	if s.pending == nil {
 		s.pending = make(map[historyKey]int64)
 	}
-	s.pending[k]++
-	s.mu.Unlock()
+	s.pending[s.last] += s.lastN
+	s.last, s.lastN = historyKey{}, 0
 }
 
 func (h *history) take() map[historyKey]int64 {
 	var batch map[historyKey]int64
-	for i := range h.shards {
-		s := &h.shards[i]
+	for i := range h.stripes {
+		s := &h.stripes[i]
 		s.mu.Lock()
+		s.foldLocked()
 		p := s.pending
 		s.pending = nil
 		s.mu.Unlock()
@@ -126,15 +171,11 @@ func (h *history) take() map[historyKey]int64 {
 }
 
 func (h *history) putBack(batch map[historyKey]int64) {
+	s := h.stripe()
 	for k, n := range batch {
-		s := h.shard(k.id)
-		s.mu.Lock()
-		if s.pending == nil {
-			s.pending = make(map[historyKey]int64)
-		}
-		s.pending[k] += n
-		s.mu.Unlock()
+		s.add(k, n)
 	}
+	h.owned.Put(s)
 }
 
 func (n keyNames) usage(id string, g granularity, start int64) string {

@@ -4,66 +4,85 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// lastUsed coalesces successful verifications in memory: one entry per key,
-// holding the newest use, whatever the request rate. The entries are split
-// by key over shards, each under its own lock, so that verifications of
-// different keys on different cores do not take turns.
+// lastUsed coalesces successful verifications in memory: one entry per key
+// and core, holding the newest use, whatever the request rate. A key is
+// recorded at most once per millisecond by each cache entry, which for
+// many keys is still most verifications, on every core: the entries are
+// split into stripes, each a map under its own lock on cache lines of its
+// own, and a core keeps writing to the same stripe (a [sync.Pool], whose
+// items stay with the processor that put them back, holds the stripe each
+// processor last used), so that cores verifying the same keys do not take
+// turns at one lock. The flush takes the newest use of each key over the
+// stripes.
 type lastUsed struct {
-	shards [lastUsedShards]lastUsedShard
+	stripes [lastUsedStripes]lastUsedStripe
+	owned   sync.Pool     // *lastUsedStripe, per processor
+	next    atomic.Uint32 // the stripe a processor without one takes
 }
 
-const lastUsedShards = 16
+const lastUsedStripes = 16
 
-type lastUsedShard struct {
+type lastUsedStripe struct {
 	mu      sync.Mutex
 	pending map[string]int64 // key ID → Unix ms
-	_       [48]byte         // keeps shards' locks on separate cache lines
+	_       [64]byte         // keeps stripes' locks on separate cache lines
 }
 
-// shard is the shard of a key ID, by its last character: IDs end in random
-// hex digits.
-func (l *lastUsed) shard(id string) *lastUsedShard {
-	if id == "" {
-		return &l.shards[0]
+// stripe returns the stripe of the calling processor; put it back in
+// l.owned after use. Two callers may share a stripe (the pool may drop its
+// stripes at a garbage collection; a processor without one takes the next
+// one round), hence its lock.
+func (l *lastUsed) stripe() *lastUsedStripe {
+	if s, ok := l.owned.Get().(*lastUsedStripe); ok {
+		return s
 	}
-	return &l.shards[id[len(id)-1]%lastUsedShards]
+	return &l.stripes[l.next.Add(1)%lastUsedStripes]
 }
 
 func (l *lastUsed) record(id string, ms int64) {
-	sh := l.shard(id)
-	sh.mu.Lock()
-	if ms > sh.pending[id] {
-		if sh.pending == nil {
-			sh.pending = make(map[string]int64)
-		}
-		sh.pending[id] = ms
-	}
-	sh.mu.Unlock()
+	s := l.stripe()
+	s.add(id, ms)
+	l.owned.Put(s)
 }
 
-// take empties the pending uses and returns them.
+func (s *lastUsedStripe) add(id string, ms int64) {
+	s.mu.Lock()
+	if ms > s.pending[id] {
+		if s.pending == nil {
+			s.pending = make(map[string]int64)
+		}
+		s.pending[id] = ms
+	}
+	s.mu.Unlock()
+}
+
+// take empties the pending uses and returns the newest of each key.
 func (l *lastUsed) take() map[string]int64 {
 	var batch map[string]int64
-	for i := range l.shards {
-		sh := &l.shards[i]
-		sh.mu.Lock()
-		taken := sh.pending
+	for i := range l.stripes {
+		s := &l.stripes[i]
+		s.mu.Lock()
+		taken := s.pending
 		if len(taken) == 0 {
-			sh.mu.Unlock()
+			s.mu.Unlock()
 			continue
 		}
-		sh.pending = make(map[string]int64, len(taken))
-		sh.mu.Unlock()
+		s.pending = make(map[string]int64, len(taken))
+		s.mu.Unlock()
 		if batch == nil {
-			batch = make(map[string]int64, len(taken)*lastUsedShards)
+			batch = taken
+			continue
 		}
 		for id, ms := range taken {
-			batch[id] = ms
+			if ms > batch[id] {
+				batch[id] = ms
+			}
 		}
 	}
 	return batch
@@ -71,9 +90,11 @@ func (l *lastUsed) take() map[string]int64 {
 
 // putBack returns uses that could not be written, for the next flush.
 func (l *lastUsed) putBack(batch map[string]int64) {
+	s := l.stripe()
 	for id, ms := range batch {
-		l.record(id, ms)
+		s.add(id, ms)
 	}
+	l.owned.Put(s)
 }
 
 // touchScript writes a use only if it is newer than the stored one, and

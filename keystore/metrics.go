@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,7 +89,9 @@ func (m *verifierMetrics) observe(source Source, outcome int, hit bool, d time.D
 
 // count counts one verification without a duration.
 func (m *verifierMetrics) count(source Source, outcome int) {
-	m.verifications.count(m.verifications.stripe(), source, outcome)
+	s := m.verifications.stripe()
+	m.verifications.count(s, source, outcome)
+	m.verifications.release(s)
 }
 
 // durationBuckets are the upper bounds of keygate_verification_duration_seconds.
@@ -99,13 +100,17 @@ var durationBuckets = [...]float64{.000001, .000005, .00001, .00005, .0001, .000
 // verificationStats is the collector of keygate_verifications_total{result,
 // source} and keygate_verification_duration_seconds{cache}. Every
 // verification writes to both, on every core, so the counts are split into
-// stripes, each on cache lines of its own, and each call writes to a
-// stripe picked at random: two cores seldom write the same line, where one
-// shared counter would pass its line from core to core on every call. A
-// scrape sums the stripes.
+// stripes, each on cache lines of its own, and a core keeps writing to the
+// same stripe: a [sync.Pool], whose items stay with the processor that put
+// them back, holds the stripe each processor last used. One shared counter
+// would pass its cache line from core to core on every call, and so would
+// stripes picked at random, each written in turn by every core. A scrape
+// sums the stripes.
 type verificationStats struct {
 	countDesc, durationDesc *prometheus.Desc
 	stripes                 [statStripes]statStripe
+	owned                   sync.Pool     // *statStripe, per processor
+	next                    atomic.Uint32 // the stripe a processor without one takes
 
 	mu    sync.Mutex
 	other map[[2]string]uint64 // result, source → count, for sources beyond the known ones
@@ -135,13 +140,22 @@ func newVerificationStats() *verificationStats {
 	}
 }
 
-// stripe picks a stripe at random: math/rand/v2's generator is per thread.
+// stripe returns the stripe of the calling processor, which release gives
+// back. Two callers may share a stripe (the pool may drop its stripes at a
+// garbage collection; a processor without one takes the next one round):
+// its counters are atomic.
 func (st *verificationStats) stripe() *statStripe {
-	return &st.stripes[rand.Uint32()%statStripes]
+	if s, ok := st.owned.Get().(*statStripe); ok {
+		return s
+	}
+	return &st.stripes[st.next.Add(1)%statStripes]
 }
+
+func (st *verificationStats) release(s *statStripe) { st.owned.Put(s) }
 
 func (st *verificationStats) observe(source Source, outcome int, hit bool, d time.Duration) {
 	s := st.stripe()
+	defer st.release(s)
 	st.count(s, source, outcome)
 	t := &s.times[1]
 	if hit {

@@ -828,3 +828,56 @@ func TestWireForm(t *testing.T) {
 }
 
 func toJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+// TestLastUsedNewestFromEveryCore records uses of a few keys from many
+// goroutines at once while a flush takes what is pending over and over
+// and puts some back as a failed write does: the newest use of each key
+// is what the takes end with, whatever stripe recorded it.
+func TestLastUsedNewestFromEveryCore(t *testing.T) {
+	var l lastUsed
+	ids := []string{"ak_00000000000000000000000000000001", "ak_00000000000000000000000000000002", "ak_0000000000000000000000000000000f"}
+	const goroutines, perGoroutine = 8, 3000
+	// Goroutine g records key ids[i%3] at 1000·i+g ms, in an order that
+	// goes back and forth: the newest of key j is the largest such time.
+	want := map[string]int64{}
+	for g := range goroutines {
+		for i := range perGoroutine {
+			want[ids[i%3]] = max(want[ids[i%3]], int64(1000*i+g))
+		}
+	}
+	got := map[string]int64{}
+	var recording sync.WaitGroup
+	done := make(chan struct{})
+	flushed := flushWhile(done, l.take, l.putBack, func(batch map[string]int64) {
+		for id, ms := range batch {
+			got[id] = max(got[id], ms)
+		}
+	})
+	for g := range goroutines {
+		recording.Add(1)
+		go func() {
+			defer recording.Done()
+			for i := range perGoroutine {
+				j := i
+				if i%2 == 1 {
+					j = perGoroutine - i // older uses after newer ones
+				}
+				l.record(ids[j%3], int64(1000*j+g))
+			}
+		}()
+	}
+	recording.Wait()
+	close(done)
+	<-flushed
+	for id, ms := range l.take() {
+		got[id] = max(got[id], ms)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("took uses of %d keys, want %d", len(got), len(want))
+	}
+	for id, ms := range want {
+		if got[id] != ms {
+			t.Fatalf("%s: newest use taken %d, want %d", id, got[id], ms)
+		}
+	}
+}

@@ -383,3 +383,79 @@ func TestCostsThatCanNeverPass(t *testing.T) {
 		t.Fatalf("after an update of the balance: %+v, %v; want 4 left, not a refill", res.Limits, err)
 	}
 }
+
+// TestHistoryCountsFromEveryCore records counts of a few keys, minutes and
+// outcomes from many goroutines at once, runs of one key among them, while
+// a flush takes what is pending over and over, and puts some back as a
+// failed write does: the counts taken add up to those recorded, each
+// under its key, minute and outcome.
+func TestHistoryCountsFromEveryCore(t *testing.T) {
+	var h history
+	ids := []string{"ak_00000000000000000000000000000001", "ak_00000000000000000000000000000002", "ak_0000000000000000000000000000000f"}
+	minute := time.Date(2026, 11, 30, 14, 0, 0, 0, time.UTC)
+	const goroutines, perGoroutine = 8, 3000
+	// Goroutine g records key ids[i%3] (runs of i/7), in minute i%2 and
+	// with outcome g%3: want counts what it records.
+	want := map[historyKey]int64{}
+	for g := range goroutines {
+		for i := range perGoroutine {
+			want[historyKey{id: ids[i/7%3], minute: minute.Add(time.Duration(i%2) * time.Minute).UnixMilli(), outcome: g % 3}]++
+		}
+	}
+	got := map[historyKey]int64{}
+	var recording sync.WaitGroup
+	done := make(chan struct{})
+	flushed := flushWhile(done, h.take, h.putBack, func(batch map[historyKey]int64) {
+		for k, n := range batch {
+			got[k] += n
+		}
+	})
+	for g := range goroutines {
+		recording.Add(1)
+		go func() {
+			defer recording.Done()
+			for i := range perGoroutine {
+				h.record(ids[i/7%3], minute.Add(time.Duration(i%2)*time.Minute+time.Duration(i)*time.Millisecond), g%3)
+			}
+		}()
+	}
+	recording.Wait()
+	close(done)
+	<-flushed
+	for k, n := range h.take() {
+		got[k] += n
+	}
+	if len(got) != len(want) {
+		t.Fatalf("took counts of %d keys, minutes and outcomes, want %d", len(got), len(want))
+	}
+	for k, n := range want {
+		if got[k] != n {
+			t.Fatalf("%v: took %d, want %d", k, got[k], n)
+		}
+	}
+}
+
+// flushWhile takes what is pending over and over until done is closed,
+// as flushes do, putting every third batch back as a failed write does and
+// handing the others to keep. The channel it returns is closed once it
+// stopped.
+func flushWhile[B any](done <-chan struct{}, take func() B, putBack, keep func(B)) <-chan struct{} {
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for round := 0; ; round++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			batch := take()
+			if round%3 == 0 {
+				putBack(batch)
+				continue
+			}
+			keep(batch)
+		}
+	}()
+	return flushed
+}

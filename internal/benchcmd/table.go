@@ -142,7 +142,9 @@ const (
 )
 
 // writeSection writes table as the section of make bench, or of make
-// bench-scale, of the file at path, keeping the other section as it is.
+// bench-scale, of the file at path, keeping the other section as it is,
+// and what follows the sections (figures measured by hand, with go test
+// -bench).
 func writeSection(path string, scale bool, table string) error {
 	old, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -150,12 +152,13 @@ func writeSection(path string, scale bool, table string) error {
 	}
 	bench := section(string(old), benchBegin, benchEnd, "")
 	scaled := section(string(old), scaleBegin, scaleEnd, noScaleResult)
+	_, tail, _ := strings.Cut(string(old), scaleEnd)
 	if scale {
 		scaled = table
 	} else {
 		bench = table
 	}
-	out := benchTitle + benchBegin + bench + benchEnd + "\n" + scaleBegin + scaled + scaleEnd
+	out := benchTitle + benchBegin + bench + benchEnd + "\n" + scaleBegin + scaled + scaleEnd + tail
 	return os.WriteFile(path, []byte(out), 0o644)
 }
 
