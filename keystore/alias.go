@@ -24,7 +24,7 @@ type (
 // KeyType is the only key type there is for now.
 const KeyType = apikey.KeyType
 
-// Limits from the contract: see package apikey.
+// The documented limits (docs/api.md, docs/usage.md): see package apikey.
 const (
 	MaxNameLen                = apikey.MaxNameLen
 	MaxSubjectLen             = apikey.MaxSubjectLen

@@ -71,7 +71,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		h := with(testkit.Bearer(k.full.Secret),
 			"X-Api-Key-Subject", "user_admin", // spoofed, canonical case
 			"x-api-key-claims", `{"role":"admin"}`, // spoofed, lower case
-			"X-API-KEY-ROLE", "admin", // an X-Api-Key-* the contract does not name
+			"X-API-KEY-ROLE", "admin", // an X-Api-Key-* docs/verification.md does not name
 			"X-Forwarded-For", "6.6.6.6", // a client cannot claim an address
 			"X-Other", "kept")
 		status, _, body := do(t, r.c, "GET", r.px.URL+"/reports/7?x=1", h, nil)

@@ -1,5 +1,5 @@
-// Package apierror writes the contract's JSON error body, the one Clerk's
-// Backend API uses, for every HTTP surface of keygate:
+// Package apierror writes keygate's JSON error body (docs/api.md, "Errors"),
+// the one Clerk's Backend API uses, for every HTTP surface of keygate:
 //
 //	{"errors":[{"code":"form_param_invalid","message":"is invalid",
 //	  "long_message":"…","meta":{"param_name":"scopes"}}],"clerk_trace_id":"…"}

@@ -139,7 +139,7 @@ func decodeKey(t *testing.T, rec *httptest.ResponseRecorder) *keystore.APIKey {
 		k.Claims = nil // as the store returns it
 	}
 	if k.Object != "api_key" || k.Type != "api_key" || !strings.HasPrefix(k.ID, "ak_") || k.Scopes == nil {
-		t.Fatalf("not a key in the contract's form: %+v", k)
+		t.Fatalf("not a key in docs/api.md's form: %+v", k)
 	}
 	return &k
 }
@@ -162,7 +162,7 @@ func decodeList(t *testing.T, rec *httptest.ResponseRecorder) *keystore.KeyList 
 	return &l
 }
 
-// errorBody is the contract's error JSON, exactly.
+// errorBody is the error JSON of docs/api.md, exactly.
 type errorBody struct {
 	Errors []struct {
 		Code        string            `json:"code"`
@@ -181,7 +181,7 @@ type apiErr struct {
 	WWWAuthenticate, RequestHdr string
 }
 
-// decodeError checks that rec is an error in the contract's form and
+// decodeError checks that rec is an error in docs/api.md's form and
 // returns it.
 func decodeError(t *testing.T, rec *httptest.ResponseRecorder) apiErr {
 	t.Helper()
@@ -190,7 +190,7 @@ func decodeError(t *testing.T, rec *httptest.ResponseRecorder) apiErr {
 	dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&b); err != nil {
-		t.Fatalf("status %d: not the contract's error JSON (%v): %s", rec.Code, err, rec.Body)
+		t.Fatalf("status %d: not docs/api.md's error JSON (%v): %s", rec.Code, err, rec.Body)
 	}
 	if len(b.Errors) != 1 {
 		t.Fatalf("want one error, got %s", rec.Body)

@@ -73,7 +73,7 @@ func (e *fuzzEnv) expand(s string) string {
 // serve sends one request and checks what every answer of the admin API
 // must be, whatever the input: no panic, no 500 and no 503 (the store is
 // up), Content-Type exactly application/json, and a body that is either a
-// success or the contract's error JSON. It returns the status and body.
+// success or docs/api.md's error JSON. It returns the status and body.
 func (e *fuzzEnv) serve(t *testing.T, method, path, rawQuery string, body []byte, auth string) (int, []byte) {
 	req := httptest.NewRequest("POST", "/", bytes.NewReader(body))
 	req.Method = method
@@ -105,7 +105,7 @@ func (e *fuzzEnv) serve(t *testing.T, method, path, rawQuery string, body []byte
 	dec := json.NewDecoder(bytes.NewReader(out))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&eb); err != nil || len(eb.Errors) != 1 || eb.ClerkTraceID == "" {
-		t.Fatalf("%s: %d with a body that is not the contract's error JSON (%v): %s", what, status, err, out)
+		t.Fatalf("%s: %d with a body that is not docs/api.md's error JSON (%v): %s", what, status, err, out)
 	}
 	it := eb.Errors[0]
 	if it.Code == "" || it.Message == "" || it.LongMessage == "" || it.Meta == nil {
