@@ -1,6 +1,6 @@
 // Package testkit holds the helpers that the tests of several packages
-// share: free loopback ports, a clean environment for subprocesses, a
-// logger into a buffer, metric values read from a registry, keygate's
+// share: free loopback ports, a clean environment for subprocesses, an
+// HTTP request, a logger into a buffer, metric values read from a registry, keygate's
 // error body (docs/api.md), and a test application behind a proxy. It imports nothing of
 // keygate, so that every package, keystore included, can use it in tests.
 //
@@ -83,6 +83,47 @@ func LogTo(w io.Writer) *slog.Logger {
 // Bearer is the header that carries secret as a bearer token.
 func Bearer(secret string) http.Header {
 	return http.Header{"Authorization": {"Bearer " + secret}}
+}
+
+// Do sends a request with header and body through c (nil:
+// http.DefaultClient) and returns the status, the headers and the body. It
+// fails the test when the request cannot be sent or its body read.
+func Do(t testing.TB, c *http.Client, method, url string, header http.Header, body io.Reader) (int, http.Header, []byte) {
+	t.Helper()
+	if c == nil {
+		c = http.DefaultClient
+	}
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, url, err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// WaitFor polls ok, every millisecond at first and then less often (at
+// most every 20ms), until it holds, and fails the test naming what when it
+// does not hold within within.
+func WaitFor(t testing.TB, what string, within time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for pause := time.Millisecond; !ok(); pause = min(2*pause, 20*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(pause)
+	}
 }
 
 // Merge returns one map with the entries of ms, a later map's entry
