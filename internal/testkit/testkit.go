@@ -1,8 +1,10 @@
 // Package testkit holds the helpers that the tests of several packages
 // share: free loopback ports, a clean environment for subprocesses, an
-// HTTP request, a logger into a buffer, metric values read from a registry, keygate's
-// error body (docs/api.md), and a test application behind a proxy. It imports nothing of
-// keygate, so that every package, keystore included, can use it in tests.
+// HTTP request, polling for a condition, a logger into a buffer, metric
+// values read from a registry, keygate's error body (docs/api.md), and a
+// test application behind a proxy. Of keygate it imports only
+// internal/apierror (the standard library alone), so that every package,
+// keystore included, can use it in tests.
 //
 //	addr := testkit.FreeAddr(t)
 //	if got := testkit.MetricValue(t, reg, "keygate_verifications_total", map[string]string{"result": "valid"}); got != 1 { … }
@@ -25,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -142,10 +145,8 @@ func Merge(ms ...map[string]string) map[string]string {
 func ErrorCode(t testing.TB, body []byte) string {
 	t.Helper()
 	var e struct {
-		Errors []struct {
-			Code string `json:"code"`
-		} `json:"errors"`
-		TraceID *string `json:"clerk_trace_id"`
+		apierror.Body
+		TraceID *string `json:"clerk_trace_id"` // present, even if empty
 	}
 	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) != 1 || e.TraceID == nil {
 		t.Fatalf("body is not keygate's error JSON: %q", body)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/syncbuf"
 
@@ -162,17 +163,6 @@ func decodeList(t *testing.T, rec *httptest.ResponseRecorder) *keystore.KeyList 
 	return &l
 }
 
-// errorBody is the error JSON of docs/api.md, exactly.
-type errorBody struct {
-	Errors []struct {
-		Code        string            `json:"code"`
-		Message     string            `json:"message"`
-		LongMessage string            `json:"long_message"`
-		Meta        map[string]string `json:"meta"`
-	} `json:"errors"`
-	ClerkTraceID string `json:"clerk_trace_id"`
-}
-
 // apiErr is the one error of a response.
 type apiErr struct {
 	Status                      int
@@ -186,7 +176,7 @@ type apiErr struct {
 func decodeError(t *testing.T, rec *httptest.ResponseRecorder) apiErr {
 	t.Helper()
 	checkJSON(t, rec)
-	var b errorBody
+	var b apierror.Body
 	dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&b); err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
@@ -101,7 +102,7 @@ func (e *fuzzEnv) serve(t *testing.T, method, path, rawQuery string, body []byte
 		}
 		return status, out
 	}
-	var eb errorBody
+	var eb apierror.Body
 	dec := json.NewDecoder(bytes.NewReader(out))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&eb); err != nil || len(eb.Errors) != 1 || eb.ClerkTraceID == "" {
@@ -219,7 +220,7 @@ func FuzzAdminAPIList(f *testing.F) {
 		status, out := e.serve(t, "GET", "/api_keys", rawQuery, nil, "Bearer "+adminToken)
 		q, _ := url.ParseQuery(rawQuery)
 		if status == 400 {
-			var eb errorBody
+			var eb apierror.Body
 			json.Unmarshal(out, &eb)
 			it := eb.Errors[0]
 			params := []string{"include_invalid", "limit", "offset", "subject", "query", "type"}
