@@ -41,5 +41,6 @@ const (
 )
 
 // HistoryOutcomes are the outcomes the usage history counts, in the order
-// of [UsagePoint.Counts].
-var HistoryOutcomes = apikey.HistoryOutcomes
+// of [UsagePoint.Counts]. It points to [apikey.HistoryOutcomes], so that
+// there is one list: index and range it as the array itself.
+var HistoryOutcomes = &apikey.HistoryOutcomes
