@@ -21,8 +21,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/keygate/keygate/internal/keystoretest"
-	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keygateotel"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
