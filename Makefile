@@ -16,10 +16,13 @@ run: build
 	./$(BIN) serve
 
 # Every test, race detector on: unit tests on miniredis, integration tests on
-# real redis-server processes (single, Cluster, Sentinel), a real nginx,
-# Clerk's SDK, and the deployment files (deploy/, a module of its own so that
-# its Kubernetes, compose and BuildKit libraries stay out of keygate's
-# go.mod). setup installs what they need first; nothing is skipped.
+# real redis-server processes (single, Cluster, Sentinel), real nginx and
+# Caddy, Clerk's SDK, the console in a real Chromium (with axe-core), and the
+# deployment files (deploy/, a module of its own so that its Kubernetes,
+# compose and BuildKit libraries stay out of keygate's go.mod). setup installs
+# what they need first (redis-server, redis-tools, nginx-light, caddy,
+# chromium and Node.js with apt-get; the npm locks of interop/clerk and
+# internal/browsertest); nothing is skipped.
 MODULES := . deploy
 
 test: setup

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keygate/keygate/internal/testkit"
+	"github.com/keygate/keygate/keystore/apikey"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -160,13 +162,13 @@ func (m *manifests) findKeygate(w *workload, df *dockerfile, repo string) {
 			continue
 		}
 		where := fmt.Sprintf("%s container %s", w.name, c.Name)
-		argv := c.Command
-		if len(argv) == 0 && len(c.Args) == 0 {
-			argv = append(slices.Clone(df.entrypoint), df.cmd...)
+		argv, args := c.Command, c.Args // Kubernetes' command replaces ENTRYPOINT and CMD
+		if len(argv) == 0 && len(args) == 0 {
+			argv, args = df.entrypoint, df.cmd
 		} else if len(argv) == 0 {
 			argv = df.entrypoint
 		}
-		if argv = append(slices.Clone(argv), c.Args...); len(argv) < 2 || argv[0] != df.binaryPath() {
+		if argv = slices.Concat(argv, args); len(argv) < 2 || argv[0] != df.binaryPath() {
 			m.add("%s: runs %q, not the image's %s SUBCOMMAND", where, argv, df.binaryPath())
 			continue
 		}
@@ -228,17 +230,17 @@ func (m *manifests) selected(sel *metav1.LabelSelector) []*workload {
 	return slices.DeleteFunc(slices.Clone(m.workloads), func(w *workload) bool { return !selects(sel, w.pod.Labels) })
 }
 
-// containerPort resolves a port of the pod, a number or a name, to the
-// container that declares it.
-func containerPort(pod *corev1.PodSpec, p intstr.IntOrString) (int, *corev1.Container) {
-	for i, c := range pod.Containers {
+// containerPort resolves a port of the pod, a number or a name, to a
+// container port; 0 when no container declares it.
+func containerPort(pod *corev1.PodSpec, p intstr.IntOrString) int {
+	for _, c := range pod.Containers {
 		for _, cp := range c.Ports {
-			if p.Type == intstr.String && cp.Name == p.StrVal || p.Type == intstr.Int && cp.ContainerPort == p.IntVal {
-				return int(cp.ContainerPort), &pod.Containers[i]
+			if cp.Name == p.StrVal && p.StrVal != "" || cp.ContainerPort == p.IntVal && p.Type == intstr.Int {
+				return int(cp.ContainerPort)
 			}
 		}
 	}
-	return 0, nil
+	return 0
 }
 
 // keygateAt is the keygate process of w that serves port on its --listen
@@ -260,31 +262,25 @@ func (w *workload) keygateAt(port int, health bool) *invocation {
 // servicePort resolves a port of the Service named name, by number or by
 // port name, to the workloads behind it and their container port.
 func (m *manifests) servicePort(name string, port intstr.IntOrString) (map[*workload]int, error) {
-	i := slices.IndexFunc(m.services, func(s *corev1.Service) bool { return s.Name == name })
-	if i < 0 {
-		return nil, fmt.Errorf("no Service %q", name)
-	}
-	s := m.services[i]
-	j := slices.IndexFunc(s.Spec.Ports, func(sp corev1.ServicePort) bool {
-		return sp.Name == port.StrVal && port.StrVal != "" || sp.Port == port.IntVal
-	})
-	if j < 0 {
-		return nil, fmt.Errorf("Service %s has no port %s", s.Name, port.String())
-	}
-	target := s.Spec.Ports[j].TargetPort
-	if target.IntValue() == 0 && target.Type == intstr.Int {
-		target = intstr.FromInt32(s.Spec.Ports[j].Port)
-	}
-	out := map[*workload]int{}
-	for _, w := range m.selected(&metav1.LabelSelector{MatchLabels: s.Spec.Selector}) {
-		if out[w], _ = containerPort(&w.pod.Spec, target); out[w] == 0 {
-			return nil, fmt.Errorf("Service %s: targetPort %s is no container port of %s", s.Name, target.String(), w.name)
+	for _, s := range m.services {
+		for _, sp := range s.Spec.Ports {
+			if s.Name != name || !(sp.Name == port.StrVal && port.StrVal != "" || sp.Port == port.IntVal) {
+				continue
+			}
+			target := cmp.Or(sp.TargetPort, intstr.FromInt32(sp.Port)) // unset: the port itself
+			out := map[*workload]int{}
+			for _, w := range m.selected(&metav1.LabelSelector{MatchLabels: s.Spec.Selector}) {
+				if out[w] = containerPort(&w.pod.Spec, target); out[w] == 0 {
+					return nil, fmt.Errorf("Service %s: targetPort %s is no container port of %s", s.Name, target.String(), w.name)
+				}
+			}
+			if len(out) == 0 {
+				return nil, fmt.Errorf("Service %s selects no pod", s.Name)
+			}
+			return out, nil
 		}
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("Service %s selects no pod", s.Name)
-	}
-	return out, nil
+	return nil, fmt.Errorf("no Service %q with port %s", name, port.String())
 }
 
 func TestKubernetesManifests(t *testing.T) {
@@ -343,7 +339,7 @@ func TestKubernetesManifests(t *testing.T) {
 		for _, rule := range np.Spec.Ingress {
 			for _, rp := range rule.Ports {
 				for _, w := range sel {
-					if _, c := containerPort(&w.pod.Spec, ptr.Deref(rp.Port, intstr.FromInt32(-1))); rp.Port != nil && c == nil {
+					if rp.Port != nil && containerPort(&w.pod.Spec, *rp.Port) == 0 {
 						m.add("NetworkPolicy %s: port %s is no container port of %s", np.Name, rp.Port.String(), w.name)
 					}
 				}
@@ -471,8 +467,7 @@ func TestKubernetesRuns(t *testing.T) {
 			probes := []probe{{inv.where + " prometheus.io annotations", "metrics", cmp.Or(w.pod.Annotations["prometheus.io/path"], "/metrics"), scrape}}
 			for kind, pr := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
 				if pr != nil && pr.HTTPGet != nil {
-					port, _ := containerPort(&w.pod.Spec, pr.HTTPGet.Port)
-					probes = append(probes, probe{inv.where, kind, pr.HTTPGet.Path, port})
+					probes = append(probes, probe{inv.where, kind, pr.HTTPGet.Path, containerPort(&w.pod.Spec, pr.HTTPGet.Port)})
 				}
 			}
 			checkProbes(t, inv, probes)
@@ -483,25 +478,21 @@ func TestKubernetesRuns(t *testing.T) {
 		t.Fatal("the manifests need a keygate serve and a keygate sidecar")
 	}
 	serve, sidecar := session(t, byCmd["serve"], byCmd["sidecar"])
-	admin, _, _ := strings.Cut(byCmd["serve"].value("admin-tokens"), ",")
-	checkPublic(t, sidecar)
+	admin := adminClient(t, serve)
 
 	// The sidecar's --require-scopes, as configured.
 	for _, rule := range strings.Split(sidecar.inv.value("require-scopes"), ";") {
-		route, scopes, ok := strings.Cut(strings.TrimSpace(rule), "=")
-		if !ok {
+		route, scopes, ok := strings.Cut(rule, "=")
+		f := append([]string{"GET"}, strings.Fields(route)...) // [METHOD ]prefix
+		if !ok || len(f) < 2 {
 			continue
 		}
-		method, path, ok := strings.Cut(route, " ")
-		if !ok {
-			method, path = "GET", route
-		}
-		for want, key := range map[int]createdKey{
-			http.StatusForbidden: createKey(t, serve.listen, admin, `{"name":"no scopes","subject":"user_1"}`),
-			http.StatusOK:        createKey(t, serve.listen, admin, `{"name":"scoped","subject":"user_1","scopes":`+jsonOf(strings.Split(scopes, ","))+`}`),
+		for want, key := range map[int]*apikey.APIKey{
+			http.StatusForbidden: createKey(t, admin, apikey.CreateParams{Name: "no scopes", Subject: "user_1"}),
+			http.StatusOK:        createKey(t, admin, apikey.CreateParams{Name: "scoped", Subject: "user_1", Scopes: strings.Split(scopes, ",")}),
 		} {
-			if status, _, _ := do(t, method, "http://"+sidecar.listen+path, key.Secret, ""); status != want {
-				t.Errorf("%s: %s %s (needs %s) with key %s: %d, want %d", sidecar.inv.where, method, path, scopes, key.ID, status, want)
+			if status, _, _ := testkit.Do(t, nil, f[len(f)-2], "http://"+sidecar.listen+f[len(f)-1], testkit.Bearer(key.Secret), nil); status != want {
+				t.Errorf("%s: %s (needs %s) with key %s: %d, want %d", sidecar.inv.where, route, scopes, key.ID, status, want)
 			}
 		}
 	}
@@ -511,8 +502,8 @@ func TestKubernetesRuns(t *testing.T) {
 	for _, fa := range m.forwardAuths() {
 		scopes := slices.DeleteFunc(strings.Split(fa.url.Query().Get("scopes"), ","), func(s string) bool { return s == "" })
 		authURL := "http://" + serve.listen + fa.url.RequestURI()
-		key := createKey(t, serve.listen, admin, `{"name":"ingress","subject":"user_7","claims":{"plan":"pro"},"scopes":`+jsonOf(scopes)+`}`)
-		status, body, h := do(t, "GET", authURL, key.Secret, "")
+		key := createKey(t, admin, apikey.CreateParams{Name: "ingress", Subject: "user_7", Claims: json.RawMessage(`{"plan":"pro"}`), Scopes: scopes})
+		status, h, body := testkit.Do(t, nil, "GET", authURL, testkit.Bearer(key.Secret), nil)
 		var identity []string
 		for name := range h {
 			if strings.HasPrefix(name, "X-Api-Key-") {
@@ -522,19 +513,14 @@ func TestKubernetesRuns(t *testing.T) {
 		if slices.Sort(identity); status != http.StatusOK || !slices.Equal(identity, slices.Sorted(slices.Values(fa.headers))) {
 			t.Errorf("Ingress %s: auth-url with a valid key: %d %s with %v; want 200 with the auth-response-headers %v", fa.ingress, status, body, identity, fa.headers)
 		}
-		if status, _, _ := do(t, "GET", authURL, "", ""); status != http.StatusUnauthorized {
+		if status, _, _ := testkit.Do(t, nil, "GET", authURL, nil, nil); status != http.StatusUnauthorized {
 			t.Errorf("Ingress %s: auth-url without a key: %d, want 401", fa.ingress, status)
 		}
-		bare := createKey(t, serve.listen, admin, `{"name":"ingress bare","subject":"user_7"}`)
-		if status, _, _ := do(t, "GET", authURL, bare.Secret, ""); len(scopes) > 0 && status != http.StatusForbidden {
+		bare := createKey(t, admin, apikey.CreateParams{Name: "ingress bare", Subject: "user_7"})
+		if status, _, _ := testkit.Do(t, nil, "GET", authURL, testkit.Bearer(bare.Secret), nil); len(scopes) > 0 && status != http.StatusForbidden {
 			t.Errorf("Ingress %s: auth-url with a key lacking %v: %d, want 403", fa.ingress, scopes, status)
 		}
 	}
 	sidecar.stop(t)
 	serve.stop(t)
-}
-
-func jsonOf(v any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
 }

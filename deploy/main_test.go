@@ -1,8 +1,8 @@
 package deploy
 
 import (
-	"bufio"
 	"bytes"
+	"cmp"
 	"flag"
 	"fmt"
 	"io"
@@ -61,10 +61,7 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "deploy: "+format+"\n", args...)
 		return 1
 	}
-	wd, err := os.Getwd()
-	if err != nil {
-		return fail("%v", err)
-	}
+	wd, _ := os.Getwd() // an error shows in the go.mod check below
 	repoRoot = filepath.Dir(wd)
 	mod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
 	if err != nil || !strings.Contains(string(mod), "module "+modulePath+"\n") {
@@ -110,9 +107,7 @@ func readHelp(name string) (*command, error) {
 	help := out.String()
 	c := &command{name: name, flags: map[string]*flagInfo{}, byEnv: map[string]*flagInfo{}}
 	last := "" // the flag whose usage line comes next
-	sc := bufio.NewScanner(&out)
-	for sc.Scan() {
-		line := sc.Text()
+	for _, line := range strings.Split(help, "\n") {
 		if m := helpFlag.FindStringSubmatch(line); m != nil {
 			c.flags[m[1]] = &flagInfo{name: m[1], env: m[2]}
 			last = m[1]
@@ -245,10 +240,7 @@ func (inv *invocation) port(flag string) int {
 // healthFlag is the flag whose listener serves /metrics, /healthz and
 // /readyz: serve's main listener, the sidecar's ops listener.
 func (inv *invocation) healthFlag() string {
-	if inv.cmd == "sidecar" {
-		return "ops-listen"
-	}
-	return "listen"
+	return cmp.Or(map[string]string{"sidecar": "ops-listen"}[inv.cmd], "listen")
 }
 
 // shared checks what every keygate process of one deployment must agree on:
@@ -281,8 +273,7 @@ func splitHostPort(addr string) (string, int, error) {
 // isLoopback reports whether a listen host is reachable only from inside
 // the container, pod or host itself.
 func isLoopback(host string) bool {
-	ip := net.ParseIP(host)
-	return host == "localhost" || ip != nil && ip.IsLoopback()
+	return host == "localhost" || net.ParseIP(host).IsLoopback()
 }
 
 // imageRepo is an image reference without its tag or digest.

@@ -1,8 +1,7 @@
 package deploy
 
 import (
-	"encoding/json"
-	"io"
+	"context"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/internal/syncbuf"
 	"github.com/keygate/keygate/internal/testkit"
+	"github.com/keygate/keygate/keystore/apikey"
+	"github.com/keygate/keygate/keystore/client"
 )
 
 // unreachableRedis is a loopback port nothing listens on: the binary starts,
@@ -67,14 +68,7 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 		t.Fatal(err)
 	}
 	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
+	t.Cleanup(func() { p.cmd.Process.Kill(); <-p.done }) // an error once it has exited
 	health := "http://" + p.addrs[inv.healthFlag()] + "/healthz"
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if resp, err := http.Get(health); err == nil && resp.Body.Close() == nil && resp.StatusCode == http.StatusOK {
@@ -92,14 +86,15 @@ func start(t *testing.T, inv *invocation, redisAddr string, extra ...string) *pr
 }
 
 // addrOfPort maps a port of the configuration (a probe's, a Service's) to
-// the test address of the listener the configuration gives that port.
-func (p *proc) addrOfPort(port int) (string, bool) {
+// the test address of the listener the configuration gives that port ("":
+// none).
+func (p *proc) addrOfPort(port int) string {
 	for flag, addr := range p.addrs {
 		if p.inv.port(flag) == port {
-			return addr, true
+			return addr
 		}
 	}
-	return "", false
+	return ""
 }
 
 // stop sends SIGTERM, as Docker, the kubelet and systemd do, and checks the
@@ -128,12 +123,11 @@ type probe struct {
 // healthProbes are liveness, readiness and metrics on the listener where
 // keygate serves them, for a configuration that names no probe of its own.
 func healthProbes(inv *invocation) []probe {
-	port := inv.port(inv.healthFlag())
-	return []probe{
-		{inv.where, "liveness", "/healthz", port},
-		{inv.where, "readiness", "/readyz", port},
-		{inv.where, "metrics", "/metrics", port},
+	var out []probe
+	for kind, path := range map[string]string{"liveness": "/healthz", "readiness": "/readyz", "metrics": "/metrics"} {
+		out = append(out, probe{inv.where, kind, path, inv.port(inv.healthFlag())})
 	}
+	return out
 }
 
 // checkProbes starts inv with its store down and asks every probe: liveness
@@ -143,13 +137,13 @@ func checkProbes(t *testing.T, inv *invocation, probes []probe) {
 	t.Helper()
 	p := start(t, inv, unreachableRedis)
 	for _, pr := range probes {
-		addr, ok := p.addrOfPort(pr.port)
-		if !ok {
+		addr := p.addrOfPort(pr.port)
+		if addr == "" {
 			t.Errorf("%s: %s port %d is none of keygate %s's listeners", pr.where, pr.kind, pr.port, inv.cmd)
 			continue
 		}
 		want := map[string]int{"liveness": http.StatusOK, "readiness": http.StatusServiceUnavailable, "metrics": http.StatusOK}[pr.kind]
-		if status, body := get(t, "http://"+addr+pr.path, ""); status != want || pr.kind == "metrics" && !strings.Contains(body, "keygate_") {
+		if status, _, body := testkit.Do(t, nil, "GET", "http://"+addr+pr.path, nil, nil); status != want || pr.kind == "metrics" && !strings.Contains(string(body), "keygate_") {
 			t.Errorf("%s: %s %s answers %d with Redis down, want %d (%s)", pr.where, pr.kind, pr.path, status, want, map[string]string{
 				"liveness":  "a Redis outage would restart every instance",
 				"readiness": "the instance must leave the rotation",
@@ -160,53 +154,22 @@ func checkProbes(t *testing.T, inv *invocation, probes []probe) {
 	p.stop(t)
 }
 
-// get sends a GET with an optional bearer key and returns status and body.
-func get(t *testing.T, rawURL, key string) (int, string) {
+// adminClient is keygate's Go client for serve's admin API, with the first
+// configured admin token.
+func adminClient(t *testing.T, serve *proc) *client.Client {
 	t.Helper()
-	status, body, _ := do(t, "GET", rawURL, key, "")
-	return status, body
-}
-
-func do(t *testing.T, method, rawURL, bearer, body string) (int, string, http.Header) {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, rawURL, rd)
+	c, err := client.New("http://"+serve.listen, strings.Split(serve.inv.value("admin-tokens"), ",")[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bearer != "" {
-		req.Header.Set("Authorization", "Bearer "+bearer)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, rawURL, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), resp.Header
+	return c
 }
 
-// createdKey is the part of the admin API's create answer the sessions use.
-type createdKey struct {
-	ID     string `json:"id"`
-	Secret string `json:"secret"`
-}
-
-func createKey(t *testing.T, serveAddr, adminToken, body string) createdKey {
+func createKey(t *testing.T, admin *client.Client, p apikey.CreateParams) *apikey.APIKey {
 	t.Helper()
-	status, resp, _ := do(t, "POST", "http://"+serveAddr+"/api_keys", adminToken, body)
-	if status != http.StatusOK {
-		t.Fatalf("POST /api_keys with the configured admin token: %d %s", status, resp)
-	}
-	var k createdKey
-	if err := json.Unmarshal([]byte(resp), &k); err != nil || k.ID == "" || k.Secret == "" {
-		t.Fatalf("POST /api_keys answered %s (%v)", resp, err)
+	k, err := admin.Create(context.Background(), p)
+	if err != nil {
+		t.Fatalf("POST /api_keys with the configured admin token: %v", err)
 	}
 	return k
 }
@@ -214,8 +177,8 @@ func createKey(t *testing.T, serveAddr, adminToken, body string) createdKey {
 // session is deploy/README.md's curl session, run against a serve and a
 // sidecar configured as a deployment file configures them, on one test
 // redis-server: create a key through the admin API, call the upstream
-// through the sidecar without and with it, revoke it, and see 401. It
-// proves that the two agree on Redis, namespace, key prefix and hash key,
+// through the sidecar without and with it, revoke it, and see 401; the
+// sidecar's --public paths answer without a key. It proves that the two agree on Redis, namespace, key prefix and hash key,
 // and that the configured admin token works.
 func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *proc) {
 	t.Helper()
@@ -224,18 +187,18 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	serve = start(t, serveInv, redisAddr)
 	sidecar = start(t, sidecarInv, redisAddr, "--upstream", up.URL)
 	for _, p := range []*proc{serve, sidecar} {
-		if status, body := get(t, "http://"+p.addrs[p.inv.healthFlag()]+"/readyz", ""); status != http.StatusOK {
+		if status, _, body := testkit.Do(t, nil, "GET", "http://"+p.addrs[p.inv.healthFlag()]+"/readyz", nil, nil); status != http.StatusOK {
 			t.Fatalf("%s: /readyz with Redis up: %d %s", p.inv.where, status, body)
 		}
 	}
-	admin := strings.Split(serveInv.value("admin-tokens"), ",")[0]
-	key := createKey(t, serve.listen, admin, `{"name":"deploy test","subject":"user_42"}`)
+	admin := adminClient(t, serve)
+	key := createKey(t, admin, apikey.CreateParams{Name: "deploy test", Subject: "user_42"})
 
 	proxy := "http://" + sidecar.listen + "/"
-	if status, _ := get(t, proxy, ""); status != http.StatusUnauthorized {
+	if status, _, _ := testkit.Do(t, nil, "GET", proxy, nil, nil); status != http.StatusUnauthorized {
 		t.Errorf("through the sidecar without a key: %d, want 401", status)
 	}
-	if status, body := get(t, proxy, key.Secret); status != http.StatusOK {
+	if status, _, body := testkit.Do(t, nil, "GET", proxy, testkit.Bearer(key.Secret), nil); status != http.StatusOK {
 		t.Fatalf("through %s with the key serve created: %d %s, want 200 (do serve and sidecar share Redis, namespace and hash key?)", sidecarInv.where, status, body)
 	}
 	h := up.Last(t).Header
@@ -245,27 +208,20 @@ func session(t *testing.T, serveInv, sidecarInv *invocation) (serve, sidecar *pr
 	if h.Get("Authorization") != "" {
 		t.Error("the app got the client's Authorization header")
 	}
-	status, body, _ := do(t, "POST", "http://"+serve.listen+"/api_keys/"+key.ID+"/revoke", admin, `{"revocation_reason":"deploy test"}`)
-	if status != http.StatusOK {
-		t.Fatalf("revoke: %d %s", status, body)
+	if _, err := admin.Revoke(context.Background(), key.ID, new("deploy test")); err != nil {
+		t.Fatalf("revoke: %v", err)
 	}
-	if status, _ := get(t, proxy, key.Secret); status != http.StatusUnauthorized {
+	if status, _, _ := testkit.Do(t, nil, "GET", proxy, testkit.Bearer(key.Secret), nil); status != http.StatusUnauthorized {
 		t.Errorf("through the sidecar with the revoked key: %d, want 401", status)
 	}
-	return serve, sidecar
-}
-
-// checkPublic asks the sidecar's --public paths without a key: they reach
-// the app.
-func checkPublic(t *testing.T, sidecar *proc) {
-	t.Helper()
-	for _, prefix := range strings.Split(sidecar.inv.value("public"), ";") {
+	for _, prefix := range strings.Split(sidecarInv.value("public"), ";") { // reach the app without a key
 		if prefix = strings.TrimSpace(prefix); prefix != "" {
-			if status, _ := get(t, "http://"+sidecar.listen+prefix, ""); status != http.StatusOK {
-				t.Errorf("%s: public path %s without a key: %d, want 200", sidecar.inv.where, prefix, status)
+			if status, _, _ := testkit.Do(t, nil, "GET", "http://"+sidecar.listen+prefix, nil, nil); status != http.StatusOK {
+				t.Errorf("%s: public path %s without a key: %d, want 200", sidecarInv.where, prefix, status)
 			}
 		}
 	}
+	return serve, sidecar
 }
 
 // mustOne returns the only invocation of a command in invs.

@@ -22,6 +22,7 @@ import (
 
 	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keygateotel"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
@@ -58,24 +59,8 @@ func newEnv(t *testing.T, tracing bool) *env {
 	e.store, e.verifier = store, v
 	// Wait (a bounded time) for the verifier's subscription to be live, so
 	// that its cache answers: a real asynchronous event.
-	for deadline := time.Now().Add(10 * time.Second); v.Ready(context.Background()) != nil; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the verifier's subscription did not come live in 10s")
-		}
-	}
+	testkit.WaitFor(t, "the verifier's subscription live", 10*time.Second, func() bool { return v.Ready(context.Background()) == nil })
 	return e
-}
-
-func (e *env) create(t *testing.T, p keystore.CreateParams) *keystore.APIKey {
-	t.Helper()
-	if p.Name == "" {
-		p.Name, p.Subject = "traced", "user_42"
-	}
-	k, err := e.store.Create(context.Background(), p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // ended returns the spans ended since the last call.
@@ -143,8 +128,8 @@ func noSecret(t *testing.T, spans []sdktrace.ReadOnlySpan, secrets ...string) {
 // cache miss are its children; a store outage is an error.
 func TestVerificationSpans(t *testing.T) {
 	e := newEnv(t, true)
-	k := e.create(t, keystore.CreateParams{})
-	revoked := e.create(t, keystore.CreateParams{Name: "revoked", Subject: "user_7"})
+	k := keystoretest.Create(t, e.store, keystore.CreateParams{})
+	revoked := keystoretest.Create(t, e.store, keystore.CreateParams{Name: "revoked", Subject: "user_7"})
 	ctx := context.Background()
 	if _, err := e.store.Revoke(ctx, revoked.ID, nil); err != nil {
 		t.Fatal(err)
@@ -187,7 +172,7 @@ func TestVerificationSpans(t *testing.T) {
 	}
 
 	t.Run("store down: an error", func(t *testing.T) {
-		fresh := e.create(t, keystore.CreateParams{Name: "fresh", Subject: "user_8"})
+		fresh := keystoretest.Create(t, e.store, keystore.CreateParams{Name: "fresh", Subject: "user_8"})
 		e.ended()
 		e.mr.Close()
 		e.verifier.Verify(ctx, fresh.Secret, keystore.SourceSidecar)
@@ -206,7 +191,7 @@ func TestVerificationSpans(t *testing.T) {
 // context the upstream gets in traceparent.
 func TestProxySpans(t *testing.T) {
 	e := newEnv(t, true)
-	k := e.create(t, keystore.CreateParams{})
+	k := keystoretest.Create(t, e.store, keystore.CreateParams{})
 	var got http.Header
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got = r.Header.Clone()
@@ -345,7 +330,7 @@ func TestNoSpansWhenOff(t *testing.T) {
 	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(global)))
 	defer otel.SetTracerProvider(prev)
 
-	k := e.create(t, keystore.CreateParams{})
+	k := keystoretest.Create(t, e.store, keystore.CreateParams{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer up.Close()
 	u, _ := url.Parse(up.URL)

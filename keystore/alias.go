@@ -24,7 +24,7 @@ type (
 // KeyType is the only key type there is for now.
 const KeyType = apikey.KeyType
 
-// Limits from the contract: see package apikey.
+// The documented limits (docs/api.md, docs/usage.md): see package apikey.
 const (
 	MaxNameLen                = apikey.MaxNameLen
 	MaxSubjectLen             = apikey.MaxSubjectLen
@@ -41,5 +41,6 @@ const (
 )
 
 // HistoryOutcomes are the outcomes the usage history counts, in the order
-// of [UsagePoint.Counts].
-var HistoryOutcomes = apikey.HistoryOutcomes
+// of [UsagePoint.Counts]. It points to [apikey.HistoryOutcomes], so that
+// there is one list: index and range it as the array itself.
+var HistoryOutcomes = &apikey.HistoryOutcomes

@@ -19,7 +19,7 @@ var (
 	ErrUnavailable  = apikey.ErrUnavailable
 )
 
-// ValidationError reports an input that breaks one of the contract's limits.
+// ValidationError reports an input that breaks one of the documented limits (docs/api.md).
 // Param is the wire name of the offending field ("scopes", "limit", …).
 type ValidationError struct {
 	Param   string

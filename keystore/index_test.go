@@ -21,7 +21,7 @@ import (
 )
 
 // expectedList is what List must answer for p, worked out from the
-// records of ids alone (Get), the way the contract describes a listing.
+// records of ids alone (Get), the way docs/api.md describes a listing.
 func expectedList(t *testing.T, s *Store, ids []string, p ListParams) []string {
 	t.Helper()
 	ctx := context.Background()

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// wellFormed is an oracle for parseSecret written from the contract, not
+// wellFormed is an oracle for parseSecret written from docs/api.md, not
 // from the code: <prefix><32 lowercase hex><43 base62><6 base62 of the
 // CRC32 (IEEE) of everything before, most significant digit first>.
 func wellFormed(prefix, secret string) bool {

@@ -116,7 +116,7 @@ func ValidHashKeyID(id string) bool {
 // Store keeps API keys in Redis. Its methods are safe for concurrent use.
 //
 // Errors: [ErrNotFound] for an unknown key, a [*ValidationError] for input
-// that breaks the contract's limits, and an error wrapping [ErrUnavailable]
+// that breaks the documented limits, and an error wrapping [ErrUnavailable]
 // when Redis cannot be reached. [Store.Verify] adds [ErrMalformed],
 // [ErrRevoked], [ErrDisabled] and [ErrExpired].
 //

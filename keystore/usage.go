@@ -73,7 +73,7 @@ func (s *LimitState) Closest() *LimitStatus {
 	return best
 }
 
-// Limits from the contract.
+// The limits of docs/usage.md.
 const (
 	MaxRateLimits       = 8
 	MaxRateLimit        = 1_000_000_000

@@ -455,7 +455,7 @@ func (v *Verifier) empty(reason string) {
 	v.metrics.flushes.WithLabelValues(reason).Inc()
 }
 
-// Ready reports whether the verifier can answer as the contract says: Redis
+// Ready reports whether the verifier can answer as docs/revocation.md says: Redis
 // answers a PING and, with a cache, the invalidation subscription is live.
 // Otherwise it returns an error wrapping [ErrUnavailable].
 func (v *Verifier) Ready(ctx context.Context) error {

@@ -70,7 +70,7 @@ func quote(s string) string {
 	return b.String()
 }
 
-// Error returns the contract's JSON error for a refusal.
+// Error returns the JSON error for a refusal (docs/api.md, "Errors").
 func Error(err error) *apierror.Error {
 	e := &apierror.Error{Status: Status(err), Err: err}
 	switch keystore.Outcome(err) {
@@ -147,8 +147,8 @@ func limitsOf(err error) *keystore.LimitState {
 
 // WriteError writes the response for a refusal: its status, the
 // WWW-Authenticate challenge, Retry-After on 503 and 429, the RateLimit
-// header fields of a key with rate limits, and the contract's JSON error
-// body.
+// header fields of a key with rate limits, and the JSON error body of
+// docs/api.md.
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	if c := Challenge(err); c != "" {
 		w.Header().Set("WWW-Authenticate", c)

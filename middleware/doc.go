@@ -37,7 +37,7 @@
 //   - the store unreachable: 503 with Retry-After, whatever the options:
 //     the request never goes through.
 //
-// The net/http middleware writes refusals with [WriteError] (the contract's
-// JSON error body) unless Options.ErrorHandler says otherwise; echomw
+// The net/http middleware writes refusals with [WriteError] (the JSON
+// error body of docs/api.md) unless Options.ErrorHandler says otherwise; echomw
 // returns them as *echo.HTTPError for Echo's HTTPErrorHandler.
 package middleware

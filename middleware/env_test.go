@@ -248,7 +248,7 @@ func (rq request) build(e *env) *http.Request {
 type response struct {
 	status    int
 	challenge string // WWW-Authenticate, exactly; "" for none
-	code      string // the contract's error code, checked on the net/http body
+	code      string // docs/api.md's error code, checked on the net/http body
 	subject   string // the body on success: the key's subject or "anonymous"
 }
 
@@ -278,7 +278,7 @@ func (want response) check(t *testing.T, stackName string, rec *httptest.Respons
 			Errors []struct{ Code string } `json:"errors"`
 		}
 		if err := json.Unmarshal(rec.Body.Bytes(), &b); err != nil || len(b.Errors) != 1 {
-			t.Fatalf("body %q is not the contract's error JSON: %v", body, err)
+			t.Fatalf("body %q is not docs/api.md's error JSON: %v", body, err)
 		}
 		if b.Errors[0].Code != want.code {
 			t.Errorf("error code %q, want %q", b.Errors[0].Code, want.code)

@@ -32,7 +32,7 @@ type Options struct {
 	// ErrorHandler answers a refused request; the chain stops there. err is
 	// the outcome of [keystore.Verifier.Verify] (match it with errors.Is:
 	// keystore.ErrMissing, keystore.ErrRevoked, keystore.ErrUnavailable, …;
-	// [Status] and [Challenge] give the contract's status and header). It
+	// [Status] and [Challenge] give the documented status and header). It
 	// also answers the refusals of [RequireScopes] behind this middleware.
 	// Default [WriteError].
 	ErrorHandler func(w http.ResponseWriter, r *http.Request, err error)

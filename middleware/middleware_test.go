@@ -350,7 +350,7 @@ func TestEchoErrorHandler(t *testing.T) {
 	teapot := func(err error, c echo.Context) error {
 		return echo.NewHTTPError(http.StatusTeapot, keystore.Outcome(err))
 	}
-	contractBody := func(err error, c echo.Context) error {
+	documentedBody := func(err error, c echo.Context) error {
 		middleware.WriteError(c.Response(), c.Request(), err)
 		return nil
 	}
@@ -366,7 +366,7 @@ func TestEchoErrorHandler(t *testing.T) {
 		{"custom error", echomw.Config{ErrorHandler: teapot}, request{header: bearer("revoked")}, false, 418, false, `"revoked"`},
 		{"custom error on missing", echomw.Config{ErrorHandler: teapot}, request{}, false, 418, false, `"missing"`},
 		{"custom error on unreachable store", echomw.Config{ErrorHandler: teapot}, request{header: bearer("fresh")}, true, 418, false, `"unavailable"`},
-		{"contract body", echomw.Config{ErrorHandler: contractBody}, request{header: bearer("expired")}, false, 401, false, `"code":"api_key_expired"`},
+		{"documented body", echomw.Config{ErrorHandler: documentedBody}, request{header: bearer("expired")}, false, 401, false, `"code":"api_key_expired"`},
 		{"ignored without continue", echomw.Config{ErrorHandler: ignore}, request{header: bearer("revoked")}, false, 200, false, ""},
 		{"ignored and continued, missing", echomw.Config{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{}, false, 200, true, "anonymous"},
 		{"ignored and continued, revoked", echomw.Config{ErrorHandler: ignore, ContinueOnIgnoredError: true}, request{header: bearer("revoked")}, false, 200, true, "anonymous"},

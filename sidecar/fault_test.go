@@ -359,7 +359,7 @@ func TestFaultRedisKilledUnderLoad(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	detected := time.Since(killed)
-	// Ready fails on the first failed PING, but the contract lets an
+	// Ready fails on the first failed PING, but docs/revocation.md lets an
 	// instance cut off from Redis serve its cache until its last proof of a
 	// live subscription is SubscriptionStale old: only then must every
 	// answer be 503.

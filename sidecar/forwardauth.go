@@ -62,7 +62,7 @@ type forwardAuth struct {
 //
 // A valid key gets exactly 200, an empty body and the identity headers. A
 // refusal gets 401 or 403 with its WWW-Authenticate challenge, and an
-// unreachable store 503 with Retry-After, each with the contract's short
+// unreachable store 503 with Retry-After, each with docs/api.md's short
 // JSON error body. It never answers 400: nginx turns any status but 2xx,
 // 401 and 403 into a 500.
 //

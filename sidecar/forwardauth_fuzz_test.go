@@ -147,7 +147,7 @@ func assertRefusedAnyway(t *testing.T, v *keystore.Verifier, req *http.Request, 
 }
 
 // wantedScopes lists the scopes a forward-auth request requires, read
-// from the contract: ?scopes= and X-Required-Scopes, comma or space
+// from the README ("Forward-auth"): ?scopes= and X-Required-Scopes, comma or space
 // separated, added up.
 func wantedScopes(rawQuery, header string) []string {
 	split := func(s string) []string {

@@ -114,7 +114,7 @@ func throughSpoofed(t *testing.T, c *http.Client, base string, up *upstream, sec
 			if tc.verified {
 				hdr.Set("Authorization", "Bearer "+secret)
 			}
-			if status, _, body := do(t, c, "GET", base+tc.path, hdr, nil); status != 200 {
+			if status, _, body := testkit.Do(t, c, "GET", base+tc.path, hdr, nil); status != 200 {
 				t.Fatalf("got %d %s", status, body)
 			}
 			got := up.Last(t).Header
@@ -161,7 +161,7 @@ func TestProxyForwardingFromTrustedProxies(t *testing.T) {
 			if tc.forwardedHost != "" {
 				hdr = with(hdr, "X-Forwarded-Host", tc.forwardedHost)
 			}
-			if status, _, body := do(t, px.Client(), "GET", px.URL+"/x", hdr, nil); status != 200 {
+			if status, _, body := testkit.Do(t, px.Client(), "GET", px.URL+"/x", hdr, nil); status != 200 {
 				t.Fatalf("got %d %s", status, body)
 			}
 			got := up.Last(t).Header

@@ -158,28 +158,6 @@ func (u *upstream) hang(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// do sends a request and returns the status, the headers and the body.
-func do(t *testing.T, c *http.Client, method, url string, header http.Header, body io.Reader) (int, http.Header, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, vs := range header {
-		req.Header[k] = vs
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, url, err)
-	}
-	return resp.StatusCode, resp.Header, b
-}
-
 func with(h http.Header, kv ...string) http.Header {
 	h = h.Clone()
 	if h == nil {

@@ -26,7 +26,7 @@ func TestOps(t *testing.T) {
 	c := ops.Client()
 
 	get := func(path string) (int, string) {
-		status, _, body := do(t, c, "GET", ops.URL+path, nil, nil)
+		status, _, body := testkit.Do(t, c, "GET", ops.URL+path, nil, nil)
 		return status, string(body)
 	}
 	if status, body := get("/healthz"); status != 200 {

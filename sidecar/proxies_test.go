@@ -72,7 +72,7 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 	}
 	for _, tc := range allowed {
 		t.Run("allowed/"+tc.name, func(t *testing.T) {
-			status, _, body := do(t, c, "GET", base+tc.path, tc.header, nil)
+			status, _, body := testkit.Do(t, c, "GET", base+tc.path, tc.header, nil)
 			if status != 200 || string(body) != "upstream ok" {
 				t.Fatalf("got %d %q, want 200 from the app", status, body)
 			}
@@ -139,7 +139,7 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 	for _, tc := range denied {
 		t.Run("denied/"+tc.name, func(t *testing.T) {
 			before := app.Hits()
-			status, h, body := do(t, c, "GET", base+tc.path, tc.header, nil)
+			status, h, body := testkit.Do(t, c, "GET", base+tc.path, tc.header, nil)
 			if status != tc.status {
 				t.Fatalf("got %d %s, want %d", status, body, tc.status)
 			}
@@ -153,14 +153,14 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 	}
 
 	t.Run("the app's own 500 passes through untouched", func(t *testing.T) {
-		status, _, body := do(t, c, "GET", base+"/boom", testkit.Bearer(k.full.Secret), nil)
+		status, _, body := testkit.Do(t, c, "GET", base+"/boom", testkit.Bearer(k.full.Secret), nil)
 		if status != 500 || string(body) != "the app failed\n" {
 			t.Fatalf("got %d %q, want the app's 500", status, body)
 		}
 	})
 
 	t.Run("public route needs no key, spoofed identity dropped", func(t *testing.T) {
-		status, _, body := do(t, c, "GET", base+"/public/docs", http.Header{"X-Api-Key-Subject": {"user_admin"}}, nil)
+		status, _, body := testkit.Do(t, c, "GET", base+"/public/docs", http.Header{"X-Api-Key-Subject": {"user_admin"}}, nil)
 		if status != 200 {
 			t.Fatalf("got %d %s", status, body)
 		}
@@ -175,7 +175,7 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 		fresh := e.create(t, keystore.CreateParams{Subject: "user_fresh"}) // never verified, so never cached
 		proc.Stop()
 		before := app.Hits()
-		status, h, body := do(t, c, "GET", base+"/orders/1", testkit.Bearer(fresh.Secret), nil)
+		status, h, body := testkit.Do(t, c, "GET", base+"/orders/1", testkit.Bearer(fresh.Secret), nil)
 		if status != 503 || h.Get("Retry-After") != "1" {
 			t.Fatalf("got %d (Retry-After %q) %s, want 503 with Retry-After 1", status, h.Get("Retry-After"), body)
 		}
@@ -187,7 +187,7 @@ func documentedProxy(t *testing.T, start startProxy, keygateDown int) {
 	t.Run("keygate down is refused, never the app", func(t *testing.T) {
 		keygate.Close()
 		before := app.Hits()
-		status, _, body := do(t, c, "GET", base+"/orders/1", testkit.Bearer(k.full.Secret), nil)
+		status, _, body := testkit.Do(t, c, "GET", base+"/orders/1", testkit.Bearer(k.full.Secret), nil)
 		if status != keygateDown {
 			t.Fatalf("got %d %s, want %d", status, body, keygateDown)
 		}

@@ -71,10 +71,10 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		h := with(testkit.Bearer(k.full.Secret),
 			"X-Api-Key-Subject", "user_admin", // spoofed, canonical case
 			"x-api-key-claims", `{"role":"admin"}`, // spoofed, lower case
-			"X-API-KEY-ROLE", "admin", // an X-Api-Key-* the contract does not name
+			"X-API-KEY-ROLE", "admin", // an X-Api-Key-* docs/verification.md does not name
 			"X-Forwarded-For", "6.6.6.6", // a client cannot claim an address
 			"X-Other", "kept")
-		status, _, body := do(t, r.c, "GET", r.px.URL+"/reports/7?x=1", h, nil)
+		status, _, body := testkit.Do(t, r.c, "GET", r.px.URL+"/reports/7?x=1", h, nil)
 		if status != 200 || string(body) != "upstream ok" {
 			t.Fatalf("got %d %q, want 200 from the upstream", status, body)
 		}
@@ -106,7 +106,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 
 	t.Run("X-API-Key header removed, claims header absent when null", func(t *testing.T) {
 		h := http.Header{"X-Api-Key": {k.limited.Secret}, "X-Api-Key-Claims": {`{"role":"admin"}`}}
-		if status, _, body := do(t, r.c, "GET", r.px.URL+"/anything", h, nil); status != 200 {
+		if status, _, body := testkit.Do(t, r.c, "GET", r.px.URL+"/anything", h, nil); status != 200 {
 			t.Fatalf("got %d %s", status, body)
 		}
 		got := r.up.Last(t)
@@ -136,7 +136,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 	for _, tc := range allowed {
 		t.Run("allowed/"+tc.name, func(t *testing.T) {
 			before := r.up.Hits()
-			if status, _, body := do(t, r.c, tc.method, r.px.URL+tc.path, testkit.Bearer(tc.key.Secret), nil); status != 200 {
+			if status, _, body := testkit.Do(t, r.c, tc.method, r.px.URL+tc.path, testkit.Bearer(tc.key.Secret), nil); status != 200 {
 				t.Fatalf("got %d %s, want 200", status, body)
 			}
 			if r.up.Hits() != before+1 {
@@ -175,7 +175,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 	for _, tc := range denied {
 		t.Run("denied/"+tc.name, func(t *testing.T) {
 			before, counted := r.up.Hits(), r.requests(t, strconv.Itoa(tc.status))
-			status, h, body := do(t, r.c, tc.method, r.px.URL+tc.path, tc.header, nil)
+			status, h, body := testkit.Do(t, r.c, tc.method, r.px.URL+tc.path, tc.header, nil)
 			if status != tc.status {
 				t.Fatalf("got %d %s, want %d", status, body, tc.status)
 			}
@@ -199,7 +199,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 	t.Run("public prefix passes without a key, spoofed identity removed", func(t *testing.T) {
 		h := http.Header{"X-Api-Key-Subject": {"user_admin"}, "X-Api-Key-Id": {"ak_00000000000000000000000000000000"},
 			"Authorization": {"Basic dXNlcjpwYXNz"}}
-		if status, _, body := do(t, r.c, "GET", r.px.URL+"/public/docs", h, nil); status != 200 {
+		if status, _, body := testkit.Do(t, r.c, "GET", r.px.URL+"/public/docs", h, nil); status != 200 {
 			t.Fatalf("got %d %s, want 200", status, body)
 		}
 		got := r.up.Last(t)
@@ -312,7 +312,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 		fresh := r.env.create(t, keystore.CreateParams{Subject: "user_fresh"}) // never verified, so never cached
 		r.redis.Stop()
 		before := r.up.Hits()
-		status, h, body := do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(fresh.Secret), nil)
+		status, h, body := testkit.Do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(fresh.Secret), nil)
 		if status != 503 || testkit.ErrorCode(t, body) != "store_unavailable" || h.Get("Retry-After") == "" {
 			t.Fatalf("got %d (Retry-After %q) %s, want 503 store_unavailable with Retry-After", status, h.Get("Retry-After"), body)
 		}
@@ -323,7 +323,7 @@ func TestProxyForwardsVerifiedRequests(t *testing.T) {
 			t.Error("the request reached the upstream while the store was down")
 		}
 		// Public prefixes need no store.
-		if status, _, body := do(t, r.c, "GET", r.px.URL+"/public/x", nil, nil); status != 200 {
+		if status, _, body := testkit.Do(t, r.c, "GET", r.px.URL+"/public/x", nil, nil); status != 200 {
 			t.Errorf("public prefix with the store down: %d %s", status, body)
 		}
 	})
@@ -347,7 +347,7 @@ func readEvent(t *testing.T, br *bufio.Reader) string {
 
 func TestProxyQueryKeyRemoved(t *testing.T) {
 	r := newProxyRig(t, ProxyOptions{KeyLookup: "header:Authorization:Bearer ,query:api_key"})
-	status, _, body := do(t, r.c, "GET", r.px.URL+"/q?b=2&api_key="+r.keys.full.Secret+"&a=1", nil, nil)
+	status, _, body := testkit.Do(t, r.c, "GET", r.px.URL+"/q?b=2&api_key="+r.keys.full.Secret+"&a=1", nil, nil)
 	if status != 200 {
 		t.Fatalf("got %d %s", status, body)
 	}
@@ -355,7 +355,7 @@ func TestProxyQueryKeyRemoved(t *testing.T) {
 		t.Fatalf("upstream got query %q and key %q, want %q and %q", got.RawQuery, got.Header.Get(HeaderKeyID), "a=1&b=2", r.keys.full.ID)
 	}
 	// A query without the key is forwarded byte for byte.
-	if status, _, _ := do(t, r.c, "GET", r.px.URL+"/q?z=1&a=%2f", testkit.Bearer(r.keys.full.Secret), nil); status != 200 {
+	if status, _, _ := testkit.Do(t, r.c, "GET", r.px.URL+"/q?z=1&a=%2f", testkit.Bearer(r.keys.full.Secret), nil); status != 200 {
 		t.Fatalf("got %d", status)
 	}
 	if got := r.up.Last(t); got.RawQuery != "z=1&a=%2f" {
@@ -367,7 +367,7 @@ func TestProxyUpstreamFailures(t *testing.T) {
 	t.Run("unreachable upstream is 502", func(t *testing.T) {
 		down, _ := url.Parse("http://" + testkit.FreeAddr(t))
 		r := newProxyRig(t, ProxyOptions{Upstream: down})
-		status, h, body := do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(r.keys.full.Secret), nil)
+		status, h, body := testkit.Do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(r.keys.full.Secret), nil)
 		if status != 502 || testkit.ErrorCode(t, body) != "upstream_unavailable" || h.Get("Content-Type") != "application/json" {
 			t.Fatalf("got %d %q %s, want 502 upstream_unavailable JSON", status, h.Get("Content-Type"), body)
 		}
@@ -375,7 +375,7 @@ func TestProxyUpstreamFailures(t *testing.T) {
 			t.Errorf("keygate_proxy_requests_total{code=\"502\"} = %v, want 1", got)
 		}
 		// A refused key is still refused before the upstream matters.
-		if status, _, _ := do(t, r.c, "GET", r.px.URL+"/", nil, nil); status != 401 {
+		if status, _, _ := testkit.Do(t, r.c, "GET", r.px.URL+"/", nil, nil); status != 401 {
 			t.Errorf("missing key with the upstream down: %d, want 401", status)
 		}
 	})
@@ -394,7 +394,7 @@ func TestProxyUpstreamFailures(t *testing.T) {
 		tr := NewTransport()
 		tr.ResponseHeaderTimeout = 50 * time.Millisecond
 		r := newProxyRig(t, ProxyOptions{Upstream: u, Transport: tr})
-		status, _, body := do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(r.keys.full.Secret), nil)
+		status, _, body := testkit.Do(t, r.c, "GET", r.px.URL+"/", testkit.Bearer(r.keys.full.Secret), nil)
 		if status != 504 || testkit.ErrorCode(t, body) != "upstream_timeout" {
 			t.Fatalf("got %d %s, want 504 upstream_timeout", status, body)
 		}

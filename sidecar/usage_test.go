@@ -42,7 +42,7 @@ func TestProxyCost(t *testing.T) {
 	}
 	for _, st := range steps {
 		hits := up.Hits()
-		status, hdr, body := do(t, px.Client(), st.method, px.URL+st.path, testkit.Bearer(k.Secret), nil)
+		status, hdr, body := testkit.Do(t, px.Client(), st.method, px.URL+st.path, testkit.Bearer(k.Secret), nil)
 		if status != st.status {
 			t.Fatalf("%s %s: %d, want %d: %s", st.method, st.path, status, st.status, body)
 		}

@@ -133,7 +133,8 @@ func runClientCommand(prog, name string, cmd keysCommand, args []string, stdout,
 	return exitOK
 }
 
-// exitStatus maps a command's error to the exit statuses of the contract.
+// exitStatus maps a command's error to the exit statuses the README documents
+// ("The admin API and Clerk's SDK"): 0 success, 1 refused, 2 usage, 3 unreachable.
 func exitStatus(err error) int {
 	var ue *usageError
 	var ae *client.APIError

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -40,31 +39,19 @@ func (x *exposure) add(where, s string) {
 // returns the status.
 func (x *exposure) call(t *testing.T, method, url string, body string, header ...string) int {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := http.Header{}
 	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
+		h.Set(header[i], header[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	status, rh, b := testkit.Do(t, nil, method, url, h, strings.NewReader(body))
 	var hs []string
-	for k, vs := range resp.Header {
+	for k, vs := range rh {
 		hs = append(hs, k+": "+strings.Join(vs, ", "))
 	}
 	sort.Strings(hs)
 	// The request itself is left out: it carries the secret on purpose.
-	x.add("responses", fmt.Sprintf("%d\n%s\n%s", resp.StatusCode, strings.Join(hs, "\n"), b))
-	return resp.StatusCode
+	x.add("responses", fmt.Sprintf("%d\n%s\n%s", status, strings.Join(hs, "\n"), b))
+	return status
 }
 
 // check fails if any of the secrets (by name) appears in what was exposed.

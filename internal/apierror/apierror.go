@@ -1,5 +1,5 @@
-// Package apierror writes the contract's JSON error body, the one Clerk's
-// Backend API uses, for every HTTP surface of keygate:
+// Package apierror writes keygate's JSON error body (docs/api.md, "Errors"),
+// the one Clerk's Backend API uses, for every HTTP surface of keygate:
 //
 //	{"errors":[{"code":"form_param_invalid","message":"is invalid",
 //	  "long_message":"…","meta":{"param_name":"scopes"}}],"clerk_trace_id":"…"}
@@ -38,12 +38,15 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-type body struct {
-	Errors       []item `json:"errors"`
+// Body is the JSON of every error answer: [Write] writes it, and the Go
+// client and the tests read it.
+type Body struct {
+	Errors       []Item `json:"errors"`
 	ClerkTraceID string `json:"clerk_trace_id"`
 }
 
-type item struct {
+// Item is one error of a [Body]; keygate writes exactly one.
+type Item struct {
 	Code        string            `json:"code"`
 	Message     string            `json:"message"`
 	LongMessage string            `json:"long_message"`
@@ -74,8 +77,8 @@ func Write(w http.ResponseWriter, traceID string, e *Error) {
 		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}
 	w.WriteHeader(e.Status)
-	json.NewEncoder(w).Encode(body{
-		Errors:       []item{{Code: e.Code, Message: msg, LongMessage: long, Meta: meta}},
+	json.NewEncoder(w).Encode(Body{
+		Errors:       []Item{{Code: e.Code, Message: msg, LongMessage: long, Meta: meta}},
 		ClerkTraceID: traceID,
 	})
 }

@@ -12,13 +12,15 @@ const (
 	goRedis    = "github.com/redis/go-redis/"
 	prometheus = "github.com/prometheus/"
 	miniredis  = "github.com/alicebob/miniredis/"
+	grpc       = "google.golang.org/grpc"
 )
 
 // TestDependencies runs "go list -deps" on each package and fails for every
 // dependency in a module that package's users must not build: Echo for a
-// net/http user of middleware (and for the admin API, which it imports);
+// net/http user of middleware (and for the admin API, which it imports,
+// keystore and sidecar); gRPC for sidecar (only sidecar/extauthz needs it);
 // Redis, Prometheus and the embedded store's miniredis for the Go client
-// and the wire types it shares with keystore.
+// and the wire types it shares with keystore; miniredis for every one.
 func TestDependencies(t *testing.T) {
 	goCmd, err := exec.LookPath("go")
 	if err != nil {
@@ -28,7 +30,9 @@ func TestDependencies(t *testing.T) {
 		pkg    string
 		forbid []string
 	}{
+		{"github.com/keygate/keygate/keystore", []string{echo, miniredis}},
 		{"github.com/keygate/keygate/middleware", []string{echo, miniredis}},
+		{"github.com/keygate/keygate/sidecar", []string{echo, miniredis, grpc}},
 		{"github.com/keygate/keygate/keystore/adminapi", []string{echo, miniredis}},
 		{"github.com/keygate/keygate/keystore/client", []string{echo, goRedis, prometheus, miniredis}},
 		{"github.com/keygate/keygate/keystore/apikey", []string{echo, goRedis, prometheus, miniredis}},

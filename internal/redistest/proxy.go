@@ -6,17 +6,20 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Proxy is a loopback TCP proxy in front of Redis whose connections can be
 // frozen (nothing forwarded, nothing closed: a host behind a dead NAT entry
-// or a stuck load balancer) or cut.
+// or a stuck load balancer), cut, or slowed down ([Proxy.SetLag]: a replica
+// whose link lags).
 type Proxy struct {
 	Addr     string
 	upstream string
 	ln       net.Listener
 	closed   chan struct{}
-	refuse   atomic.Bool // close new connections at once
+	refuse   atomic.Bool  // close new connections at once
+	lag      atomic.Int64 // a time.Duration: see SetLag
 	wg       sync.WaitGroup
 
 	mu    sync.Mutex
@@ -84,7 +87,11 @@ func (p *Proxy) serve() {
 		p.mu.Unlock()
 		p.wg.Add(2)
 		go func() { defer p.wg.Done(); p.pipe(c, server, client, true) }()
-		go func() { defer p.wg.Done(); p.pipe(c, client, server, false) }()
+		if lag := time.Duration(p.lag.Load()); lag > 0 {
+			go func() { defer p.wg.Done(); p.pipeLagged(client, server, lag) }()
+		} else {
+			go func() { defer p.wg.Done(); p.pipe(c, client, server, false) }()
+		}
 	}
 }
 
@@ -108,6 +115,49 @@ func (p *Proxy) pipe(c *proxyConn, dst, src net.Conn, fromClient bool) {
 			}
 		}
 		if err != nil {
+			return
+		}
+	}
+}
+
+// SetLag makes the connections made from now on deliver what upstream
+// sends lag after it arrived (what the client sends passes at once), as a
+// replica's lagging link does; a [Proxy.Cut] loses what they had not
+// delivered yet. They are not frozen by FreezeSubscribers or FreezeAll.
+func (p *Proxy) SetLag(lag time.Duration) { p.lag.Store(int64(lag)) }
+
+// pipeLagged copies src to dst, each chunk lag after it arrived.
+func (p *Proxy) pipeLagged(dst, src net.Conn, lag time.Duration) {
+	type chunk struct {
+		due time.Time
+		b   []byte
+	}
+	queue := make(chan chunk, 1024)
+	done := make(chan struct{})
+	defer dst.Close()
+	defer close(done)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer close(queue)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := src.Read(b)
+			if n > 0 {
+				select {
+				case queue <- chunk{time.Now().Add(lag), b[:n]}:
+				case <-done:
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range queue {
+		time.Sleep(time.Until(c.due))
+		if _, err := dst.Write(c.b); err != nil {
 			return
 		}
 	}

@@ -1,8 +1,10 @@
 // Package testkit holds the helpers that the tests of several packages
-// share: free loopback ports, a clean environment for subprocesses, a
-// logger into a buffer, metric values read from a registry, keygate's
-// error body (docs/api.md), and a test application behind a proxy. It imports nothing of
-// keygate, so that every package, keystore included, can use it in tests.
+// share: free loopback ports, a clean environment for subprocesses, an
+// HTTP request, polling for a condition, a logger into a buffer, metric
+// values read from a registry, keygate's error body (docs/api.md), and a
+// test application behind a proxy. Of keygate it imports only
+// internal/apierror (the standard library alone), so that every package,
+// keystore included, can use it in tests.
 //
 //	addr := testkit.FreeAddr(t)
 //	if got := testkit.MetricValue(t, reg, "keygate_verifications_total", map[string]string{"result": "valid"}); got != 1 { … }
@@ -25,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -85,6 +88,47 @@ func Bearer(secret string) http.Header {
 	return http.Header{"Authorization": {"Bearer " + secret}}
 }
 
+// Do sends a request with header and body through c (nil:
+// http.DefaultClient) and returns the status, the headers and the body. It
+// fails the test when the request cannot be sent or its body read.
+func Do(t testing.TB, c *http.Client, method, url string, header http.Header, body io.Reader) (int, http.Header, []byte) {
+	t.Helper()
+	if c == nil {
+		c = http.DefaultClient
+	}
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, url, err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// WaitFor polls ok, every millisecond at first and then less often (at
+// most every 20ms), until it holds, and fails the test naming what when it
+// does not hold within within.
+func WaitFor(t testing.TB, what string, within time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for pause := time.Millisecond; !ok(); pause = min(2*pause, 20*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(pause)
+	}
+}
+
 // Merge returns one map with the entries of ms, a later map's entry
 // winning over an earlier one's.
 func Merge(ms ...map[string]string) map[string]string {
@@ -101,10 +145,8 @@ func Merge(ms ...map[string]string) map[string]string {
 func ErrorCode(t testing.TB, body []byte) string {
 	t.Helper()
 	var e struct {
-		Errors []struct {
-			Code string `json:"code"`
-		} `json:"errors"`
-		TraceID *string `json:"clerk_trace_id"`
+		apierror.Body
+		TraceID *string `json:"clerk_trace_id"` // present, even if empty
 	}
 	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) != 1 || e.TraceID == nil {
 		t.Fatalf("body is not keygate's error JSON: %q", body)

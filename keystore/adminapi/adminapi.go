@@ -186,7 +186,7 @@ type call struct {
 }
 
 // operation serves one method of one route. It returns the value to send
-// with 200, or an error that [toAPIError] turns into the contract's JSON.
+// with 200, or an error that [toAPIError] turns into the JSON error of docs/api.md.
 type operation func(h *handler, c *call) (any, error)
 
 // route is one path pattern and the operations it serves, by method.

@@ -59,7 +59,7 @@ func FuzzDecodeBody(f *testing.F) {
 	})
 }
 
-// checkBadBody fails unless err is the contract's 400 request_body_invalid
+// checkBadBody fails unless err is docs/api.md's 400 request_body_invalid
 // or 413 request_body_too_large (only status, when not 0).
 func checkBadBody(t *testing.T, body []byte, err error, status int) {
 	t.Helper()
@@ -79,7 +79,7 @@ func checkBadBody(t *testing.T, body []byte, err error, status int) {
 }
 
 // FuzzListParams: the query of GET /api_keys either gives parameters within
-// the contract's limits or a 400 form_param_invalid naming one of them.
+// the limits of docs/api.md or a 400 form_param_invalid naming one of them.
 func FuzzListParams(f *testing.F) {
 	for _, s := range []string{"", "limit=100&offset=0", "limit=0", "limit=101", "offset=-1", "offset=2147483648",
 		"include_invalid=true", "include_invalid=1", "subject=%ff", "query=a&query=b", "limit=+7", "limit=0x10"} {

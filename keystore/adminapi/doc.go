@@ -45,7 +45,8 @@
 // the package's tests validate every request they make and every response
 // they get against it, so that it cannot drift from the API.
 //
-// Where the contract is silent:
+// Decisions docs/api.md leaves to the implementation (README, "Decisions the
+// specification leaves open"):
 //   - A body is read as JSON whatever its Content-Type, and an empty body is
 //     read as {} (Clerk's SDK sends Content-Type: application/json on GET
 //     and DELETE too, and no body when there is nothing to send).

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/syncbuf"
 
@@ -139,7 +140,7 @@ func decodeKey(t *testing.T, rec *httptest.ResponseRecorder) *keystore.APIKey {
 		k.Claims = nil // as the store returns it
 	}
 	if k.Object != "api_key" || k.Type != "api_key" || !strings.HasPrefix(k.ID, "ak_") || k.Scopes == nil {
-		t.Fatalf("not a key in the contract's form: %+v", k)
+		t.Fatalf("not a key in docs/api.md's form: %+v", k)
 	}
 	return &k
 }
@@ -162,17 +163,6 @@ func decodeList(t *testing.T, rec *httptest.ResponseRecorder) *keystore.KeyList 
 	return &l
 }
 
-// errorBody is the contract's error JSON, exactly.
-type errorBody struct {
-	Errors []struct {
-		Code        string            `json:"code"`
-		Message     string            `json:"message"`
-		LongMessage string            `json:"long_message"`
-		Meta        map[string]string `json:"meta"`
-	} `json:"errors"`
-	ClerkTraceID string `json:"clerk_trace_id"`
-}
-
 // apiErr is the one error of a response.
 type apiErr struct {
 	Status                      int
@@ -181,16 +171,16 @@ type apiErr struct {
 	WWWAuthenticate, RequestHdr string
 }
 
-// decodeError checks that rec is an error in the contract's form and
+// decodeError checks that rec is an error in docs/api.md's form and
 // returns it.
 func decodeError(t *testing.T, rec *httptest.ResponseRecorder) apiErr {
 	t.Helper()
 	checkJSON(t, rec)
-	var b errorBody
+	var b apierror.Body
 	dec := json.NewDecoder(bytes.NewReader(rec.Body.Bytes()))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&b); err != nil {
-		t.Fatalf("status %d: not the contract's error JSON (%v): %s", rec.Code, err, rec.Body)
+		t.Fatalf("status %d: not docs/api.md's error JSON (%v): %s", rec.Code, err, rec.Body)
 	}
 	if len(b.Errors) != 1 {
 		t.Fatalf("want one error, got %s", rec.Body)

@@ -14,7 +14,7 @@ const retryAfterSeconds = 1
 
 // toAPIError turns what an operation returned into what the client is told.
 // Errors the store reports for a key ID are resource_not_found; a failure
-// that is not an outcome the contract names (a store that cannot be
+// that is not an outcome docs/api.md names (a store that cannot be
 // reached, or anything unforeseen) is 503 store_unavailable: keygate
 // answers no 500.
 func toAPIError(err error) *apierror.Error {
@@ -49,7 +49,7 @@ func validationError(ve *keystore.ValidationError) *apierror.Error {
 		Message: "is invalid", LongMessage: ve.Error(), Param: ve.Param, Err: ve}
 }
 
-// verifyError maps a refused verification to the 404 codes of the contract;
+// verifyError maps a refused verification to the 404 codes of docs/api.md;
 // Clerk's SDK reads any 404 from verify as "token invalid".
 func verifyError(err error) error {
 	notFound := func(code, msg, long string) error {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/internal/keystoretest"
 	"github.com/keygate/keygate/internal/redistest"
 	"github.com/keygate/keygate/keystore"
@@ -73,7 +74,7 @@ func (e *fuzzEnv) expand(s string) string {
 // serve sends one request and checks what every answer of the admin API
 // must be, whatever the input: no panic, no 500 and no 503 (the store is
 // up), Content-Type exactly application/json, and a body that is either a
-// success or the contract's error JSON. It returns the status and body.
+// success or docs/api.md's error JSON. It returns the status and body.
 func (e *fuzzEnv) serve(t *testing.T, method, path, rawQuery string, body []byte, auth string) (int, []byte) {
 	req := httptest.NewRequest("POST", "/", bytes.NewReader(body))
 	req.Method = method
@@ -101,11 +102,11 @@ func (e *fuzzEnv) serve(t *testing.T, method, path, rawQuery string, body []byte
 		}
 		return status, out
 	}
-	var eb errorBody
+	var eb apierror.Body
 	dec := json.NewDecoder(bytes.NewReader(out))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&eb); err != nil || len(eb.Errors) != 1 || eb.ClerkTraceID == "" {
-		t.Fatalf("%s: %d with a body that is not the contract's error JSON (%v): %s", what, status, err, out)
+		t.Fatalf("%s: %d with a body that is not docs/api.md's error JSON (%v): %s", what, status, err, out)
 	}
 	it := eb.Errors[0]
 	if it.Code == "" || it.Message == "" || it.LongMessage == "" || it.Meta == nil {
@@ -219,7 +220,7 @@ func FuzzAdminAPIList(f *testing.F) {
 		status, out := e.serve(t, "GET", "/api_keys", rawQuery, nil, "Bearer "+adminToken)
 		q, _ := url.ParseQuery(rawQuery)
 		if status == 400 {
-			var eb errorBody
+			var eb apierror.Body
 			json.Unmarshal(out, &eb)
 			it := eb.Errors[0]
 			params := []string{"include_invalid", "limit", "offset", "subject", "query", "type"}

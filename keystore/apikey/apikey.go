@@ -24,7 +24,7 @@ import (
 )
 
 // APIKey is one key as the admin API and the verifiers see it. Its JSON form
-// is the contract's wire form: snake_case names, times in Unix milliseconds.
+// is the wire form of docs/api.md, "The key": snake_case names, times in Unix milliseconds.
 type APIKey struct {
 	Object           string          `json:"object"` // always "api_key"
 	ID               string          `json:"id"`

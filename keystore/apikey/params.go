@@ -2,7 +2,7 @@ package apikey
 
 import "encoding/json"
 
-// Limits from the contract.
+// The limits of docs/api.md, "The key".
 const (
 	MaxNameLen        = 256
 	MaxSubjectLen     = 256

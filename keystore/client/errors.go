@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore/apikey"
 )
 
@@ -87,15 +88,7 @@ func newAPIError(resp *http.Response, raw []byte) *APIError {
 	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
 		e.RetryAfter = time.Duration(s) * time.Second
 	}
-	var body struct {
-		Errors []struct {
-			Code        string            `json:"code"`
-			Message     string            `json:"message"`
-			LongMessage string            `json:"long_message"`
-			Meta        map[string]string `json:"meta"`
-		} `json:"errors"`
-		ClerkTraceID string `json:"clerk_trace_id"`
-	}
+	var body apierror.Body
 	if json.Unmarshal(raw, &body) != nil || len(body.Errors) == 0 {
 		return e
 	}

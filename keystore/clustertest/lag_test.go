@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/redis/go-redis/v9"
 )
@@ -36,8 +35,12 @@ func TestReplicaWaitLaggingReplica(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			master := redistest.Start(t, "--repl-diskless-sync-delay", "0")
-			proxy := newLagProxy(t, master.Addr, replicationLag)
-			host, port := splitAddr(t, proxy.addr())
+			proxy, err := redistest.NewProxy(t, master.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy.SetLag(replicationLag)
+			host, port := splitAddr(t, proxy.Addr)
 			replica := redistest.Start(t, "--replicaof", host, port)
 			linkUp(t, replica.Addr)
 
@@ -76,7 +79,7 @@ func TestReplicaWaitLaggingReplica(t *testing.T) {
 				t.Fatalf("revoking: %v", err)
 			}
 			// Every revocation is acknowledged. Now the partition and the crash.
-			proxy.cut()
+			proxy.Cut(true)
 			master.Stop()
 			if err := replicaRDB.ReplicaOf(ctx, "NO", "ONE").Err(); err != nil {
 				t.Fatalf("promoting the replica: %v", err)
@@ -110,128 +113,5 @@ func TestReplicaWaitLaggingReplica(t *testing.T) {
 // waitReplicated waits, a bounded time, until the replica holds key.
 func waitReplicated(t testing.TB, replica *redis.Client, key string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for replica.Exists(context.Background(), key).Val() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the replica does not hold %s after 10s", key)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// lagProxy forwards TCP connections to target, holding back what target
-// sends by lag; what the client sends passes at once. cut drops every
-// connection with what it had not delivered yet.
-type lagProxy struct {
-	ln     net.Listener
-	target string
-	lag    time.Duration
-	cutCh  chan struct{}
-	cutMu  sync.Once
-	mu     sync.Mutex
-	conns  []net.Conn
-	wg     sync.WaitGroup
-}
-
-func newLagProxy(t testing.TB, target string, lag time.Duration) *lagProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &lagProxy{ln: ln, target: target, lag: lag, cutCh: make(chan struct{})}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(func() {
-		p.cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *lagProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *lagProxy) accept() {
-	defer p.wg.Done()
-	for {
-		client, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.DialTimeout("tcp", p.target, time.Second)
-		if err != nil {
-			client.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, client, server)
-		p.mu.Unlock()
-		select {
-		case <-p.cutCh: // cut while dialling
-			client.Close()
-			server.Close()
-			return
-		default:
-		}
-		p.wg.Add(2)
-		go func() {
-			defer p.wg.Done()
-			io.Copy(server, client)
-			server.Close()
-		}()
-		go func() {
-			defer p.wg.Done()
-			p.delay(client, server)
-			client.Close()
-		}()
-	}
-}
-
-// delay copies src to dst, each chunk lag after it arrived.
-func (p *lagProxy) delay(dst, src net.Conn) {
-	type chunk struct {
-		due time.Time
-		b   []byte
-	}
-	queue := make(chan chunk, 1<<16)
-	go func() {
-		defer close(queue)
-		for {
-			b := make([]byte, 32<<10)
-			n, err := src.Read(b)
-			if n > 0 {
-				select {
-				case queue <- chunk{time.Now().Add(p.lag), b[:n]}:
-				case <-p.cutCh:
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	for c := range queue {
-		select {
-		case <-p.cutCh:
-			return
-		case <-time.After(time.Until(c.due)):
-		}
-		if _, err := dst.Write(c.b); err != nil {
-			return
-		}
-	}
-}
-
-// cut closes the listener and every connection; bytes held back are lost.
-func (p *lagProxy) cut() {
-	p.cutMu.Do(func() {
-		close(p.cutCh)
-		p.ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-	})
+	testkit.WaitFor(t, "the replica holding "+key, 10*time.Second, func() bool { return replica.Exists(context.Background(), key).Val() == 1 })
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keygate/keygate/internal/redistest"
+	"github.com/keygate/keygate/internal/testkit"
 	"github.com/keygate/keygate/keystore"
 	"github.com/keygate/keygate/keystore/adminapi"
 	"github.com/keygate/keygate/keystore/audit"
@@ -65,7 +66,7 @@ func TestCreditsExhausted(t *testing.T) {
 	if n := verify(6); n != 3 {
 		t.Fatalf("%d of 6 admitted with 3 credits", n)
 	}
-	waitFor(t, "api_key.credits_exhausted", 10*time.Second, func() bool { return len(exhausted()) == 1 })
+	testkit.WaitFor(t, "api_key.credits_exhausted", 10*time.Second, func() bool { return len(exhausted()) == 1 })
 	var data struct {
 		APIKey keystore.APIKey `json:"api_key"`
 	}
@@ -79,7 +80,7 @@ func TestCreditsExhausted(t *testing.T) {
 	if n := verify(4); n != 2 {
 		t.Fatalf("%d of 4 admitted with 2 credits", n)
 	}
-	waitFor(t, "a second api_key.credits_exhausted", 10*time.Second, func() bool { return len(exhausted()) == 2 })
+	testkit.WaitFor(t, "a second api_key.credits_exhausted", 10*time.Second, func() bool { return len(exhausted()) == 2 })
 	time.Sleep(200 * time.Millisecond)
 	if n := len(exhausted()); n != 2 {
 		t.Fatalf("%d messages for two exhaustions", n)
@@ -138,11 +139,11 @@ func TestNothingSecretStored(t *testing.T) {
 			call("DELETE", "/v1/api_keys/"+k.ID, "")
 		}
 	}
-	waitFor(t, "audit events and credits turned into deliveries", 10*time.Second, func() bool {
+	testkit.WaitFor(t, "audit events and credits turned into deliveries", 10*time.Second, func() bool {
 		return f.rdb.HLen(ctx, "keygate:{wh}:body").Val() >= 9
 	})
 	rcv.setStatus(0)
-	waitFor(t, "some delivered", 10*time.Second, func() bool { m, _ := rcv.got(); return len(m) >= 9 })
+	testkit.WaitFor(t, "some delivered", 10*time.Second, func() bool { m, _ := rcv.got(); return len(m) >= 9 })
 	rcv.setStatus(503)
 	call("POST", "/v1/api_keys", `{"name":"late","subject":"user_3"}`) // pending at the scan
 

@@ -132,17 +132,6 @@ func (r *receiver) got() (map[string]message, int) {
 	return out, dup
 }
 
-func waitFor(t *testing.T, what string, within time.Duration, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // fixture is a Redis with a store, an audit log, and dispatchers on them.
 type fixture struct {
 	rdb   *redis.Client
@@ -182,7 +171,7 @@ func (f *fixture) dispatcher(t *testing.T, url string) (*webhook.Dispatcher, *pr
 // recorded from then on are sent.
 func (f *fixture) waitStarted(t *testing.T) {
 	t.Helper()
-	waitFor(t, "the cursor set", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the cursor set", 5*time.Second, func() bool {
 		return f.rdb.Exists(context.Background(), "keygate:{wh}:cursor").Val() == 1
 	})
 }
@@ -239,7 +228,7 @@ func TestReceiverDownThenUp(t *testing.T) {
 	defer srv.Close()
 	time.Sleep(500 * time.Millisecond)
 	rcv.setStatus(0)
-	waitFor(t, "every event delivered", 20*time.Second, func() bool { m, _ := rcv.got(); return len(m) == len(ids) })
+	testkit.WaitFor(t, "every event delivered", 20*time.Second, func() bool { m, _ := rcv.got(); return len(m) == len(ids) })
 	msgs, dup := rcv.got()
 	for _, id := range before {
 		if _, ok := msgs[id]; ok {
@@ -258,7 +247,7 @@ func TestReceiverDownThenUp(t *testing.T) {
 	if failed < 1 {
 		t.Fatal("no attempt failed while the receiver was down")
 	}
-	waitFor(t, "oldest pending back to 0", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "oldest pending back to 0", 5*time.Second, func() bool {
 		return testkit.MetricValue(t, reg, "keygate_webhook_oldest_pending_seconds", nil) == 0
 	})
 }
@@ -281,7 +270,7 @@ func TestTwoWorkers(t *testing.T) {
 		ids = append(ids, f.record(t, 20)...)
 		time.Sleep(10 * time.Millisecond)
 	}
-	waitFor(t, "every event delivered", 30*time.Second, func() bool { m, _ := rcv.got(); return len(m) == len(ids) })
+	testkit.WaitFor(t, "every event delivered", 30*time.Second, func() bool { m, _ := rcv.got(); return len(m) == len(ids) })
 	msgs, dup := rcv.got()
 	for _, id := range ids {
 		if _, ok := msgs[id]; !ok {
@@ -291,7 +280,7 @@ func TestTwoWorkers(t *testing.T) {
 	// A worker counts a delivery once it has recorded it, just after the
 	// receiver has it.
 	var byA, byB float64
-	waitFor(t, "every delivery counted", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "every delivery counted", 5*time.Second, func() bool {
 		byA = deliveries(t, regA, "delivered")
 		byB = deliveries(t, regB, "delivered")
 		return byA+byB >= float64(len(ids))
@@ -336,7 +325,7 @@ func TestKilledWorker(t *testing.T) {
 	killed := time.Now()
 	b, _ := f.dispatcher(t, srv.URL)
 	run(t, b)
-	waitFor(t, "the delivery taken up again", 10*time.Second, func() bool { m, _ := rcv.got(); return len(m) == 1 })
+	testkit.WaitFor(t, "the delivery taken up again", 10*time.Second, func() bool { m, _ := rcv.got(); return len(m) == 1 })
 	if m, _ := rcv.got(); m[ids[0]].ID != ids[0] {
 		t.Fatalf("got %v", m)
 	}
@@ -360,7 +349,7 @@ func TestGivenUp(t *testing.T) {
 	run(t, d)
 	f.waitStarted(t)
 	f.record(t, 1)
-	waitFor(t, "the message given up", 10*time.Second, func() bool {
+	testkit.WaitFor(t, "the message given up", 10*time.Second, func() bool {
 		return deliveries(t, reg, "expired") == 1
 	})
 	if n := f.rdb.ZCard(context.Background(), "keygate:{wh}:due").Val(); n != 0 {

@@ -81,7 +81,7 @@ type Config struct {
 // handler runs and [Key] (or [middleware.FromContext] on
 // c.Request().Context()) returns the key. A refusal is returned as an
 // *echo.HTTPError for Echo's HTTPErrorHandler to write: Code is the
-// contract's status (401 for a missing, malformed, unknown, revoked or
+// documented status (401 for a missing, malformed, unknown, revoked or
 // expired key — also 401, not keyauth's 400, when the key is missing; 403
 // for a missing scope; 503 for an unreachable store), Internal the
 // verifier's error, and the WWW-Authenticate and Retry-After headers are
