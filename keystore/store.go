@@ -288,8 +288,9 @@ func (s *Store) newKey(p CreateParams) (*APIKey, error) {
 		UpdatedAt:   now,
 		RateLimits:  append([]RateLimit{}, p.RateLimits...),
 		Enabled:     p.Enabled == nil || *p.Enabled,
+		// Checked by checkCIDRs.
+		AllowedCIDRs: append([]string{}, p.AllowedCIDRs...),
 	}
-	setAllowedCIDRs(k, p.AllowedCIDRs)
 	if p.Credits != nil {
 		c := *p.Credits
 		c.LastRefillAt = nil

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -828,6 +829,77 @@ func TestWireForm(t *testing.T) {
 }
 
 func toJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+// TestKeyIsItsWireForm: a key the store returns (created, read, verified,
+// rolled, and the key a roll left metered by its successor) equals the same
+// key after a trip through its JSON form, field for field: the store keeps
+// nothing of its own on an APIKey that a user of the type could see.
+func TestKeyIsItsWireForm(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{})
+	created := mustCreate(t, e.store, CreateParams{
+		Name: "prod", Subject: "org_1", Description: ptr("billing export"), CreatedBy: ptr("ops"),
+		Claims: json.RawMessage(`{"tier":"gold"}`), Scopes: []string{"read", "write"},
+		RateLimits:             []RateLimit{{Name: "default", Limit: 100, DurationMs: 60_000}},
+		Credits:                &Credits{Remaining: 10, Refill: &Refill{Interval: "month", Amount: 10, DayOfMonth: 1}},
+		AllowedCIDRs:           []string{"10.0.0.0/8", "2001:db8::/32"},
+		SecondsUntilExpiration: ptr[int64](3600),
+	})
+	verified, err := checkFrom(t, v, created.Secret, "10.1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolled, err := e.store.Roll(ctx, created.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := e.store.Get(ctx, created.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.RolledTo == nil {
+		t.Fatalf("the rolled key %+v has no rolled_to", old)
+	}
+	// The old key is metered by its successor during the grace.
+	viaOld, err := checkFrom(t, v, created.Secret, "10.1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if viaOld.Limits == nil {
+		t.Fatal("the rolled key verified without its limits")
+	}
+	successor, err := e.store.Get(ctx, rolled.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		key  *APIKey
+	}{
+		{"created", created},
+		{"verified", verified.Key},
+		{"rolled", rolled},
+		{"read after the roll", old},
+		{"verified during the grace", viaOld.Key},
+		{"successor", successor},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := json.Marshal(tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var decoded APIKey
+			if err := json.Unmarshal(b, &decoded); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(tc.key, &decoded) {
+				t.Errorf("the key differs from its wire form %s:\nstore: %#v\nwire:  %#v", b, *tc.key, decoded)
+			}
+		})
+	}
+}
 
 // TestLastUsedNewestFromEveryCore records uses of a few keys from many
 // goroutines at once while a flush takes what is pending over and over

@@ -380,7 +380,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 	if out, err := refused(k, now); err != nil {
 		return Result{Key: out, id: k.ID}, hit, err
 	}
-	if len(k.AllowedCIDRs) > 0 && !admits(k, client) {
+	if len(k.AllowedCIDRs) > 0 && !e.admits(k, client) {
 		return Result{Key: k, id: k.ID}, hit, ErrIPNotAllowed
 	}
 	if !k.HasScopes(scopes...) {
@@ -388,8 +388,8 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 		// arguments stay on their stacks.
 		return Result{Key: k, id: k.ID}, hit, &ScopeError{Required: append([]string(nil), scopes...)}
 	}
-	if limited(k) {
-		res.Limits, err = v.loads.meter(ctx, k, max(cost, 1), now)
+	if e.limited(k) {
+		res.Limits, err = v.loads.meter(ctx, k, &e.keyState, max(cost, 1), now)
 		if err != nil {
 			return Result{Key: k, Limits: res.Limits, id: k.ID}, hit, err
 		}
@@ -420,7 +420,7 @@ func (v *Verifier) fill(ctx context.Context, idHex string, kid *keyID, now time.
 	if v.afterLoad != nil {
 		v.afterLoad()
 	}
-	e := &cacheEntry{key: rec.key, digest: rec.digest, hashKey: rec.hashKey, loaded: now}
+	e := &cacheEntry{key: rec.key, digest: rec.digest, hashKey: rec.hashKey, keyState: rec.keyState, loaded: now}
 	if caching {
 		v.cache.insert(kid, e, gen)
 	}
