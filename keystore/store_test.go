@@ -311,7 +311,7 @@ func TestLastUsedIsBatched(t *testing.T) {
 		}
 
 		// Only if newer: another instance's older use does not move it back.
-		e.store.lastUsed.record(k.ID, last-5000)
+		e.store.lastUsed.record(&stripeNumbers[0], k.ID, last-5000)
 		e.store.FlushLastUsed(ctx)
 		if got, _ := e.store.Get(ctx, k.ID); *got.LastUsedAt != last {
 			t.Fatalf("older use overwrote last_used_at: %d, want %d", *got.LastUsedAt, last)
@@ -343,6 +343,14 @@ func countWrites(names []string) int {
 	return n
 }
 
+// recordUse records a use of id at ms as a verification does: in the
+// stripe of the calling processor.
+func recordUse(l *lastUsed, id string, ms int64) {
+	sn := takeStripe()
+	l.record(sn, id, ms)
+	sn.release()
+}
+
 // TestLastUsedWhileTaking records uses while flushes take them, into
 // shards that flushes have emptied (under -race, a shard read outside its
 // lock shows), and checks that no use is lost.
@@ -351,7 +359,7 @@ func TestLastUsedWhileTaking(t *testing.T) {
 	ids := make([]string, 64)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("ak_%032x", i) // every shard
-		l.record(ids[i], 1)
+		recordUse(&l, ids[i], 1)
 	}
 	l.take() // every shard now holds an empty map
 	const uses = 2000
@@ -360,7 +368,7 @@ func TestLastUsedWhileTaking(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := 2; i <= uses; i++ {
-			l.record(ids[i%len(ids)], int64(i))
+			recordUse(&l, ids[i%len(ids)], int64(i))
 		}
 	}()
 	for running := true; running; {
@@ -934,7 +942,7 @@ func TestLastUsedNewestFromEveryCore(t *testing.T) {
 				if i%2 == 1 {
 					j = perGoroutine - i // older uses after newer ones
 				}
-				l.record(ids[j%3], int64(1000*j+g))
+				recordUse(&l, ids[j%3], int64(1000*j+g))
 			}
 		}()
 	}
