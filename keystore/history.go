@@ -84,10 +84,9 @@ type historyKey struct {
 // verifying the same key must not take turns at one lock: the counts are
 // split into stripes, each a map under its own lock on cache lines of its
 // own, and a core keeps writing to the same stripe ([stripe]). Its lock is
-// then taken by one core only, but for
-// the flush, which sums the stripes. A key verified on several cores
-// within a flush has a count in each of their stripes: at most
-// [stripes] entries per key, minute and outcome.
+// then taken by one core only, but for the flush, which sums the stripes.
+// A key verified on several cores within a flush has a count in each of
+// their stripes: at most [stripes] entries per key, minute and outcome.
 type history struct {
 	stripes [stripes]historyStripe
 }

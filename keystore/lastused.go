@@ -15,8 +15,8 @@ import (
 // many keys is still most verifications, on every core: the entries are
 // split into stripes, each a map under its own lock on cache lines of its
 // own, and a core keeps writing to the same stripe ([stripe]), so that
-// cores verifying the same keys do not take turns at one lock. The flush takes the newest use of each key over the
-// stripes.
+// cores verifying the same keys do not take turns at one lock. The flush
+// takes the newest use of each key over the stripes.
 type lastUsed struct {
 	stripes [stripes]lastUsedStripe
 }
