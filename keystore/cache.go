@@ -57,6 +57,8 @@ type cacheEntry struct {
 	digest  string    // as stored: 32 raw bytes
 	hashKey string    // the ID of the hash key that made digest
 	loaded  time.Time // by the store's clock, when the load began
+	// The store's own state of the key: its parsed CIDRs, its meter.
+	keyState
 	// recorded is the last use recorded for last_used_at (Unix ms).
 	recorded atomic.Int64
 	// rehashed is set once a new digest, under the current hash key, is
@@ -65,8 +67,8 @@ type cacheEntry struct {
 }
 
 // entryOverhead estimates the bytes of an entry besides its variable
-// strings: the cacheEntry (80 bytes), the APIKey and its headers (352, its
-// size class), its slot in the shard's map and its node in the lock-free
+// strings: the cacheEntry with the key's state (120 bytes), the APIKey and
+// its headers (288), its slot in the shard's map and its node in the lock-free
 // one (with the boxed ID and a share of the trie: about 100).
 const entryOverhead = 576
 

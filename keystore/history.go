@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -84,19 +83,13 @@ type historyKey struct {
 // verification of a known key writes a count, on every core, and cores
 // verifying the same key must not take turns at one lock: the counts are
 // split into stripes, each a map under its own lock on cache lines of its
-// own, and a core keeps writing to the same stripe (a [sync.Pool], whose
-// items stay with the processor that put them back, holds the stripe each
-// processor last used). Its lock is then taken by one core only, but for
-// the flush, which sums the stripes. A key verified on several cores
-// within a flush has a count in each of their stripes: at most
-// historyStripes entries per key, minute and outcome.
+// own, and a core keeps writing to the same stripe ([stripe]). Its lock is
+// then taken by one core only, but for the flush, which sums the stripes.
+// A key verified on several cores within a flush has a count in each of
+// their stripes: at most [stripes] entries per key, minute and outcome.
 type history struct {
-	stripes [historyStripes]historyStripe
-	owned   sync.Pool     // *historyStripe, per processor
-	next    atomic.Uint32 // the stripe a processor without one takes
+	stripes [stripes]historyStripe
 }
-
-const historyStripes = 16
 
 type historyStripe struct {
 	mu      sync.Mutex
@@ -109,22 +102,11 @@ type historyStripe struct {
 	_     [64]byte // keeps stripes' locks on separate cache lines
 }
 
-// stripe returns the stripe of the calling processor; put it back in
-// h.owned after use. Two callers may share a stripe (the pool may drop its
-// stripes at a garbage collection; a processor without one takes the next
-// one round), hence its lock.
-func (h *history) stripe() *historyStripe {
-	if s, ok := h.owned.Get().(*historyStripe); ok {
-		return s
-	}
-	return &h.stripes[h.next.Add(1)%historyStripes]
-}
-
-func (h *history) record(id string, now time.Time, outcome int) {
+// record counts a verification of id at now in the stripe sn. Two callers
+// may hold the same stripe, hence its lock.
+func (h *history) record(sn *stripe, id string, now time.Time, outcome int) {
 	k := historyKey{id: id, minute: now.Truncate(time.Minute).UnixMilli(), outcome: outcome}
-	s := h.stripe()
-	s.add(k, 1)
-	h.owned.Put(s)
+	h.stripes[sn.n].add(k, 1)
 }
 
 func (s *historyStripe) add(k historyKey, n int64) {
@@ -171,11 +153,12 @@ func (h *history) take() map[historyKey]int64 {
 }
 
 func (h *history) putBack(batch map[historyKey]int64) {
-	s := h.stripe()
+	sn := takeStripe()
+	s := &h.stripes[sn.n]
 	for k, n := range batch {
 		s.add(k, n)
 	}
-	h.owned.Put(s)
+	sn.release()
 }
 
 func (n keyNames) usage(id string, g granularity, start int64) string {

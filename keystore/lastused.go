@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,18 +14,12 @@ import (
 // recorded at most once per millisecond by each cache entry, which for
 // many keys is still most verifications, on every core: the entries are
 // split into stripes, each a map under its own lock on cache lines of its
-// own, and a core keeps writing to the same stripe (a [sync.Pool], whose
-// items stay with the processor that put them back, holds the stripe each
-// processor last used), so that cores verifying the same keys do not take
-// turns at one lock. The flush takes the newest use of each key over the
-// stripes.
+// own, and a core keeps writing to the same stripe ([stripe]), so that
+// cores verifying the same keys do not take turns at one lock. The flush
+// takes the newest use of each key over the stripes.
 type lastUsed struct {
-	stripes [lastUsedStripes]lastUsedStripe
-	owned   sync.Pool     // *lastUsedStripe, per processor
-	next    atomic.Uint32 // the stripe a processor without one takes
+	stripes [stripes]lastUsedStripe
 }
-
-const lastUsedStripes = 16
 
 type lastUsedStripe struct {
 	mu      sync.Mutex
@@ -34,21 +27,10 @@ type lastUsedStripe struct {
 	_       [64]byte         // keeps stripes' locks on separate cache lines
 }
 
-// stripe returns the stripe of the calling processor; put it back in
-// l.owned after use. Two callers may share a stripe (the pool may drop its
-// stripes at a garbage collection; a processor without one takes the next
-// one round), hence its lock.
-func (l *lastUsed) stripe() *lastUsedStripe {
-	if s, ok := l.owned.Get().(*lastUsedStripe); ok {
-		return s
-	}
-	return &l.stripes[l.next.Add(1)%lastUsedStripes]
-}
-
-func (l *lastUsed) record(id string, ms int64) {
-	s := l.stripe()
-	s.add(id, ms)
-	l.owned.Put(s)
+// record records a use of id at ms in the stripe sn. Two callers may hold
+// the same stripe, hence its lock.
+func (l *lastUsed) record(sn *stripe, id string, ms int64) {
+	l.stripes[sn.n].add(id, ms)
 }
 
 func (s *lastUsedStripe) add(id string, ms int64) {
@@ -90,11 +72,12 @@ func (l *lastUsed) take() map[string]int64 {
 
 // putBack returns uses that could not be written, for the next flush.
 func (l *lastUsed) putBack(batch map[string]int64) {
-	s := l.stripe()
+	sn := takeStripe()
+	s := &l.stripes[sn.n]
 	for id, ms := range batch {
 		s.add(id, ms)
 	}
-	l.owned.Put(s)
+	sn.release()
 }
 
 // touchScript writes a use only if it is newer than the stored one, and

@@ -126,7 +126,7 @@ func (s *Store) Roll(ctx context.Context, id string, grace time.Duration) (*APIK
 		capAt = strconv.FormatInt(now.Add(grace).UnixMilli(), 10)
 	}
 	meterVia := "0"
-	if limited(old) {
+	if rec.limited(old) {
 		meterVia = "1"
 	}
 	err = s.change(ctx, id, opRoll, "rolling key "+id, func() error {

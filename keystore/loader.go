@@ -56,15 +56,15 @@ func (l *loader) load(ctx context.Context, id string) (*record, error) {
 	return c.rec, c.err
 }
 
-// meter runs the metering script of a verification, as [Store.meter]
-// does.
-func (l *loader) meter(ctx context.Context, k *APIKey, cost int64, now time.Time) (*LimitState, error) {
+// meter runs the metering script of a verification of k, whose state st
+// is, as [Store.meter] does.
+func (l *loader) meter(ctx context.Context, k *APIKey, st *keyState, cost int64, now time.Time) (*LimitState, error) {
 	if l.enter() {
-		st, err := l.store.meter(ctx, k, cost, now)
+		ls, err := l.store.meter(ctx, k, st, cost, now)
 		l.done()
-		return st, err
+		return ls, err
 	}
-	c := &loadCall{id: meterID(k), meter: newMeterCall(k, cost, now), done: make(chan struct{})}
+	c := &loadCall{id: st.meterID(k), meter: newMeterCall(k, cost, now), done: make(chan struct{})}
 	if err := l.wait(ctx, c); err != nil {
 		return nil, l.store.unavailable(opMeter, "metering key "+k.ID, err)
 	}

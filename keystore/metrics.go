@@ -82,16 +82,16 @@ func newVerifierMetrics(reg prometheus.Registerer) (*verifierMetrics, error) {
 	return m, nil
 }
 
-// observe counts one verification and its duration.
-func (m *verifierMetrics) observe(source Source, outcome int, hit bool, d time.Duration) {
-	m.verifications.observe(source, outcome, hit, d)
+// observe counts one verification and its duration, in the stripe sn.
+func (m *verifierMetrics) observe(sn *stripe, source Source, outcome int, hit bool, d time.Duration) {
+	m.verifications.observe(sn, source, outcome, hit, d)
 }
 
 // count counts one verification without a duration.
 func (m *verifierMetrics) count(source Source, outcome int) {
-	s := m.verifications.stripe()
-	m.verifications.count(s, source, outcome)
-	m.verifications.release(s)
+	sn := takeStripe()
+	m.verifications.count(&m.verifications.stripes[sn.n], source, outcome)
+	sn.release()
 }
 
 // durationBuckets are the upper bounds of keygate_verification_duration_seconds.
@@ -101,22 +101,16 @@ var durationBuckets = [...]float64{.000001, .000005, .00001, .00005, .0001, .000
 // source} and keygate_verification_duration_seconds{cache}. Every
 // verification writes to both, on every core, so the counts are split into
 // stripes, each on cache lines of its own, and a core keeps writing to the
-// same stripe: a [sync.Pool], whose items stay with the processor that put
-// them back, holds the stripe each processor last used. One shared counter
-// would pass its cache line from core to core on every call, and so would
-// stripes picked at random, each written in turn by every core. A scrape
-// sums the stripes.
+// same stripe ([stripe]). One shared counter would pass its cache line from
+// core to core on every call, and so would stripes picked at random, each
+// written in turn by every core. A scrape sums the stripes.
 type verificationStats struct {
 	countDesc, durationDesc *prometheus.Desc
-	stripes                 [statStripes]statStripe
-	owned                   sync.Pool     // *statStripe, per processor
-	next                    atomic.Uint32 // the stripe a processor without one takes
+	stripes                 [stripes]statStripe
 
 	mu    sync.Mutex
 	other map[[2]string]uint64 // result, source → count, for sources beyond the known ones
 }
-
-const statStripes = 16
 
 type statStripe struct {
 	counts [len(sources)][len(outcomes)]atomic.Uint64
@@ -140,22 +134,8 @@ func newVerificationStats() *verificationStats {
 	}
 }
 
-// stripe returns the stripe of the calling processor, which release gives
-// back. Two callers may share a stripe (the pool may drop its stripes at a
-// garbage collection; a processor without one takes the next one round):
-// its counters are atomic.
-func (st *verificationStats) stripe() *statStripe {
-	if s, ok := st.owned.Get().(*statStripe); ok {
-		return s
-	}
-	return &st.stripes[st.next.Add(1)%statStripes]
-}
-
-func (st *verificationStats) release(s *statStripe) { st.owned.Put(s) }
-
-func (st *verificationStats) observe(source Source, outcome int, hit bool, d time.Duration) {
-	s := st.stripe()
-	defer st.release(s)
+func (st *verificationStats) observe(sn *stripe, source Source, outcome int, hit bool, d time.Duration) {
+	s := &st.stripes[sn.n]
 	st.count(s, source, outcome)
 	t := &s.times[1]
 	if hit {

@@ -269,16 +269,11 @@ func checkSeconds(s int64) error {
 	return nil
 }
 
-// setAllowedCIDRs sets the allowed CIDRs, which checkCIDRs has checked.
-func setAllowedCIDRs(k *APIKey, cidrs []string) {
-	k.AllowedCIDRs = append([]string{}, cidrs...)
-	k.Allowed = parseCIDRs(k.AllowedCIDRs)
-}
-
-// admits reports whether a request from addr may use the key: the key
-// has no allowed CIDRs, or one holds addr. The zero Addr (an unknown
-// client) is admitted only by a key without allowed CIDRs.
-func admits(k *APIKey, addr netip.Addr) bool {
+// admits reports whether a request from addr may use the key k, whose
+// state st is: the key has no allowed CIDRs, or one holds addr. The zero
+// Addr (an unknown client) is admitted only by a key without allowed
+// CIDRs.
+func (st *keyState) admits(k *APIKey, addr netip.Addr) bool {
 	if len(k.AllowedCIDRs) == 0 {
 		return true
 	}
@@ -286,7 +281,7 @@ func admits(k *APIKey, addr netip.Addr) bool {
 		return false
 	}
 	addr = addr.Unmap().WithZone("")
-	for _, p := range k.Allowed {
+	for _, p := range st.allowed {
 		if p.Contains(addr) {
 			return true
 		}

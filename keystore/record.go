@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"encoding/json"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -37,12 +38,23 @@ const (
 	fMeterVia    = "mv" // a rolled key's successor, whose record meters it
 )
 
-// record is a key as stored: the key, the digest of its secret and the
-// hash key that made it.
+// record is a key as stored: the key, the digest of its secret, the hash
+// key that made it, and the store's own state of the key.
 type record struct {
 	key     *APIKey
 	digest  string
 	hashKey string // "" for the legacy key
+	keyState
+}
+
+// keyState is what the store keeps beside a key's wire form, in its
+// record and in a [Verifier]'s cache entry; an [APIKey] never holds it.
+type keyState struct {
+	// allowed is the key's AllowedCIDRs, parsed.
+	allowed []netip.Prefix
+	// meterVia is the key whose record meters this one: a rolled key's
+	// successor, during its grace; "" for the key itself.
+	meterVia string
 }
 
 // fields returns the hash fields of a new record, as HSET arguments.
@@ -118,7 +130,6 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 		Revoked:   h[fRevoked] == "1",
 		Enabled:   h[fDisabled] != "1",
 	}
-	k.MeterVia = h[fMeterVia]
 	if k.Type == "" {
 		k.Type = KeyType
 	}
@@ -159,10 +170,11 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 			k.Credits.LastRefillAt = &ms
 		}
 	}
+	st := keyState{meterVia: h[fMeterVia]}
 	k.AllowedCIDRs = []string{}
 	if v := h[fCIDRs]; v != "" {
 		k.AllowedCIDRs = strings.Split(v, ",")
-		k.Allowed = parseCIDRs(k.AllowedCIDRs)
+		st.allowed = parseCIDRs(k.AllowedCIDRs)
 	}
 	if v, ok := h[fRolledFrom]; ok {
 		k.RolledFrom = &v
@@ -171,7 +183,7 @@ func decodeRecord(id string, h map[string]string, now time.Time) (*record, bool)
 		k.RolledTo = &v
 	}
 	k.Expired = k.ExpiredAt(now)
-	return &record{key: k, digest: h[fDigest], hashKey: h[fHashKey]}, true
+	return &record{key: k, digest: h[fDigest], hashKey: h[fHashKey], keyState: st}, true
 }
 
 // hashFromReply turns a script's HGETALL reply into a map.

@@ -308,7 +308,7 @@ func testPublishFails(t *testing.T, narrow func(context.Context, *Store, *APIKey
 		t.Fatalf("the change with the publish cut = %v, want ErrInvalidationUnconfirmed", err)
 	}
 	// Stored all the same.
-	if got, err := f.admin.Get(ctx, k.ID); err != nil || admissible(got) {
+	if got, err := f.admin.load(ctx, k.ID, opGet); err != nil || admissible(got.key, &got.keyState) {
 		t.Fatalf("after the unconfirmed change: %+v, %v; want the change stored", got, err)
 	}
 	for _, m := range f.members {
@@ -453,13 +453,14 @@ func (h twice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 func cachedValid(v *Verifier, id string) bool {
 	kid := parseKeyID(id[len(idPrefix):])
 	e := v.cache.get(&kid, v.store.now())
-	return e != nil && admissible(e.key)
+	return e != nil && admissible(e.key, &e.keyState)
 }
 
-// admissible reports whether k, as stored, admits the fleet's load.
-func admissible(k *APIKey) bool {
+// admissible reports whether k, whose state st is, admits the fleet's
+// load.
+func admissible(k *APIKey, st *keyState) bool {
 	out, _ := refused(k, time.Now())
-	return out == nil && admits(k, loadClient)
+	return out == nil && st.admits(k, loadClient)
 }
 
 // newHangProxy starts a [redistest.Proxy] to upstream.

@@ -288,8 +288,9 @@ func (s *Store) newKey(p CreateParams) (*APIKey, error) {
 		UpdatedAt:   now,
 		RateLimits:  append([]RateLimit{}, p.RateLimits...),
 		Enabled:     p.Enabled == nil || *p.Enabled,
+		// Checked by checkCIDRs.
+		AllowedCIDRs: append([]string{}, p.AllowedCIDRs...),
 	}
-	setAllowedCIDRs(k, p.AllowedCIDRs)
 	if p.Credits != nil {
 		c := *p.Credits
 		c.LastRefillAt = nil
@@ -425,7 +426,10 @@ func (s *Store) decide(rec *record, secret string, now time.Time) (*APIKey, erro
 	if rec.hashKey != s.digests.currentID {
 		s.rehashes.add(k.ID, rec.digest, s.digests.current.sum(secret), s.digests.currentID)
 	}
-	return s.use(k, now, nil), nil
+	sn := takeStripe()
+	out := s.use(sn, k, now, nil)
+	sn.release()
+	return out, nil
 }
 
 // refused returns, for a revoked, disabled or expired key, a copy of it
@@ -450,16 +454,17 @@ func refused(k *APIKey, now time.Time) (*APIKey, error) {
 // use records a use of the valid key k at now, unless lastRecorded (the
 // cache entry's memo, nil without one) says it already was in this
 // millisecond: the flush writes only the newest use anyway, and a hot
-// cached key then spares every core the lock of the pending uses. It
-// returns a copy of k as it will read once the use is flushed; the copy
-// shares k's slices and pointers, and costs one allocation.
-func (s *Store) use(k *APIKey, now time.Time, lastRecorded *atomic.Int64) *APIKey {
+// cached key then spares every core the lock of the pending uses. The use
+// goes to the stripe sn. It returns a copy of k as it will read once the
+// use is flushed; the copy shares k's slices and pointers, and costs one
+// allocation.
+func (s *Store) use(sn *stripe, k *APIKey, now time.Time, lastRecorded *atomic.Int64) *APIKey {
 	ms := now.UnixMilli()
 	if lastRecorded == nil || lastRecorded.Load() != ms {
 		if lastRecorded != nil {
 			lastRecorded.Store(ms)
 		}
-		s.lastUsed.record(k.ID, ms)
+		s.lastUsed.record(sn, k.ID, ms)
 	}
 	u := &usedKey{key: *k, lastUsed: ms}
 	u.key.LastUsedAt = &u.lastUsed

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -310,7 +311,7 @@ func TestLastUsedIsBatched(t *testing.T) {
 		}
 
 		// Only if newer: another instance's older use does not move it back.
-		e.store.lastUsed.record(k.ID, last-5000)
+		e.store.lastUsed.record(&stripeNumbers[0], k.ID, last-5000)
 		e.store.FlushLastUsed(ctx)
 		if got, _ := e.store.Get(ctx, k.ID); *got.LastUsedAt != last {
 			t.Fatalf("older use overwrote last_used_at: %d, want %d", *got.LastUsedAt, last)
@@ -342,6 +343,14 @@ func countWrites(names []string) int {
 	return n
 }
 
+// recordUse records a use of id at ms as a verification does: in the
+// stripe of the calling processor.
+func recordUse(l *lastUsed, id string, ms int64) {
+	sn := takeStripe()
+	l.record(sn, id, ms)
+	sn.release()
+}
+
 // TestLastUsedWhileTaking records uses while flushes take them, into
 // shards that flushes have emptied (under -race, a shard read outside its
 // lock shows), and checks that no use is lost.
@@ -350,7 +359,7 @@ func TestLastUsedWhileTaking(t *testing.T) {
 	ids := make([]string, 64)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("ak_%032x", i) // every shard
-		l.record(ids[i], 1)
+		recordUse(&l, ids[i], 1)
 	}
 	l.take() // every shard now holds an empty map
 	const uses = 2000
@@ -359,7 +368,7 @@ func TestLastUsedWhileTaking(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := 2; i <= uses; i++ {
-			l.record(ids[i%len(ids)], int64(i))
+			recordUse(&l, ids[i%len(ids)], int64(i))
 		}
 	}()
 	for running := true; running; {
@@ -829,6 +838,77 @@ func TestWireForm(t *testing.T) {
 
 func toJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
 
+// TestKeyIsItsWireForm: a key the store returns (created, read, verified,
+// rolled, and the key a roll left metered by its successor) equals the same
+// key after a trip through its JSON form, field for field: the store keeps
+// nothing of its own on an APIKey that a user of the type could see.
+func TestKeyIsItsWireForm(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	e := newEnv(t, rdb)
+	ctx := context.Background()
+	v := newVerifier(t, e, VerifierOptions{})
+	created := mustCreate(t, e.store, CreateParams{
+		Name: "prod", Subject: "org_1", Description: ptr("billing export"), CreatedBy: ptr("ops"),
+		Claims: json.RawMessage(`{"tier":"gold"}`), Scopes: []string{"read", "write"},
+		RateLimits:             []RateLimit{{Name: "default", Limit: 100, DurationMs: 60_000}},
+		Credits:                &Credits{Remaining: 10, Refill: &Refill{Interval: "month", Amount: 10, DayOfMonth: 1}},
+		AllowedCIDRs:           []string{"10.0.0.0/8", "2001:db8::/32"},
+		SecondsUntilExpiration: ptr[int64](3600),
+	})
+	verified, err := checkFrom(t, v, created.Secret, "10.1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolled, err := e.store.Roll(ctx, created.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := e.store.Get(ctx, created.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.RolledTo == nil {
+		t.Fatalf("the rolled key %+v has no rolled_to", old)
+	}
+	// The old key is metered by its successor during the grace.
+	viaOld, err := checkFrom(t, v, created.Secret, "10.1.2.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if viaOld.Limits == nil {
+		t.Fatal("the rolled key verified without its limits")
+	}
+	successor, err := e.store.Get(ctx, rolled.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		key  *APIKey
+	}{
+		{"created", created},
+		{"verified", verified.Key},
+		{"rolled", rolled},
+		{"read after the roll", old},
+		{"verified during the grace", viaOld.Key},
+		{"successor", successor},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := json.Marshal(tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var decoded APIKey
+			if err := json.Unmarshal(b, &decoded); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(tc.key, &decoded) {
+				t.Errorf("the key differs from its wire form %s:\nstore: %#v\nwire:  %#v", b, *tc.key, decoded)
+			}
+		})
+	}
+}
+
 // TestLastUsedNewestFromEveryCore records uses of a few keys from many
 // goroutines at once while a flush takes what is pending over and over
 // and puts some back as a failed write does: the newest use of each key
@@ -862,7 +942,7 @@ func TestLastUsedNewestFromEveryCore(t *testing.T) {
 				if i%2 == 1 {
 					j = perGoroutine - i // older uses after newer ones
 				}
-				l.record(ids[j%3], int64(1000*j+g))
+				recordUse(&l, ids[j%3], int64(1000*j+g))
 			}
 		}()
 	}

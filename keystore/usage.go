@@ -200,17 +200,18 @@ func refillBoundaries(r *Refill, now time.Time) (last, next time.Time) {
 	return last, at(y, m+1)
 }
 
-// limited reports whether verifying k costs a meter call.
-func limited(k *APIKey) bool {
-	return len(k.RateLimits) > 0 || k.Credits != nil || k.MeterVia != ""
+// limited reports whether verifying k, whose state st is, costs a meter
+// call.
+func (st *keyState) limited(k *APIKey) bool {
+	return len(k.RateLimits) > 0 || k.Credits != nil || st.meterVia != ""
 }
 
-// meterID is the key whose record meters k: k itself, or during a rolled
-// key's grace its successor, which holds the moved balance (see
-// [Store.Roll]).
-func meterID(k *APIKey) string {
-	if k.MeterVia != "" {
-		return k.MeterVia
+// meterID is the key whose record meters k, whose state st is: k itself,
+// or during a rolled key's grace its successor, which holds the moved
+// balance (see [Store.Roll]).
+func (st *keyState) meterID(k *APIKey) string {
+	if st.meterVia != "" {
+		return st.meterVia
 	}
 	return k.ID
 }
@@ -308,9 +309,9 @@ func newMeterCall(k *APIKey, cost int64, now time.Time) *meterCall {
 // [*LimitError] when a limit or the credits refuse the request, or
 // [ErrNotFound] when the key is gone. A [Verifier] batches its calls
 // through its loader instead.
-func (s *Store) meter(ctx context.Context, k *APIKey, cost int64, now time.Time) (*LimitState, error) {
+func (s *Store) meter(ctx context.Context, k *APIKey, st *keyState, cost int64, now time.Time) (*LimitState, error) {
 	c := newMeterCall(k, cost, now)
-	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(meterID(k))}, c.args...).Slice()
+	raw, err := meterScript.Run(ctx, s.rdb, []string{s.names.record(st.meterID(k))}, c.args...).Slice()
 	return s.metered(c, raw, err)
 }
 

@@ -415,7 +415,9 @@ func TestHistoryCountsFromEveryCore(t *testing.T) {
 		go func() {
 			defer recording.Done()
 			for i := range perGoroutine {
-				h.record(ids[i/7%3], minute.Add(time.Duration(i%2)*time.Minute+time.Duration(i)*time.Millisecond), g%3)
+				sn := takeStripe()
+				h.record(sn, ids[i/7%3], minute.Add(time.Duration(i%2)*time.Minute+time.Duration(i)*time.Millisecond), g%3)
+				sn.release()
 			}
 		}()
 	}

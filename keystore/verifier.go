@@ -280,18 +280,24 @@ func (v *Verifier) check(ctx context.Context, secret string, source Source, scop
 	if v.opts.Tracer != nil {
 		ctx, end = v.opts.Tracer.StartVerification(ctx, source)
 	}
+	// One stripe for the counts this verification writes: the last use,
+	// the metrics, the usage history. A load from Redis holds it across
+	// the round trip, which costs nothing but that other verifications on
+	// the processor meanwhile take another.
+	sn := takeStripe()
 	start := time.Now()
-	res, hit, err := v.verify(ctx, secret, scopes, cost, client, start)
-	v.metrics.observe(source, outcomeIndex(err), hit, time.Since(start))
+	res, hit, err := v.verify(ctx, sn, secret, scopes, cost, client, start)
+	v.metrics.observe(sn, source, outcomeIndex(err), hit, time.Since(start))
 	if res.id != "" {
 		if o := historyOutcome(err); o != histNone {
 			at := start
 			if !v.wallClock {
 				at = v.store.now()
 			}
-			v.store.history.record(res.id, at, o)
+			v.store.history.record(sn, res.id, at, o)
 		}
 	}
+	sn.release()
 	if end != nil {
 		end(Outcome(err), hit, res.id)
 	}
@@ -321,7 +327,7 @@ func (v *Verifier) Authorize(key *APIKey, source Source, scopes ...string) error
 // matches is the form checked, so that a typo is still told as malformed.
 // A secret that is not in keygate's form at all is looked up among the
 // imported keys, and only when some were imported (docs/verification.md).
-func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, cost int64, client netip.Addr, start time.Time) (res Result, hit bool, err error) {
+func (v *Verifier) verify(ctx context.Context, sn *stripe, secret string, scopes []string, cost int64, client netip.Addr, start time.Time) (res Result, hit bool, err error) {
 	if secret == "" {
 		return res, false, ErrMissing
 	}
@@ -380,7 +386,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 	if out, err := refused(k, now); err != nil {
 		return Result{Key: out, id: k.ID}, hit, err
 	}
-	if len(k.AllowedCIDRs) > 0 && !admits(k, client) {
+	if len(k.AllowedCIDRs) > 0 && !e.admits(k, client) {
 		return Result{Key: k, id: k.ID}, hit, ErrIPNotAllowed
 	}
 	if !k.HasScopes(scopes...) {
@@ -388,8 +394,8 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 		// arguments stay on their stacks.
 		return Result{Key: k, id: k.ID}, hit, &ScopeError{Required: append([]string(nil), scopes...)}
 	}
-	if limited(k) {
-		res.Limits, err = v.loads.meter(ctx, k, max(cost, 1), now)
+	if e.limited(k) {
+		res.Limits, err = v.loads.meter(ctx, k, &e.keyState, max(cost, 1), now)
 		if err != nil {
 			return Result{Key: k, Limits: res.Limits, id: k.ID}, hit, err
 		}
@@ -397,7 +403,7 @@ func (v *Verifier) verify(ctx context.Context, secret string, scopes []string, c
 			v.opts.CreditsExhausted(k)
 		}
 	}
-	res.Key = v.store.use(k, now, &e.recorded)
+	res.Key = v.store.use(sn, k, now, &e.recorded)
 	if e.hashKey != digests.currentID && e.rehashed.CompareAndSwap(false, true) {
 		// Digested under an older hash key: the next flush writes it anew.
 		v.store.rehashes.add(k.ID, e.digest, digests.current.sum(secret), digests.currentID)
@@ -420,7 +426,7 @@ func (v *Verifier) fill(ctx context.Context, idHex string, kid *keyID, now time.
 	if v.afterLoad != nil {
 		v.afterLoad()
 	}
-	e := &cacheEntry{key: rec.key, digest: rec.digest, hashKey: rec.hashKey, loaded: now}
+	e := &cacheEntry{key: rec.key, digest: rec.digest, hashKey: rec.hashKey, keyState: rec.keyState, loaded: now}
 	if caching {
 		v.cache.insert(kid, e, gen)
 	}

@@ -19,8 +19,6 @@ package apikey
 import (
 	"encoding/json"
 	"time"
-
-	"github.com/keygate/keygate/keystore/internal/keystate"
 )
 
 // APIKey is one key as the admin API and the verifiers see it. Its JSON form
@@ -57,13 +55,7 @@ type APIKey struct {
 
 	// Secret is set only on the key that Create and Roll return.
 	Secret string `json:"secret,omitempty"`
-
-	storeState // what keystore keeps beside the wire form
 }
-
-// storeState names keystate.Key as an unexported embedded field: keystore
-// reaches its fields, users of this package see none of it.
-type storeState = keystate.Key
 
 // UnmarshalJSON decodes the wire form. "claims": null decodes to nil
 // Claims, as a key read from the store has, not to the JSON literal null.
