@@ -173,18 +173,6 @@ func (c *cache) sweep(now time.Time) {
 	}
 }
 
-// size is the bytes held, by entrySize.
-func (c *cache) size() int64 {
-	var n int64
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += s.bytes
-		s.mu.Unlock()
-	}
-	return n
-}
-
 // invalidate drops id and fails every fill of its shard in progress.
 func (c *cache) invalidate(id *keyID) {
 	s := c.shard(id)
@@ -225,18 +213,6 @@ func (c *cache) flush() {
 		s.mu.Unlock()
 		c.entries.Sub(float64(n))
 	}
-}
-
-// len is the number of entries, expired ones included.
-func (c *cache) len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.Lock()
-		n += len(s.m)
-		s.mu.Unlock()
-	}
-	return n
 }
 
 // parseKeyID decodes the 32 lowercase hex characters of a key ID, which
