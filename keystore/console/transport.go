@@ -1,12 +1,10 @@
 package console
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"io"
 	"net/http"
-	"strconv"
+	"net/http/httptest"
 
 	"github.com/keygate/keygate/internal/apierror"
 	"github.com/keygate/keygate/keystore/client"
@@ -66,47 +64,12 @@ func (t inProcess) RoundTrip(req *http.Request) (*http.Response, error) {
 	if r.Body == nil {
 		r.Body = http.NoBody
 	}
-	rec := &recorder{header: http.Header{}}
+	rec := httptest.NewRecorder()
 	t.api.ServeHTTP(rec, r)
-	if rec.status == 0 {
-		rec.status = http.StatusOK
-	}
-	body := rec.body.Bytes()
-	rec.header.Set("Content-Length", strconv.Itoa(len(body)))
-	return &http.Response{
-		Status:        strconv.Itoa(rec.status) + " " + http.StatusText(rec.status),
-		StatusCode:    rec.status,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        rec.header,
-		Body:          io.NopCloser(bytes.NewReader(body)),
-		ContentLength: int64(len(body)),
-		Request:       req,
-	}, nil
-}
-
-// recorder is the [http.ResponseWriter] the admin API writes to in
-// process.
-type recorder struct {
-	header http.Header
-	status int
-	body   bytes.Buffer
-}
-
-func (w *recorder) Header() http.Header { return w.header }
-
-func (w *recorder) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-}
-
-func (w *recorder) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.body.Write(b)
+	resp := rec.Result()
+	resp.ContentLength = int64(rec.Body.Len())
+	resp.Request = req
+	return resp, nil
 }
 
 // newAPIClient returns the console's client of the admin API, which calls
